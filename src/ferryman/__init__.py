@@ -1,0 +1,45 @@
+"""ferryman: self-hosted pipeline orchestration.
+
+The public DSL is imported lazily so that ``import ferryman`` stays cheap
+inside a step's process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Param",
+    "__version__",
+    "date_string",
+    "language_code",
+    "pipeline",
+    "required_together",
+    "step",
+    "url",
+]
+
+_LAZY = {
+    "pipeline": "ferryman.dsl.decorators",
+    "step": "ferryman.dsl.decorators",
+    "Param": "ferryman.dsl.decorators",
+    "language_code": "ferryman.domain.validators",
+    "date_string": "ferryman.domain.validators",
+    "url": "ferryman.domain.validators",
+    "required_together": "ferryman.domain.validators",
+}
+
+if TYPE_CHECKING:
+    from ferryman.domain.validators import date_string, language_code, required_together, url
+    from ferryman.dsl.decorators import Param, pipeline, step
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'ferryman' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(mod), name)

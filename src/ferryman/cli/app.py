@@ -1,0 +1,33 @@
+"""The ``ferryman`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from ferryman.cli import db, pipelines, run, runs, worker
+
+app = typer.Typer(
+    name="ferryman",
+    help="ferryman: run and operate pipelines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("run")(run.run_command)
+app.command("deploy")(pipelines.deploy_command)
+app.command("worker")(worker.worker_command)
+app.add_typer(runs.app, name="runs")
+app.add_typer(pipelines.app, name="pipelines")
+app.add_typer(db.app, name="db")
+
+
+@app.command("version")
+def version() -> None:
+    """Print ferryman's version."""
+    from ferryman import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

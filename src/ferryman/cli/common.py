@@ -1,0 +1,124 @@
+"""Shared CLI plumbing: settings, the store, params parsing and clean errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from ferryman.settings import Settings
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's ValidationError, rendered cleanly
+        fail(f"invalid FERRYMAN_* configuration: {exc}")
+
+
+def open_store(s: Settings | None = None) -> Any:
+    from ferryman.store.engine import Store
+
+    return Store.from_settings(s or settings())
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn every expected error into a one-line message and an exit code."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError
+
+    from ferryman.domain.params import ParamsInvalid
+    from ferryman.dsl.decorators import DSLError
+    from ferryman.errors import FerrymanError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ParamsInvalid as exc:
+        err_console.print("[bold red]error:[/] invalid parameters:")
+        for e in exc.errors:
+            err_console.print(f"  - [bold]{e.path or '(params)'}[/]: {e.reason}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (FerrymanError, DSLError, LookupError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            fail(_pydantic_message(exc))
+        fail(str(exc))
+    except OperationalError as exc:
+        fail(f"database error: {exc.orig}", EXIT_FAILED)
+    except Exception as exc:
+        if os.environ.get("FERRYMAN_DEBUG"):
+            raise
+        fail(
+            f"internal error: {type(exc).__name__}: {exc} (set FERRYMAN_DEBUG=1 for details)",
+            EXIT_FAILED,
+        )
+
+
+def _pydantic_message(exc: Any) -> str:
+    return "; ".join(
+        f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
+def parse_params(pairs: list[str] | None, params_file: Path | None) -> dict[str, Any]:
+    """``-p key=value`` pairs (values parsed as JSON when they are JSON) and
+    an optional JSON/YAML file; pairs win over the file."""
+    params: dict[str, Any] = {}
+    if params_file is not None:
+        try:
+            text = params_file.read_text()
+        except OSError as exc:
+            fail(f"cannot read params file: {exc}")
+        try:
+            if params_file.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            fail(f"{params_file}: not valid {params_file.suffix.lstrip('.') or 'JSON'}: {exc}")
+        if not isinstance(data, dict):
+            fail(f"{params_file}: parameters must be a mapping of names to values")
+        params.update(data)
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            fail(f"parameter {pair!r} must look like name=value")
+        try:
+            params[key] = json.loads(raw)
+        except ValueError:
+            params[key] = raw
+    return params
+
+
+def setup_logging(level: str = "WARNING") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

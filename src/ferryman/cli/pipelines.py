@@ -1,0 +1,102 @@
+"""``ferryman deploy`` and ``ferryman pipelines``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ferryman.cli.common import clean_errors, console, fail, open_store
+
+app = typer.Typer(help="Registered pipelines.", no_args_is_help=True)
+
+
+def specs_in(path: Path) -> list[object]:
+    """Every pipeline spec a file defines."""
+    from ferryman.dsl.decorators import pipelines_in
+    from ferryman.dsl.loader import load_pipeline, load_python_file
+
+    if not path.exists():
+        fail(f"no such file: {path}")
+    if path.suffix == ".py":
+        return [p.spec() for p in pipelines_in(load_python_file(path))]
+    return [load_pipeline(str(path))]
+
+
+def deploy_command(
+    file: Path = typer.Argument(..., help="Pipeline file (.py, .yaml, .yml, .json)"),
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+) -> None:
+    """Register the pipelines a file defines (a new version only when changed)."""
+    with clean_errors():
+        from ferryman.domain.spec import PipelineSpec
+        from ferryman.services.pipelines import register
+
+        specs = specs_in(file)
+        if not specs:
+            fail(f"{file} defines no pipeline")
+        store = open_store()
+        with store.write() as conn:
+            for spec in specs:
+                assert isinstance(spec, PipelineSpec)
+                pv = register(conn, namespace, spec)
+                what = "new version" if pv.created else "unchanged"
+                console.print(f"{namespace}/{pv.name}: version {pv.version} ({what})")
+
+
+@app.command("ls")
+def ls(namespace: str = typer.Option(None, "--namespace", "-n")) -> None:
+    """List registered pipelines."""
+    with clean_errors():
+        from ferryman.services.pipelines import list_pipelines
+
+        store = open_store()
+        with store.read() as conn:
+            rows = list_pipelines(conn, namespace)
+        t = Table("namespace", "name", "latest version", "versions", "updated")
+        for r in rows:
+            t.add_row(
+                r["namespace"],
+                r["name"],
+                r["latest_version"],
+                str(r["versions"]),
+                f"{r['updated_at']:%Y-%m-%d %H:%M:%S}",
+            )
+        console.print(t)
+
+
+@app.command("describe")
+def describe(name: str, namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+    """Show a pipeline's parameters (types, defaults) and steps."""
+    with clean_errors():
+        from ferryman.services.pipelines import latest
+
+        store = open_store()
+        with store.read() as conn:
+            pv = latest(conn, namespace, name)
+        spec = pv.spec
+        console.print(f"[bold]{namespace}/{spec.name}[/] version {pv.version}")
+        if spec.description:
+            console.print(spec.description)
+        t = Table("parameter", "type", "required", "default", "description")
+        for p in spec.params:
+            t.add_row(
+                p.name,
+                p.type,
+                "yes" if p.required else "no",
+                "" if p.required else repr(p.default),
+                p.description,
+            )
+        console.print(t)
+        s = Table("step", "kind", "depends on", "infrastructure", "retries", "timeout")
+        for st in spec.steps:
+            s.add_row(
+                st.name,
+                st.kind,
+                ", ".join(st.depends_on),
+                st.infrastructure or spec.infrastructure,
+                str(st.retries),
+                f"{st.timeout:g}s" if st.timeout else "",
+            )
+        console.print(s)

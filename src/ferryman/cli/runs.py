@@ -1,0 +1,163 @@
+"""``ferryman runs``: list, inspect, cancel and follow runs."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ferryman.cli.common import clean_errors, console, open_store
+
+app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
+
+STATE_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "retrying": "magenta",
+    "queued": "blue",
+    "pending": "dim",
+    "skipped": "dim",
+}
+
+
+def styled(state: str) -> str:
+    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+@app.command("ls")
+def ls(
+    state: str = typer.Option(None, "--state"),
+    pipeline: str = typer.Option(None, "--pipeline"),
+    namespace: str = typer.Option(None, "--namespace", "-n"),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+) -> None:
+    """List runs, newest first."""
+    with clean_errors():
+        from ferryman.domain.states import RunState
+        from ferryman.services.queries import list_runs
+
+        if state and state not in {s.value for s in RunState}:
+            raise ValueError(f"unknown state {state!r} (one of {', '.join(RunState)})")
+        store = open_store()
+        with store.read() as conn:
+            rows = list_runs(conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit)
+        t = Table("run", "pipeline", "state", "steps", "created", "duration")
+        for r in rows:
+            done = r["nodes_total"] - r["nodes_remaining"]
+            t.add_row(
+                r["id"],
+                f"{r['namespace']}/{r['pipeline']}",
+                styled(r["state"]),
+                f"{done}/{r['nodes_total']}",
+                f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
+                fmt_duration(r["duration"]),
+            )
+        console.print(t)
+
+
+@app.command("get")
+def get(run_id: str) -> None:
+    """Show a run and its steps."""
+    with clean_errors():
+        from ferryman.services.queries import find_run_id, get_run
+
+        store = open_store()
+        with store.read() as conn:
+            r = get_run(conn, find_run_id(conn, run_id))
+        console.print(
+            f"[bold]run {r['id']}[/]  {r['namespace']}/{r['pipeline']} "
+            f"(version {r['version']})  {styled(r['state'])}  "
+            f"{fmt_duration(r['duration'])}"
+        )
+        console.print(f"params: {r['params']}")
+        if r["error"]:
+            console.print(f"[red]error:[/] {r['error']}")
+        t = Table("step", "state", "attempt", "duration", "error")
+        for n in r["nodes"]:
+            t.add_row(
+                n["name"],
+                styled(n["state"]) + (" (reused)" if n["reused"] else ""),
+                str(n["attempt"]),
+                fmt_duration(n["duration"]),
+                (n["error"] or "")[:80],
+            )
+        console.print(t)
+
+
+@app.command("cancel")
+def cancel(run_id: str) -> None:
+    """Cancel a run: stop its running steps and skip the rest."""
+    with clean_errors():
+        from ferryman.services.queries import find_run_id
+        from ferryman.services.runs import RunService
+
+        store = open_store()
+        with store.read() as conn:
+            rid = find_run_id(conn, run_id)
+        RunService(store).cancel(rid)
+        console.print(f"run {rid}: cancel requested")
+
+
+@app.command("rerun")
+def rerun(run_id: str) -> None:
+    """Re-run a failed run from its failed steps (outputs of the others are reused)."""
+    with clean_errors():
+        from ferryman.services.queries import find_run_id
+        from ferryman.services.runs import RunService
+
+        store = open_store()
+        with store.read() as conn:
+            rid = find_run_id(conn, run_id)
+        new = RunService(store).rerun(rid)
+        console.print(f"run {new} queued (re-run of {rid}); start a worker to run it")
+
+
+@app.command("logs")
+def logs_command(
+    run_id: str,
+    step: str = typer.Option(None, "--step", "-s"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the run ends"),
+) -> None:
+    """Print a run's logs (stdout and stderr of its steps)."""
+    with clean_errors():
+        from ferryman.domain.states import RunState
+        from ferryman.services.queries import find_run_id, get_logs
+        from ferryman.store.tables import runs
+
+        store = open_store()
+        with store.read() as conn:
+            rid = find_run_id(conn, run_id)
+        last = 0
+        while True:
+            with store.read() as conn:
+                batch = get_logs(conn, rid, node=step, after_id=last, limit=5000)
+                state = conn.execute(
+                    runs.select().with_only_columns(runs.c.state).where(runs.c.id == rid)
+                ).scalar_one()
+            for rec in batch:
+                prefix = f"[{rec['node']}#{rec['attempt']}]"
+                style = "red" if rec["stream"] == "stderr" else "dim"
+                console.print(
+                    f"[{style}]{escape(prefix)}[/] {escape(rec['line'])}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                last = rec["id"]
+            if len(batch) == 5000:
+                continue
+            if not follow or RunState(state).terminal:
+                break
+            time.sleep(0.3)

@@ -1,0 +1,135 @@
+"""Typed parameters: a pydantic model built from ``ParamSpec``s, and validation
+that reports *every* error with its field path and reason."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ferryman.domain.spec import ParamSpec, PipelineSpec
+
+
+@dataclass(frozen=True)
+class ParamError:
+    """One problem with the parameters of a run."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class ParamsInvalid(ValueError):
+    """Raised when parameters fail validation; carries every error."""
+
+    def __init__(self, errors: list[ParamError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+_SCALARS: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "object": dict[str, Any],
+    "date": dt.date,
+    "any": Any,
+}
+
+
+def _python_type(p: ParamSpec) -> Any:
+    if p.enum:
+        t: Any = Literal[tuple(p.enum)]
+    elif p.type == "array":
+        item = _SCALARS.get(p.items or "any", Any)
+        t = list[item]  # type: ignore[valid-type]
+    else:
+        t = _SCALARS[p.type]
+    if p.nullable:
+        t = t | None
+    return t
+
+
+class _ParamsBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+def build_model(spec: PipelineSpec) -> type[BaseModel]:
+    """The pydantic model of a pipeline's parameters (cached per version)."""
+    return _build(spec.name, tuple(spec.params))
+
+
+@lru_cache(maxsize=256)
+def _build(name: str, params: tuple[ParamSpec, ...]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for p in params:
+        constraints: dict[str, Any] = {"description": p.description or None}
+        if p.minimum is not None:
+            constraints["ge"] = p.minimum
+        if p.maximum is not None:
+            constraints["le"] = p.maximum
+        if p.min_length is not None:
+            constraints["min_length"] = p.min_length
+        if p.max_length is not None:
+            constraints["max_length"] = p.max_length
+        if p.pattern is not None:
+            constraints["pattern"] = p.pattern
+        default = ... if p.required else p.default
+        fields[p.name] = (_python_type(p), Field(default, **constraints))
+    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        f"{name.replace('-', '_').replace('.', '_')}_params", __base__=_ParamsBase, **fields
+    )
+    return model
+
+
+def json_schema(spec: PipelineSpec) -> dict[str, Any]:
+    """JSON Schema of the pipeline's parameters."""
+    schema = build_model(spec).model_json_schema()
+    schema["title"] = f"{spec.name} parameters"
+    return schema
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(x) for x in loc)
+
+
+def validate_params(spec: PipelineSpec, raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate ``raw`` against the pipeline's parameters.
+
+    Returns the normalised, JSON-compatible parameters (defaults filled in).
+    Raises ``ParamsInvalid`` listing every problem: type errors from pydantic
+    and the results of every declarative validator, together.
+    """
+    from ferryman.domain.validators import run_validators
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsInvalid([ParamError("", "parameters must be a JSON object")])
+    errors: list[ParamError] = []
+    values: dict[str, Any] = {}
+    model = build_model(spec)
+    try:
+        values = model.model_validate(raw).model_dump(mode="json")
+    except ValidationError as exc:
+        for e in exc.errors(include_url=False):
+            reason = e["msg"]
+            if e["type"] == "extra_forbidden":
+                known = ", ".join(p.name for p in spec.params) or "none"
+                reason = f"unknown parameter (known: {known})"
+            errors.append(ParamError(_path(e["loc"]), reason))
+    failed = {err.path.split(".")[0] for err in errors}
+    # Validators see the raw values of fields that passed type checks, so a
+    # type error and a rule violation on different fields are both reported.
+    merged = {p.name: p.default for p in spec.params if not p.required}
+    merged.update({k: v for k, v in (values or raw).items() if k not in failed})
+    errors.extend(run_validators(spec.validators, merged, skip=failed))
+    if errors:
+        raise ParamsInvalid(errors)
+    return values

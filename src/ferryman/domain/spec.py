@@ -1,0 +1,288 @@
+"""The pipeline specification: what the DSL and YAML loader both compile to.
+
+A ``PipelineSpec`` is plain data (JSON-serialisable). It is what gets stored,
+hashed into a version, previewed and scheduled node by node.
+
+Step inputs are *binding expressions*, JSON values in which these one-key
+objects are references resolved when the step starts:
+
+- ``{"$param": "name"}``: the run parameter ``name``;
+- ``{"$step": "name"}``: the output of upstream step ``name``;
+- ``{"$value": x}``: the literal ``x`` (used to escape a dict that would
+  otherwise look like a reference).
+
+Any other list or dict is walked recursively, so fan-in is simply a list of
+``$step`` references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import deque
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ferryman.domain.retry import RetryPolicy
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+REF_KEYS = ("$param", "$step", "$value")
+
+ParamType = Literal["string", "integer", "number", "boolean", "array", "object", "date", "any"]
+
+
+def check_name(kind: str, value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(
+            f"invalid {kind} name {value!r}: use letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (at most 128 characters)"
+        )
+    return value
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FunctionRef(_Frozen):
+    """Where the code of a python step lives: an importable module or a file."""
+
+    module: str | None = None
+    file: str | None = None
+    qualname: str
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FunctionRef:
+        if not self.module and not self.file:
+            raise ValueError("a function reference needs a module or a file")
+        return self
+
+    def display(self) -> str:
+        return f"{self.module or self.file}:{self.qualname}"
+
+
+class ParamSpec(_Frozen):
+    """One typed pipeline parameter."""
+
+    name: str
+    type: ParamType = "any"
+    required: bool = True
+    default: Any = None
+    description: str = ""
+    enum: list[Any] | None = None
+    items: ParamType | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    nullable: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"invalid parameter name {v!r}: use a Python identifier")
+        return v
+
+
+class ValidatorSpec(_Frozen):
+    """A declarative validator applied to the parameters (see ``domain.validators``)."""
+
+    kind: str
+    fields: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StepSpec(_Frozen):
+    """One node of the DAG."""
+
+    name: str
+    kind: str = "python"
+    function: FunctionRef | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    retries: int = Field(default=0, ge=0, le=100)
+    retry_delay: float = Field(default=1.0, ge=0)
+    retry_backoff: float = Field(default=2.0, ge=1)
+    retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    retry_max_delay: float = Field(default=300.0, ge=0)
+    timeout: float | None = Field(default=None, gt=0)
+    infrastructure: str | None = None
+    infra_overrides: dict[str, Any] = Field(default_factory=dict)
+    env: dict[str, str | None] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)
+    resources: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name("step", v)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> StepSpec:
+        if self.kind == "python" and self.function is None:
+            raise ValueError(f"python step {self.name!r} needs a function")
+        if self.kind == "container" and not self.image:
+            raise ValueError(f"container step {self.name!r} needs an image")
+        return self
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            retries=self.retries,
+            delay=self.retry_delay,
+            backoff=self.retry_backoff,
+            jitter=self.retry_jitter,
+            max_delay=self.retry_max_delay,
+        )
+
+
+class PipelineSpec(_Frozen):
+    """A whole pipeline: parameters, validators and a static DAG of steps."""
+
+    name: str
+    description: str = ""
+    params: list[ParamSpec] = Field(default_factory=list)
+    validators: list[ValidatorSpec] = Field(default_factory=list)
+    steps: list[StepSpec]
+    infrastructure: str = "process"
+    timeout: float | None = Field(default=None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name("pipeline", v)
+
+    @model_validator(mode="after")
+    def _graph(self) -> PipelineSpec:
+        if not self.steps:
+            raise ValueError(f"pipeline {self.name!r} has no steps")
+        errors: list[str] = []
+        names = [s.name for s in self.steps]
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                errors.append(f"step name {n!r} is used twice")
+            seen.add(n)
+        pnames = [p.name for p in self.params]
+        if len(set(pnames)) != len(pnames):
+            errors.append("a parameter name is used twice")
+        for s in self.steps:
+            for dep in s.depends_on:
+                if dep not in seen:
+                    errors.append(f"step {s.name!r} depends on unknown step {dep!r}")
+                if dep == s.name:
+                    errors.append(f"step {s.name!r} depends on itself")
+            for kind, ref in iter_refs(s.inputs):
+                if kind == "$param" and ref not in pnames:
+                    errors.append(f"step {s.name!r} uses unknown parameter {ref!r}")
+                if kind == "$step" and ref not in s.depends_on:
+                    errors.append(
+                        f"step {s.name!r} uses the output of {ref!r} without depending on it"
+                    )
+        for v in self.validators:
+            for f in v.fields:
+                if f not in pnames:
+                    errors.append(f"validator {v.kind!r} names unknown parameter {f!r}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        if len(topological_order(self.steps)) != len(self.steps):
+            raise ValueError(f"pipeline {self.name!r} has a dependency cycle")
+        return self
+
+    def step(self, name: str) -> StepSpec:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def version(self) -> str:
+        """Content hash identifying this exact pipeline definition."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def downstream(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {s.name: [] for s in self.steps}
+        for s in self.steps:
+            for d in s.depends_on:
+                out[d].append(s.name)
+        return out
+
+
+def topological_order(steps: list[StepSpec]) -> list[str]:
+    """Kahn's algorithm; a result shorter than ``steps`` means a cycle."""
+    indeg = {s.name: 0 for s in steps}
+    down: dict[str, list[str]] = {s.name: [] for s in steps}
+    for s in steps:
+        for d in set(s.depends_on):
+            if d in down:
+                down[d].append(s.name)
+                indeg[s.name] += 1
+    queue = deque(n for n, k in indeg.items() if k == 0)
+    order: list[str] = []
+    while queue:
+        n = queue.popleft()
+        order.append(n)
+        for m in down[n]:
+            indeg[m] -= 1
+            if indeg[m] == 0:
+                queue.append(m)
+    return order
+
+
+def iter_refs(value: Any) -> list[tuple[str, Any]]:
+    """All ``($param|$step, name)`` references inside a binding expression."""
+    found: list[tuple[str, Any]] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if len(v) == 1:
+                ((k, inner),) = v.items()
+                if k in ("$param", "$step"):
+                    found.append((k, inner))
+                    continue
+                if k == "$value":
+                    continue
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return found
+
+
+def resolve(value: Any, params: dict[str, Any], outputs: dict[str, Any]) -> Any:
+    """Replace the references inside a binding expression with their values."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((k, inner),) = value.items()
+            if k == "$param":
+                return params.get(inner)
+            if k == "$step":
+                return outputs[inner]
+            if k == "$value":
+                return inner
+        return {k: resolve(v, params, outputs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(v, params, outputs) for v in value]
+    return value
+
+
+def literal(value: Any) -> Any:
+    """Encode a literal so that dicts that look like references stay literal."""
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in REF_KEYS:
+            return {"$value": value}
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [literal(v) for v in value]
+    return value

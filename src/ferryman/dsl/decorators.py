@@ -1,0 +1,446 @@
+"""The Python DSL: ``@step`` and ``@pipeline``.
+
+Calling steps inside a pipeline body builds a *static* DAG: each call returns a
+``NodeRef`` placeholder, and passing a ``NodeRef`` (or a list of them) to
+another step creates the edge. The pipeline body runs once, at compile time,
+with ``ParamRef`` placeholders for its parameters.
+
+Outside a pipeline body a step is a plain function: ``extract("x")`` just
+calls it, which keeps steps easy to unit-test.
+
+Importing this module is cheap (no pydantic): the spec is compiled lazily.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import functools
+import inspect
+import json
+import os
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+if TYPE_CHECKING:
+    from ferryman.domain.spec import ParamSpec as ParamSpecModel
+    from ferryman.domain.spec import PipelineSpec, ValidatorSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+USER_MODULE_PREFIX = "ferryman_user_"
+_NO_DEFAULT: Any = inspect.Parameter.empty
+
+
+class DSLError(ValueError):
+    """A pipeline or step definition that cannot be compiled."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """Extra information about a pipeline parameter.
+
+    Use it as the default value (``limit: int = Param(10, minimum=1)``) or in
+    ``Annotated[int, Param(minimum=1)]``.
+    """
+
+    default: Any = _NO_DEFAULT
+    description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+
+
+class _Placeholder:
+    """Base of the values that stand for data while the DAG is being built."""
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise DSLError(
+            f"{self!r} is a placeholder while the pipeline's DAG is built: pass it to "
+            "steps instead of computing with it (the graph is static)"
+        )
+
+    __bool__ = _refuse
+    __iter__ = _refuse
+    __len__ = _refuse
+    __add__ = __radd__ = __sub__ = __mul__ = __lt__ = __gt__ = __le__ = __ge__ = _refuse
+    __getitem__ = _refuse
+
+
+class ParamRef(_Placeholder):
+    """Stands for a run parameter inside a pipeline body."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<param {self.name}>"
+
+
+class NodeRef(_Placeholder):
+    """Stands for the output of one step call inside a pipeline body."""
+
+    def __init__(self, builder: _Builder, name: str) -> None:
+        self._builder = builder
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<output of step {self.name}>"
+
+    def after(self, *refs: NodeRef) -> NodeRef:
+        """Make this step also wait for ``refs`` (ordering without data)."""
+        node = self._builder.nodes[self.name]
+        for r in refs:
+            if not isinstance(r, NodeRef):
+                raise DSLError(f"after() takes step outputs, got {r!r}")
+            if r.name not in node["depends_on"]:
+                node["depends_on"].append(r.name)
+        return self
+
+
+@dataclass
+class _Builder:
+    pipeline: str
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def unique(self, base: str) -> str:
+        n = self.counts.get(base, 0) + 1
+        self.counts[base] = n
+        name = base if n == 1 else f"{base}-{n}"
+        while name in self.nodes:
+            n += 1
+            self.counts[base] = n
+            name = f"{base}-{n}"
+        return name
+
+
+_BUILDER: contextvars.ContextVar[_Builder | None] = contextvars.ContextVar(
+    "ferryman_builder", default=None
+)
+
+
+def _encode(value: Any, deps: list[str], where: str) -> Any:
+    """Turn a step argument into a binding expression, collecting step deps."""
+    if isinstance(value, NodeRef):
+        if value.name not in deps:
+            deps.append(value.name)
+        return {"$step": value.name}
+    if isinstance(value, ParamRef):
+        return {"$param": value.name}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, deps, where) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in ("$param", "$step", "$value"):
+            return {"$value": {k: _encode(v, deps, where) for k, v in value.items()}}
+        return {str(k): _encode(v, deps, where) for k, v in value.items()}
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise DSLError(
+            f"{where}: argument {value!r} is not JSON-serialisable ({exc}); "
+            "step arguments must be JSON values, parameters or step outputs"
+        ) from None
+    return value
+
+
+def _function_ref(fn: Callable[..., Any]) -> dict[str, Any]:
+    qual = fn.__qualname__
+    if "<locals>" in qual:
+        raise DSLError(
+            f"step {fn.__name__!r} must be defined at module level, not inside a function"
+        )
+    module = fn.__module__
+    mod = __import__("sys").modules.get(module)
+    file = getattr(mod, "__file__", None)
+    if module == "__main__" or module.startswith(USER_MODULE_PREFIX):
+        if not file:
+            raise DSLError(f"cannot tell where step {fn.__name__!r} is defined")
+        return {"file": os.path.abspath(file), "qualname": qual}
+    return {"module": module, "qualname": qual}
+
+
+class Step(Generic[P, R]):
+    """A function decorated with ``@step``."""
+
+    def __init__(self, fn: Callable[P, R], options: dict[str, Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.__ferryman_fn__ = fn
+        self.options = options
+        self.step_name: str = options.pop("name", None) or fn.__name__
+
+    def with_options(self, **options: Any) -> Step[P, R]:
+        """A copy of this step with some options replaced (e.g. ``name``, ``retries``)."""
+        merged = {**self.options, "name": self.step_name, **options}
+        return Step(self.fn, merged)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        builder = _BUILDER.get()
+        if builder is None:
+            return self.fn(*args, **kwargs)
+        after = kwargs.pop("wait_for", None)
+        try:
+            bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise DSLError(f"step {self.step_name!r}: {exc}") from None
+        name = builder.unique(self.step_name)
+        deps: list[str] = []
+        inputs = {k: _encode(v, deps, f"step {name!r}") for k, v in bound.arguments.items()}
+        if after is not None:
+            for r in after if isinstance(after, (list, tuple)) else [after]:
+                if not isinstance(r, NodeRef):
+                    raise DSLError(f"step {name!r}: wait_for takes step outputs, got {r!r}")
+                if r.name not in deps:
+                    deps.append(r.name)
+        builder.nodes[name] = {
+            "name": name,
+            "kind": "python",
+            "function": _function_ref(self.fn),
+            "inputs": inputs,
+            "depends_on": deps,
+            **self.options,
+        }
+        return NodeRef(builder, name)  # type: ignore[return-value]
+
+
+_STEP_OPTIONS = {
+    "name",
+    "retries",
+    "retry_delay",
+    "retry_backoff",
+    "retry_jitter",
+    "retry_max_delay",
+    "timeout",
+    "infrastructure",
+    "infra_overrides",
+    "env",
+    "secrets",
+    "resources",
+}
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+@overload
+def step(**options: Any) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+def step(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    """Declare a step. Options: ``name``, ``retries``, ``retry_delay``,
+    ``retry_backoff``, ``retry_jitter``, ``retry_max_delay``, ``timeout``,
+    ``infrastructure``, ``infra_overrides``, ``env``, ``secrets``, ``resources``.
+    """
+    unknown = set(options) - _STEP_OPTIONS
+    if unknown:
+        raise DSLError(f"unknown step option(s) {sorted(unknown)}; known: {sorted(_STEP_OPTIONS)}")
+
+    def wrap(f: Callable[P, R]) -> Step[P, R]:
+        return Step(f, dict(options))
+
+    return wrap(fn) if fn is not None else wrap
+
+
+_PRIMITIVE: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+    dt.date: "date",
+    Any: "any",
+}
+
+
+def _param_spec(
+    name: str, annotation: Any, default: Any, where: str
+) -> tuple[ParamSpecModel, list[ValidatorSpec]]:
+    from ferryman.domain.spec import ParamSpec as ParamSpecModel
+    from ferryman.domain.validators import FieldValidator
+
+    info = default if isinstance(default, Param) else Param(default=default)
+    validators: list[ValidatorSpec] = []
+    extra: dict[str, Any] = {}
+    ann = annotation
+    if typing.get_origin(ann) is typing.Annotated:
+        base, *meta = typing.get_args(ann)
+        ann = base
+        for m in meta:
+            if isinstance(m, FieldValidator):
+                validators.append(m.to_spec(name))
+            elif isinstance(m, Param):
+                info = Param(
+                    default=info.default if info.default is not _NO_DEFAULT else m.default,
+                    **{
+                        k: getattr(m, k)
+                        for k in (
+                            "description",
+                            "minimum",
+                            "maximum",
+                            "min_length",
+                            "max_length",
+                            "pattern",
+                        )
+                    },
+                )
+    nullable = False
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(ann))
+        if len(args) != 1:
+            raise DSLError(f"{where}: parameter {name!r} has an unsupported union type")
+        ann = args[0]
+        origin = typing.get_origin(ann)
+    if ann is inspect.Parameter.empty:
+        ptype = "any"
+    elif origin is typing.Literal:
+        values = list(typing.get_args(ann))
+        extra["enum"] = values
+        ptype = _PRIMITIVE.get(type(values[0]), "any")
+    elif origin in (list, Sequence, tuple):
+        ptype = "array"
+        item_args = typing.get_args(ann)
+        if item_args:
+            item = _PRIMITIVE.get(item_args[0])
+            if item is None:
+                raise DSLError(f"{where}: parameter {name!r}: unsupported list item type")
+            extra["items"] = item
+    elif origin is dict:
+        ptype = "object"
+    elif ann in _PRIMITIVE:
+        ptype = _PRIMITIVE[ann]
+    else:
+        raise DSLError(
+            f"{where}: parameter {name!r} has unsupported type {ann!r}; use str, int, "
+            "float, bool, date, list[...], dict, Literal[...] or Optional of those"
+        )
+    has_default = info.default is not _NO_DEFAULT
+    default_value = info.default if has_default else None
+    if has_default and isinstance(default_value, dt.date):
+        default_value = default_value.isoformat()
+    if has_default:
+        try:
+            json.dumps(default_value)
+        except (TypeError, ValueError):
+            raise DSLError(f"{where}: default of {name!r} is not JSON-serialisable") from None
+    spec = ParamSpecModel(
+        name=name,
+        type=ptype,  # type: ignore[arg-type]
+        required=not has_default,
+        default=default_value,
+        description=info.description,
+        minimum=info.minimum,
+        maximum=info.maximum,
+        min_length=info.min_length,
+        max_length=info.max_length,
+        pattern=info.pattern,
+        nullable=nullable or (has_default and default_value is None),
+        **extra,
+    )
+    return spec, validators
+
+
+class Pipeline:
+    """A function decorated with ``@pipeline``: compiles to a ``PipelineSpec``."""
+
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.name: str = options.pop("name", None) or fn.__name__
+        self.options = options
+        self._spec: PipelineSpec | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise DSLError(
+            f"pipeline {self.name!r} is not called directly: run it with "
+            f"`ferryman run FILE:{self.fn.__name__}` or compile it with .spec()"
+        )
+
+    def spec(self) -> PipelineSpec:
+        """Compile (once) to the static ``PipelineSpec``."""
+        if self._spec is None:
+            self._spec = self._compile()
+        return self._spec
+
+    def _compile(self) -> PipelineSpec:
+        from pydantic import ValidationError
+
+        from ferryman.domain.spec import PipelineSpec, StepSpec
+
+        where = f"pipeline {self.name!r}"
+        hints = typing.get_type_hints(self.fn, include_extras=True)
+        params = []
+        validators = list(self.options.get("validators", []))
+        refs: dict[str, ParamRef] = {}
+        for pname, p in inspect.signature(self.fn).parameters.items():
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise DSLError(f"{where}: *args/**kwargs parameters are not supported")
+            spec, vals = _param_spec(pname, hints.get(pname, p.annotation), p.default, where)
+            params.append(spec)
+            validators.extend(vals)
+            refs[pname] = ParamRef(pname)
+        builder = _Builder(self.name)
+        token = _BUILDER.set(builder)
+        try:
+            self.fn(**refs)
+        finally:
+            _BUILDER.reset(token)
+        if not builder.nodes:
+            raise DSLError(f"{where}: the body calls no step")
+        try:
+            steps = [StepSpec.model_validate(n) for n in builder.nodes.values()]
+            return PipelineSpec(
+                name=self.name,
+                description=self.options.get("description") or inspect.getdoc(self.fn) or "",
+                params=params,
+                validators=validators,
+                steps=steps,
+                infrastructure=self.options.get("infrastructure", "process"),
+                timeout=self.options.get("timeout"),
+                labels=self.options.get("labels") or {},
+            )
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                for e in exc.errors(include_url=False)
+            )
+            raise DSLError(f"{where}: {problems}") from None
+
+
+_PIPELINE_OPTIONS = {"name", "description", "infrastructure", "timeout", "labels", "validators"}
+
+
+@overload
+def pipeline(fn: Callable[..., Any], /) -> Pipeline: ...
+@overload
+def pipeline(**options: Any) -> Callable[[Callable[..., Any]], Pipeline]: ...
+def pipeline(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a pipeline. Options: ``name``, ``description``, ``infrastructure``
+    (default for its steps), ``timeout`` (whole run, seconds), ``labels``,
+    ``validators`` (e.g. ``[required_together("start", "end")]``)."""
+    unknown = set(options) - _PIPELINE_OPTIONS
+    if unknown:
+        raise DSLError(
+            f"unknown pipeline option(s) {sorted(unknown)}; known: {sorted(_PIPELINE_OPTIONS)}"
+        )
+
+    def wrap(f: Callable[..., Any]) -> Pipeline:
+        return Pipeline(f, dict(options))
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def pipelines_in(namespace: dict[str, Any]) -> list[Pipeline]:
+    """Every ``Pipeline`` object among the values of a module namespace."""
+    return [v for v in namespace.values() if isinstance(v, Pipeline)]
+
+
+def fan_in(refs: Iterable[Any]) -> list[Any]:
+    """Collect step outputs into one list argument (readability helper)."""
+    return list(refs)

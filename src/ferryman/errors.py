@@ -1,0 +1,34 @@
+"""The exception hierarchy. Interfaces map these to status codes / exit codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FerrymanError(Exception):
+    """Base of every error ferryman raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(FerrymanError):
+    """Something named does not exist (HTTP 404)."""
+
+    code = "not_found"
+
+
+class Conflict(FerrymanError):
+    """The request conflicts with the current state, e.g. an illegal move (HTTP 409)."""
+
+    code = "conflict"
+
+
+class InvalidInput(FerrymanError):
+    """Bad input; ``details`` lists every problem (HTTP 422)."""
+
+    code = "invalid"

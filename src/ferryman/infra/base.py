@@ -1,0 +1,179 @@
+"""The infrastructure interface (SPEC §7): where a step runs.
+
+An infrastructure *starts* a step and reports its identifier as soon as the
+thing exists (so it can be stored and killed from anywhere), *watches* it to
+the end, *kills* it (graceful, then forced) and *previews* exactly what it
+would launch with secret values masked.
+
+Timeouts and cancellation are owned by the worker: it calls ``kill`` from
+another thread while ``watch`` is blocked; ``watch`` then returns the exit
+status of the killed thing.
+
+Python steps return their value through the log stream: the runtime entry
+point prints one line ``RESULT_MARKER + nonce + " " + json`` as its last line
+of stdout; ``StepLaunch.sink`` callers strip it (see ``OutputCapture``). This
+works the same for a local process, a container or a Kubernetes pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ferryman.domain.spec import StepSpec
+
+RESULT_MARKER = "\x1eferryman-result "
+PAYLOAD_ENV = "FERRYMAN_STEP_PAYLOAD"
+MASK = "********"
+
+# exit codes reported by watch() for things ferryman itself ended
+EXIT_KILLED = -9
+EXIT_LOST = -1
+
+LogSink = Callable[[str, str], None]
+"""``sink(stream, line)``: receives each output line ("stdout" or "stderr")."""
+
+
+@dataclass
+class StepLaunch:
+    """Everything an infrastructure needs to launch one attempt of one step."""
+
+    run_id: str
+    node: str
+    attempt: int
+    pipeline: str
+    namespace: str
+    step: StepSpec
+    inputs: dict[str, Any]
+    params: dict[str, Any]
+    nonce: str
+    env: dict[str, str | None] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        """What the runtime entry point needs (never contains secret values)."""
+        fn = self.step.function
+        return {
+            "function": fn.model_dump() if fn else None,
+            "inputs": self.inputs,
+            "nonce": self.nonce,
+            "sys_path": [os.getcwd()],
+            "run_id": self.run_id,
+            "node": self.node,
+            "attempt": self.attempt,
+        }
+
+    def payload_json(self) -> str:
+        return json.dumps(self.payload(), separators=(",", ":"))
+
+    def full_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this process's env) + ferryman's env + step env; ``None`` unsets."""
+        env = dict(os.environ if base is None else base)
+        ferry = {
+            "FERRYMAN_RUN_ID": self.run_id,
+            "FERRYMAN_STEP": self.node,
+            "FERRYMAN_ATTEMPT": str(self.attempt),
+            "FERRYMAN_PIPELINE": self.pipeline,
+            "FERRYMAN_NAMESPACE": self.namespace,
+            PAYLOAD_ENV: self.payload_json(),
+        }
+        env.update(ferry)
+        for k, v in {**self.env, **self.secrets}.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
+        return env
+
+    def mask(self, text: str) -> str:
+        """Replace every secret value in ``text`` with a mask."""
+        for v in self.secrets.values():
+            if v:
+                text = text.replace(v, MASK)
+        return text
+
+
+@dataclass
+class Result:
+    """What ``watch`` returns: the exit status and the identifier."""
+
+    status_code: int
+    identifier: str
+    reason: str | None = None
+
+
+class InfraConfig(BaseModel):
+    """Base of every infrastructure's config model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Infrastructure(ABC):
+    """One place steps can run. Subclasses set ``kind`` and ``config_model``."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[InfraConfig]] = InfraConfig
+
+    def __init__(self, config: InfraConfig | None = None) -> None:
+        self.config = config or self.config_model()
+
+    @abstractmethod
+    def start(self, launch: StepLaunch, sink: LogSink) -> str:
+        """Launch the attempt; return its identifier as soon as it exists.
+
+        Output lines are passed to ``sink`` as they arrive (possibly from a
+        background thread) until the thing ends.
+        """
+
+    @abstractmethod
+    def watch(self, identifier: str) -> Result:
+        """Block until the attempt ends; return its exit status.
+
+        Must not time out by itself: a long healthy step is not an error.
+        """
+
+    @abstractmethod
+    def kill(self, identifier: str, grace_seconds: float) -> None:
+        """Stop the attempt: ask politely, and force it after ``grace_seconds``."""
+
+    @abstractmethod
+    def preview(self, launch: StepLaunch) -> dict[str, Any]:
+        """Exactly what would be launched, with secret values masked."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held by the infrastructure (optional)."""
+
+
+class OutputCapture:
+    """Wraps a sink: strips the runtime's result line and keeps its value."""
+
+    def __init__(self, nonce: str, sink: LogSink, mask: Callable[[str], str]) -> None:
+        self._prefix = RESULT_MARKER + nonce + " "
+        self._sink = sink
+        self._mask = mask
+        self._lock = threading.Lock()
+        self.has_result = False
+        self.result_json: str | None = None
+
+    def __call__(self, stream: str, line: str) -> None:
+        if stream == "stdout" and line.startswith(self._prefix):
+            with self._lock:
+                self.has_result = True
+                self.result_json = line[len(self._prefix) :]
+            return
+        self._sink(stream, self._mask(line))
+
+
+def python_command() -> list[str]:
+    """The command line that runs the runtime entry point on this interpreter."""
+    return [sys.executable, "-m", "ferryman.runtime"]

@@ -1,0 +1,590 @@
+"""Runs: the single gate for every state transition, and the use cases built on it.
+
+Every move of a run or node goes through ``Tx.move_nodes`` / ``Tx.move_run``: a
+guarded ``UPDATE ... WHERE state IN (<legal sources>)``. Zero rows updated
+means a lost race or an illegal move; nothing else changes then. The event of
+each move is inserted in the same transaction (``Tx.flush``), and so is the
+bookkeeping that ends a run when its last node reaches a terminal state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from ferryman.domain.events import NODE_EVENT, RUN_EVENT
+from ferryman.domain.spec import PipelineSpec
+from ferryman.domain.states import NODE_TERMINAL, NodeState, RunState, node_sources, run_sources
+from ferryman.errors import Conflict, NotFound
+from ferryman.services.pipelines import PipelineVersion, spec_of_version
+from ferryman.store.engine import Store
+from ferryman.store.tables import events, new_id, nodes, runs, utcnow
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 2000  # bound on IN (...) list sizes
+
+
+@dataclass
+class RunInfo:
+    """What the engine needs to know about a run, cached per process."""
+
+    id: str
+    namespace: str
+    pipeline: str
+    version: str
+    version_id: int
+    labels: dict[str, str]
+    params: dict[str, Any]
+    options: dict[str, Any]
+    spec: PipelineSpec
+    downstream: dict[str, list[str]]
+
+    def descendants(self, name: str) -> list[str]:
+        seen: set[str] = set()
+        queue = deque(self.downstream.get(name, ()))
+        while queue:
+            n = queue.popleft()
+            if n not in seen:
+                seen.add(n)
+                queue.extend(self.downstream.get(n, ()))
+        return list(seen)
+
+
+class RunCache:
+    """Run metadata by id (immutable after creation, so caching is safe)."""
+
+    def __init__(self, max_size: int = 4096) -> None:
+        self._runs: dict[str, RunInfo] = {}
+        self._max = max_size
+
+    def get(self, conn: Connection, run_id: str) -> RunInfo:
+        info = self._runs.get(run_id)
+        if info is None:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+            if row is None:
+                raise NotFound(f"no run {run_id!r}")
+            spec = spec_of_version(conn, row.pipeline_version_id)
+            info = RunInfo(
+                id=row.id,
+                namespace=row.namespace,
+                pipeline=row.pipeline,
+                version=row.version,
+                version_id=row.pipeline_version_id,
+                labels=row.labels or {},
+                params=row.params or {},
+                options=row.options or {},
+                spec=spec,
+                downstream=spec.downstream(),
+            )
+            if len(self._runs) >= self._max:
+                self._runs.pop(next(iter(self._runs)))
+            self._runs[run_id] = info
+        return info
+
+    def put(self, info: RunInfo) -> None:
+        self._runs[info.id] = info
+
+
+@dataclass
+class Tx:
+    """One write transaction: the transition gate plus its pending events."""
+
+    conn: Connection
+    cache: RunCache
+    store: Store | None = None
+    now: dt.datetime = field(default_factory=utcnow)
+    _events: list[dict[str, Any]] = field(default_factory=list)
+    _terminal: dict[str, int] = field(default_factory=dict)
+    woke: bool = False
+
+    # -- the gate -------------------------------------------------------------
+
+    def move_nodes(
+        self,
+        to: NodeState,
+        *,
+        ids: Sequence[int] | None = None,
+        where: sa.ColumnElement[bool] | None = None,
+        values: dict[str, Any] | None = None,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> list[Row[Any]]:
+        """Move the selected nodes to ``to`` if (and only if) that move is legal.
+
+        Returns the rows moved (id, run_id, name, attempt). Illegal or raced
+        rows are left untouched and simply not returned.
+        """
+        if ids is not None and not ids:
+            return []
+        vals: dict[str, Any] = {"state": to.value, **(values or {})}
+        if to in NODE_TERMINAL:
+            vals.setdefault("ended_at", self.now)
+            vals["lease_expires_at"] = None
+        sources = [s.value for s in node_sources(to)]
+        ret = (nodes.c.id, nodes.c.run_id, nodes.c.name, nodes.c.attempt)
+        moved: list[Row[Any]] = []
+        batches: Iterable[Sequence[int] | None] = (
+            [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)] if ids is not None else [None]
+        )
+        for batch in batches:
+            stmt = sa.update(nodes).where(nodes.c.state.in_(sources))
+            if batch is not None:
+                stmt = stmt.where(nodes.c.id.in_(batch))
+            if where is not None:
+                stmt = stmt.where(where)
+            moved.extend(self.conn.execute(stmt.values(**vals).returning(*ret)).all())
+        etype = NODE_EVENT.get(to)
+        for r in moved:
+            if etype is not None:
+                self._event(r.run_id, etype.value, r.name, r.attempt, message, data)
+            if to in NODE_TERMINAL:
+                self._terminal[r.run_id] = self._terminal.get(r.run_id, 0) + 1
+        if to == NodeState.QUEUED and moved:
+            self.wake()
+        return moved
+
+    def move_run(
+        self,
+        run_id: str,
+        to: RunState,
+        *,
+        values: dict[str, Any] | None = None,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move a run to ``to`` if legal; False on a lost race or illegal move."""
+        vals: dict[str, Any] = {"state": to.value, "updated_at": self.now, **(values or {})}
+        if to.terminal:
+            vals.setdefault("ended_at", self.now)
+        if to == RunState.RUNNING:
+            vals.setdefault("started_at", self.now)
+        sources = [s.value for s in run_sources(to)]
+        res = self.conn.execute(
+            sa.update(runs)
+            .where(runs.c.id == run_id, runs.c.state.in_(sources))
+            .values(**vals)
+            .returning(runs.c.id)
+        ).first()
+        if res is None:
+            return False
+        self._event(run_id, RUN_EVENT[to].value, None, None, message, data)
+        return True
+
+    def _event(
+        self,
+        run_id: str,
+        etype: str,
+        node: str | None,
+        attempt: int | None,
+        message: str,
+        data: dict[str, Any] | None,
+    ) -> None:
+        info = self.cache.get(self.conn, run_id)
+        self._events.append(
+            {
+                "id": new_id(),
+                "type": etype,
+                "time": self.now,
+                "namespace": info.namespace,
+                "pipeline": info.pipeline,
+                "pipeline_version": info.version,
+                "run_id": run_id,
+                "node": node,
+                "attempt": attempt,
+                "message": message,
+                "labels": info.labels,
+                "data": data or {},
+            }
+        )
+
+    def wake(self) -> None:
+        if not self.woke and self.store is not None:
+            self.store.notify(self.conn)
+            self.woke = True
+
+    # -- end of transaction ---------------------------------------------------
+
+    def flush(self) -> None:
+        """Settle run bookkeeping and write the pending events (same transaction)."""
+        while self._terminal:
+            pending, self._terminal = self._terminal, {}
+            for run_id, n in pending.items():
+                row = self.conn.execute(
+                    sa.update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(nodes_remaining=runs.c.nodes_remaining - n)
+                    .returning(
+                        runs.c.nodes_remaining,
+                        runs.c.failed_node,
+                        runs.c.cancel_requested,
+                        runs.c.cancel_reason,
+                        runs.c.error,
+                    )
+                ).one()
+                if row.nodes_remaining <= 0:
+                    self._finish_run(run_id, row)
+        if self._events:
+            self.conn.execute(sa.insert(events), self._events)
+            self._events = []
+
+    def _finish_run(self, run_id: str, row: Row[Any]) -> None:
+        if row.cancel_requested and row.cancel_reason == "timeout":
+            self.move_run(run_id, RunState.FAILED, message=row.error or "run timed out")
+        elif row.cancel_requested:
+            self.move_run(run_id, RunState.CANCELLED, message=row.cancel_reason or "cancelled")
+        elif row.failed_node:
+            msg = f"step {row.failed_node!r} failed: {row.error or ''}".strip()
+            self.move_run(run_id, RunState.FAILED, message=msg)
+        else:
+            self.move_run(run_id, RunState.SUCCEEDED)
+
+    # -- node outcomes --------------------------------------------------------
+
+    def node_succeeded(
+        self,
+        node_id: int,
+        run_id: str,
+        name: str,
+        attempt: int,
+        output: Any,
+        has_output: bool,
+        guard: sa.ColumnElement[bool] | None = None,
+        exit_code: int | None = 0,
+    ) -> bool:
+        moved = self.move_nodes(
+            NodeState.SUCCEEDED,
+            ids=[node_id],
+            where=sa.and_(nodes.c.attempt == attempt, *([guard] if guard is not None else [])),
+            values={
+                "output": output,
+                "has_output": has_output,
+                "error": None,
+                "exit_code": exit_code,
+            },
+        )
+        if not moved:
+            return False
+        self.release_downstream(run_id, name)
+        return True
+
+    def release_downstream(self, run_id: str, name: str) -> None:
+        """An upstream finished well: count it off and queue children now ready."""
+        children = self.cache.get(self.conn, run_id).downstream.get(name, [])
+        for i in range(0, len(children), _CHUNK):
+            chunk = children[i : i + _CHUNK]
+            self.conn.execute(
+                sa.update(nodes)
+                .where(nodes.c.run_id == run_id, nodes.c.name.in_(chunk))
+                .values(waiting_on=nodes.c.waiting_on - 1)
+            )
+            self.move_nodes(
+                NodeState.QUEUED,
+                where=sa.and_(
+                    nodes.c.run_id == run_id, nodes.c.name.in_(chunk), nodes.c.waiting_on <= 0
+                ),
+                values={"ready_at": self.now},
+            )
+
+    def node_failed(
+        self,
+        node_id: int,
+        run_id: str,
+        name: str,
+        attempt: int,
+        error: str,
+        *,
+        retry_policy_delay: float | None,
+        guard: sa.ColumnElement[bool] | None = None,
+        exit_code: int | None = None,
+        cancelled: bool = False,
+    ) -> NodeState | None:
+        """An attempt ended badly: retry (if ``retry_policy_delay`` is given),
+        cancel, or fail the node and skip everything downstream of it."""
+        where = sa.and_(nodes.c.attempt == attempt, *([guard] if guard is not None else []))
+        common = {"error": error, "exit_code": exit_code}
+        if cancelled:
+            moved = self.move_nodes(
+                NodeState.CANCELLED, ids=[node_id], where=where, values=common, message=error
+            )
+            return NodeState.CANCELLED if moved else None
+        if retry_policy_delay is not None:
+            ready = self.now + dt.timedelta(seconds=retry_policy_delay)
+            moved = self.move_nodes(
+                NodeState.RETRYING,
+                ids=[node_id],
+                where=where,
+                values={**common, "ready_at": ready, "worker_id": None, "lease_expires_at": None},
+                message=error,
+                data={"retry_at": ready.isoformat(), "delay": round(retry_policy_delay, 3)},
+            )
+            if moved:
+                self.wake()
+                return NodeState.RETRYING
+            return None
+        moved = self.move_nodes(
+            NodeState.FAILED, ids=[node_id], where=where, values=common, message=error
+        )
+        if not moved:
+            return None
+        self.conn.execute(
+            sa.update(runs)
+            .where(runs.c.id == run_id, runs.c.failed_node.is_(None))
+            .values(failed_node=name, error=error[:4000])
+        )
+        info = self.cache.get(self.conn, run_id)
+        desc = info.descendants(name)
+        for i in range(0, len(desc), _CHUNK):
+            self.move_nodes(
+                NodeState.SKIPPED,
+                where=sa.and_(nodes.c.run_id == run_id, nodes.c.name.in_(desc[i : i + _CHUNK])),
+                message=f"upstream step {name!r} failed",
+            )
+        return NodeState.FAILED
+
+
+class RunService:
+    """Use cases on runs. Every write goes through a ``Tx``."""
+
+    def __init__(self, store: Store, cache: RunCache | None = None) -> None:
+        self.store = store
+        self.cache = cache or RunCache()
+
+    def tx(self, conn: Connection) -> Tx:
+        return Tx(conn, self.cache, self.store)
+
+    # -- create -----------------------------------------------------------------
+
+    def create_run(
+        self,
+        pv: PipelineVersion,
+        params: dict[str, Any],
+        *,
+        labels: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        options: dict[str, Any] | None = None,
+        rerun_of: str | None = None,
+        reuse: dict[str, Any] | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Create a queued run of ``pv``; returns ``(run_id, created)``.
+
+        With an ``idempotency_key`` already used in the namespace, the existing
+        run is returned with ``created=False``. ``reuse`` maps step names to the
+        outputs of a previous run (re-run from failed steps).
+        """
+        for attempt in range(3):
+            try:
+                with self.store.write() as conn:
+                    if idempotency_key:
+                        existing = self._by_key(conn, pv.namespace, idempotency_key)
+                        if existing:
+                            return existing, False
+                    tx = self.tx(conn)
+                    run_id = self._insert_run(
+                        tx,
+                        pv,
+                        params,
+                        labels or {},
+                        idempotency_key,
+                        options or {},
+                        rerun_of,
+                        reuse or {},
+                        trigger,
+                    )
+                    tx.flush()
+                self.store.wake_local()
+                return run_id, True
+            except sa.exc.IntegrityError:
+                if not idempotency_key or attempt == 2:
+                    raise
+                with self.store.read() as conn:
+                    existing = self._by_key(conn, pv.namespace, idempotency_key)
+                if existing:
+                    return existing, False
+        raise RuntimeError("unreachable")
+
+    @staticmethod
+    def _by_key(conn: Connection, namespace: str, key: str) -> str | None:
+        return conn.execute(
+            sa.select(runs.c.id).where(runs.c.namespace == namespace, runs.c.idempotency_key == key)
+        ).scalar()
+
+    def _insert_run(
+        self,
+        tx: Tx,
+        pv: PipelineVersion,
+        params: dict[str, Any],
+        labels: dict[str, str],
+        key: str | None,
+        options: dict[str, Any],
+        rerun_of: str | None,
+        reuse: dict[str, Any],
+        trigger: dict[str, Any] | None,
+    ) -> str:
+        spec = pv.spec
+        now = tx.now
+        run_id = new_id()
+        all_labels = {**spec.labels, **labels}
+        timeout = options.get("timeout", spec.timeout)
+        todo = [s for s in spec.steps if s.name not in reuse]
+        tx.conn.execute(
+            sa.insert(runs).values(
+                id=run_id,
+                namespace=pv.namespace,
+                pipeline=spec.name,
+                pipeline_version_id=pv.id,
+                version=pv.version,
+                state=RunState.QUEUED.value,
+                params=params,
+                labels=all_labels,
+                idempotency_key=key,
+                nodes_total=len(spec.steps),
+                nodes_remaining=len(todo),
+                cancel_requested=False,
+                deadline=(now + dt.timedelta(seconds=timeout)) if timeout else None,
+                rerun_of=rerun_of,
+                trigger=trigger,
+                options=options,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self.cache.put(
+            RunInfo(
+                run_id,
+                pv.namespace,
+                spec.name,
+                pv.version,
+                pv.id,
+                all_labels,
+                params,
+                options,
+                spec,
+                spec.downstream(),
+            )
+        )
+        rows = []
+        for s in spec.steps:
+            reused = s.name in reuse
+            waiting = sum(1 for d in set(s.depends_on) if d not in reuse)
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "name": s.name,
+                    "state": NodeState.SUCCEEDED.value if reused else NodeState.PENDING.value,
+                    "attempt": 0,
+                    "max_attempts": s.retries + 1,
+                    "waiting_on": waiting,
+                    "ready_at": None,
+                    "cancel_requested": False,
+                    "has_output": reused,
+                    "output": reuse.get(s.name),
+                    "reused": reused,
+                    "ended_at": now if reused else None,
+                }
+            )
+        for i in range(0, len(rows), _CHUNK):
+            tx.conn.execute(sa.insert(nodes), rows[i : i + _CHUNK])
+        msg = f"re-run of {rerun_of}" if rerun_of else ""
+        tx._event(
+            run_id,
+            RUN_EVENT[RunState.QUEUED].value,
+            None,
+            None,
+            msg,
+            {"trigger": trigger} if trigger else None,
+        )
+        tx.move_nodes(
+            NodeState.QUEUED,
+            where=sa.and_(nodes.c.run_id == run_id, nodes.c.waiting_on == 0),
+            values={"ready_at": now},
+        )
+        return run_id
+
+    # -- cancel -----------------------------------------------------------------
+
+    def cancel(self, run_id: str, reason: str = "cancelled by user") -> None:
+        """Cancel a run: nodes not started are cancelled at once, running ones
+        are stopped by their worker (graceful, then forced); the run becomes
+        ``cancelled`` when the last of them has ended."""
+        with self.store.write() as conn:
+            tx = self.tx(conn)
+            self.request_cancel(tx, run_id, reason)
+            tx.flush()
+
+    def request_cancel(self, tx: Tx, run_id: str, reason: str, *, kind: str = "user") -> None:
+        row = tx.conn.execute(
+            sa.select(runs.c.state, runs.c.cancel_requested).where(runs.c.id == run_id)
+        ).first()
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        if RunState(row.state).terminal:
+            raise Conflict(f"run {run_id} is already {row.state}; it cannot be cancelled")
+        if row.cancel_requested:
+            return
+        tx.conn.execute(
+            sa.update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                cancel_requested=True,
+                cancel_reason="timeout" if kind == "timeout" else reason,
+                error=reason if kind == "timeout" else None,
+                updated_at=tx.now,
+            )
+        )
+        tx.move_nodes(
+            NodeState.CANCELLED,
+            where=sa.and_(
+                nodes.c.run_id == run_id,
+                nodes.c.state.in_(
+                    [NodeState.PENDING.value, NodeState.QUEUED.value, NodeState.RETRYING.value]
+                ),
+            ),
+            message=reason,
+        )
+        hit = tx.conn.execute(
+            sa.update(nodes)
+            .where(nodes.c.run_id == run_id, nodes.c.state == NodeState.RUNNING.value)
+            .values(cancel_requested=True)
+            .returning(nodes.c.id)
+        ).first()
+        if hit is not None and tx.store is not None:
+            tx.store.notify_cancel(tx.conn)
+
+    # -- re-run -----------------------------------------------------------------
+
+    def rerun(self, run_id: str) -> str:
+        """A new run of the same version and params that re-uses the outputs of
+        the steps that succeeded and runs the others again."""
+        with self.store.read() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+            if row is None:
+                raise NotFound(f"no run {run_id!r}")
+            if row.state not in (RunState.FAILED.value, RunState.CANCELLED.value):
+                raise Conflict(f"run {run_id} is {row.state}: only failed or cancelled runs re-run")
+            done = conn.execute(
+                sa.select(nodes.c.name, nodes.c.output).where(
+                    nodes.c.run_id == run_id, nodes.c.state == NodeState.SUCCEEDED.value
+                )
+            ).all()
+            spec = spec_of_version(conn, row.pipeline_version_id)
+        pv = PipelineVersion(
+            row.pipeline_version_id, row.namespace, row.pipeline, row.version, spec
+        )
+        new, _ = self.create_run(
+            pv,
+            row.params,
+            labels=row.labels,
+            options=row.options,
+            rerun_of=run_id,
+            reuse={r.name: r.output for r in done},
+        )
+        return new

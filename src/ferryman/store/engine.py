@@ -1,0 +1,143 @@
+"""The database: engine set-up (SQLite tuning, PostgreSQL wake-ups) and
+transactions.
+
+``Store.write()`` opens a write transaction: on SQLite it starts with
+``BEGIN IMMEDIATE`` so that two writers never deadlock on a lock upgrade; on
+PostgreSQL it is a plain transaction (claims use ``FOR UPDATE SKIP LOCKED``).
+``Store.read()`` opens a read-only one (deferred on SQLite, so readers never
+block the writer in WAL mode).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from ferryman.settings import Settings
+
+WAKE_CHANNEL = "ferryman_wake"
+CANCEL_CHANNEL = "ferryman_cancel"
+
+
+class Store:
+    """One database, shared by the services and loops of a process."""
+
+    def __init__(self, url: str, *, synchronous: str = "NORMAL", pool_size: int = 10) -> None:
+        self.url = sa.make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.is_postgres = self.url.get_backend_name() == "postgresql"
+        if self.is_postgres and self.url.drivername == "postgresql":
+            self.url = self.url.set(drivername="postgresql+psycopg")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            db = self.url.database
+            if db and db != ":memory:":
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["pool_size"] = pool_size
+            kwargs["poolclass"] = sa.pool.QueuePool
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = pool_size
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        # In-process wake-up for embedded mode; PostgreSQL adds LISTEN/NOTIFY.
+        self.local_wake = threading.Event()
+        self._listeners: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self.cancel_generation = 0
+        if self.is_sqlite:
+            self._tune_sqlite(synchronous)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
+        if settings.auto_migrate:
+            from ferryman.store.migrate import upgrade
+
+            upgrade(store)
+        return store
+
+    def _tune_sqlite(self, synchronous: str) -> None:
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            write = conn.get_execution_options().get("ferryman_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; committed on success, rolled back on error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(ferryman_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def notify(self, conn: Connection | None = None) -> None:
+        """Wake up workers: in this process at once, elsewhere via NOTIFY.
+
+        With ``conn``, the NOTIFY is part of that transaction and is delivered
+        when it commits (so nobody wakes up before the work is visible).
+        """
+        if self.is_postgres and conn is not None:
+            conn.exec_driver_sql(f"NOTIFY {WAKE_CHANNEL}")
+        self.wake_local()
+
+    def notify_cancel(self, conn: Connection | None = None) -> None:
+        """Tell workers that a running step was asked to stop."""
+        if self.is_postgres and conn is not None:
+            conn.exec_driver_sql(f"NOTIFY {CANCEL_CHANNEL}")
+        with self._lock:
+            self.cancel_generation += 1
+        self.wake_local()
+
+    def wake_local(self) -> None:
+        self.local_wake.set()
+        with self._lock:
+            for ev in self._listeners:
+                ev.set()
+
+    def subscribe(self) -> threading.Event:
+        """An event set whenever this process is told there is new work."""
+        ev = threading.Event()
+        with self._lock:
+            self._listeners.append(ev)
+        return ev
+
+    def unsubscribe(self, ev: threading.Event) -> None:
+        with self._lock:
+            if ev in self._listeners:
+                self._listeners.remove(ev)
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
+    def dispose(self) -> None:
+        self.engine.dispose()

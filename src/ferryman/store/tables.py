@@ -1,0 +1,189 @@
+"""Database tables (SQLAlchemy Core). The Alembic migrations create exactly these."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(sa.DateTime(timezone=True))
+        return dialect.type_descriptor(sa.DateTime())
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        value = value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+
+def new_id() -> str:
+    """A time-ordered 128-bit id as 32 hex digits (UUIDv7 layout)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | (rand & ((1 << 76) - 1))
+    value = (value & ~(0xC << 60)) | (0x8 << 60)  # RFC 4122 variant bits
+    return f"{value:032x}"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+pipelines = sa.Table(
+    "pipelines",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("namespace", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("namespace", "name", name="uq_pipelines_ns_name"),
+)
+
+pipeline_versions = sa.Table(
+    "pipeline_versions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "pipeline_id", sa.Integer, sa.ForeignKey("pipelines.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("spec", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("pipeline_id", "version", name="uq_pipeline_versions"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("namespace", sa.String(128), nullable=False),
+    sa.Column("pipeline", sa.String(128), nullable=False),
+    sa.Column(
+        "pipeline_version_id", sa.Integer, sa.ForeignKey("pipeline_versions.id"), nullable=False
+    ),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", JSONType, nullable=False),
+    sa.Column("labels", JSONType, nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("nodes_total", sa.Integer, nullable=False),
+    sa.Column("nodes_remaining", sa.Integer, nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("cancel_reason", sa.String(64), nullable=True),
+    sa.Column("failed_node", sa.String(128), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("deadline", UTCDateTime, nullable=True),
+    sa.Column("rerun_of", sa.String(32), nullable=True),
+    sa.Column("trigger", JSONType, nullable=True),
+    sa.Column("options", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("namespace", "idempotency_key", name="uq_runs_idempotency"),
+    sa.Index("ix_runs_ns_created", "namespace", "created_at"),
+    sa.Index("ix_runs_state", "state"),
+    sa.Index("ix_runs_pipeline", "namespace", "pipeline", "created_at"),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "run_id", sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("waiting_on", sa.Integer, nullable=False),
+    sa.Column("ready_at", UTCDateTime, nullable=True),
+    sa.Column("worker_id", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("infra_kind", sa.String(64), nullable=True),
+    sa.Column("infra_id", sa.String(255), nullable=True),
+    sa.Column("output", JSONType, nullable=True),
+    sa.Column("has_output", sa.Boolean, nullable=False, default=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("reused", sa.Boolean, nullable=False, default=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("run_id", "name", name="uq_nodes_run_name"),
+    sa.Index("ix_nodes_claim", "state", "ready_at"),
+    sa.Index("ix_nodes_worker", "worker_id", "state"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("namespace", sa.String(128), nullable=False),
+    sa.Column("pipeline", sa.String(128), nullable=False),
+    sa.Column("pipeline_version", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=True),
+    sa.Column("message", sa.Text, nullable=False, default=""),
+    sa.Column("labels", JSONType, nullable=False),
+    sa.Column("data", JSONType, nullable=False),
+    sa.Index("ix_events_run", "run_id", "seq"),
+)
+
+logs = sa.Table(
+    "logs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("stream", sa.String(8), nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Index("ix_logs_run", "run_id", "id"),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("stopped_at", UTCDateTime, nullable=True),
+)
