@@ -110,9 +110,7 @@ def test_retries_exhausted_fails(store: Store, settings: Settings, tmp_path: Pat
     assert "attempt 4 fails" in node(run, "flaky")["error"]
 
 
-def test_step_timeout_kills_the_process(
-    store: Store, settings: Settings, tmp_path: Path
-) -> None:
+def test_step_timeout_kills_the_process(store: Store, settings: Settings, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     run = run_to_end(store, settings, "slow", seconds=30, pidfile=str(pidfile))
     assert run["state"] == "failed"
@@ -121,9 +119,7 @@ def test_step_timeout_kills_the_process(
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_cancel_stops_running_processes(
-    store: Store, settings: Settings, tmp_path: Path
-) -> None:
+def test_cancel_stops_running_processes(store: Store, settings: Settings, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     run_id = start(store, "long_running", pidfile=str(pidfile))
     worker = Worker(store, settings)
@@ -218,9 +214,7 @@ def test_run_timeout_fails_the_run(store: Store, settings: Settings, tmp_path: P
     assert node(run, "spawner")["state"] == "cancelled"
 
 
-def test_expired_lease_is_recovered_by_another_worker(
-    store: Store, settings: Settings
-) -> None:
+def test_expired_lease_is_recovered_by_another_worker(store: Store, settings: Settings) -> None:
     """A node left `running` by a dead worker is retried with reason 'worker lost'."""
     run_id = start(store, "retrying", counter="/nonexistent/never-used", fail_times=0)
     import datetime as dt
@@ -254,6 +248,8 @@ def test_gate_rejects_illegal_moves(store: Store, settings: Settings) -> None:
         tx = RunService(store).tx(conn)
         moved = tx.move_nodes(NodeState.RUNNING, where=nodes.c.run_id == run["id"])
         assert moved == []
-        assert tx.move_run(run["id"], __import__("ferryman").domain.states.RunState.RUNNING) is False
+        assert (
+            tx.move_run(run["id"], __import__("ferryman").domain.states.RunState.RUNNING) is False
+        )
         tx.flush()
     assert events_of(store, run["id"])[-1]["type"] == "RunSucceeded"

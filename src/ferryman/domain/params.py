@@ -4,8 +4,8 @@ that reports *every* error with its field path and reason."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -62,11 +62,19 @@ class _ParamsBase(BaseModel):
 
 def build_model(spec: PipelineSpec) -> type[BaseModel]:
     """The pydantic model of a pipeline's parameters (cached per version)."""
-    return _build(spec.name, tuple(spec.params))
+    key = (spec.name, json.dumps([p.model_dump(mode="json") for p in spec.params], sort_keys=True))
+    model = _MODELS.get(key)
+    if model is None:
+        if len(_MODELS) > 256:
+            _MODELS.clear()
+        model = _MODELS[key] = _build(spec.name, spec.params)
+    return model
 
 
-@lru_cache(maxsize=256)
-def _build(name: str, params: tuple[ParamSpec, ...]) -> type[BaseModel]:
+_MODELS: dict[tuple[str, str], type[BaseModel]] = {}
+
+
+def _build(name: str, params: list[ParamSpec]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for p in params:
         constraints: dict[str, Any] = {"description": p.description or None}
@@ -82,7 +90,7 @@ def _build(name: str, params: tuple[ParamSpec, ...]) -> type[BaseModel]:
             constraints["pattern"] = p.pattern
         default = ... if p.required else p.default
         fields[p.name] = (_python_type(p), Field(default, **constraints))
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    model: type[BaseModel] = create_model(
         f"{name.replace('-', '_').replace('.', '_')}_params", __base__=_ParamsBase, **fields
     )
     return model

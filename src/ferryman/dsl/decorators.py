@@ -331,7 +331,7 @@ def _param_spec(
             raise DSLError(f"{where}: default of {name!r} is not JSON-serialisable") from None
     spec = ParamSpecModel(
         name=name,
-        type=ptype,  # type: ignore[arg-type]
+        type=ptype,
         required=not has_default,
         default=default_value,
         description=info.description,

@@ -17,6 +17,7 @@ only a fallback.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -35,12 +36,22 @@ from ferryman.domain.spec import StepSpec, resolve
 from ferryman.domain.states import NodeState, RunState
 from ferryman.infra.base import EXIT_KILLED, OutputCapture, StepLaunch
 from ferryman.infra.registry import InfraPool
-from ferryman.services.runs import RunService, Tx
+from ferryman.services.runs import RunService, Sel, Tx, sel_expired
 from ferryman.settings import Settings
 from ferryman.store.engine import CANCEL_CHANNEL, WAKE_CHANNEL, Store
 from ferryman.store.tables import logs, nodes, runs, utcnow, workers
 
 log = logging.getLogger(__name__)
+
+
+_OUTPUTS = sa.select(nodes.c.name, nodes.c.output).where(
+    nodes.c.run_id == sa.bindparam("o_run"),
+    nodes.c.name.in_(sa.bindparam("o_names", expanding=True)),
+)
+_NEXT_READY = sa.select(sa.func.min(nodes.c.ready_at)).where(
+    nodes.c.state.in_([NodeState.QUEUED.value, NodeState.RETRYING.value])
+)
+_NEXT_READY_RUNS = _NEXT_READY.where(nodes.c.run_id.in_(sa.bindparam("n_runs", expanding=True)))
 
 
 @dataclass
@@ -192,6 +203,8 @@ class Worker:
         return len(states) == len(run_ids) and all(RunState(s).terminal for s in states)
 
     def _sleep(self) -> None:
+        # Clear first, then look: a wake-up arriving in between is never lost.
+        self._wake.clear()
         with self._lock:
             busy = bool(self._buf.done or self._buf.started or self._buf.logs)
         if busy:
@@ -206,7 +219,6 @@ class Worker:
             wait = min(wait, self._next_due - now)
         if wait > 0:
             self._wake.wait(wait)
-        self._wake.clear()
 
     def _shutdown(self) -> None:
         self._stopping = True
@@ -282,23 +294,34 @@ class Worker:
     # -- claiming -------------------------------------------------------------
 
     def _claim(self, tx: Tx, limit: int) -> list[Attempt]:
-        conn = tx.conn
-        ready = sa.and_(
-            nodes.c.state.in_([NodeState.QUEUED.value, NodeState.RETRYING.value]),
-            nodes.c.ready_at <= tx.now,
-        )
-        sub = sa.select(nodes.c.id).where(ready).order_by(nodes.c.ready_at, nodes.c.id).limit(limit)
-        if self.only_runs is not None:
-            sub = sub.where(nodes.c.run_id.in_(self.only_runs))
-        if self.store.is_postgres:
-            sub = sub.with_for_update(skip_locked=True)
         lease = tx.now + _seconds(self.settings.lease_seconds)
         pos = len(tx._events)
+        only = self.only_runs is not None
+        pg = self.store.is_postgres
+
+        def build() -> sa.ColumnElement[bool]:
+            sub = (
+                sa.select(nodes.c.id)
+                .where(
+                    nodes.c.state.in_([NodeState.QUEUED.value, NodeState.RETRYING.value]),
+                    nodes.c.ready_at <= sa.bindparam("c_now", type_=nodes.c.ready_at.type),
+                )
+                .order_by(nodes.c.ready_at, nodes.c.id)
+                .limit(sa.bindparam("c_limit"))
+            )
+            if only:
+                sub = sub.where(nodes.c.run_id.in_(sa.bindparam("c_runs", expanding=True)))
+            if pg:
+                sub = sub.with_for_update(skip_locked=True)
+            return nodes.c.id.in_(sub.scalar_subquery())
+
+        params: dict[str, Any] = {"c_now": tx.now, "c_limit": limit}
+        if only:
+            params["c_runs"] = sorted(self.only_runs or ())
         rows = tx.move_nodes(
             NodeState.RUNNING,
-            where=nodes.c.id.in_(sub.scalar_subquery()),
+            where=Sel(f"claim:{only}:{pg}", build, params),
             values={
-                "attempt": nodes.c.attempt + 1,
                 "worker_id": self.id,
                 "lease_expires_at": lease,
                 "started_at": tx.now,
@@ -306,29 +329,30 @@ class Worker:
                 "cancel_requested": False,
                 "infra_id": None,
             },
+            sql_values={"attempt": nodes.c.attempt + 1},
             data={"worker": self.id},
         )
-        if len(rows) < limit:
-            self._next_due = self._next_ready(conn)
         if not rows:
+            self._next_due = self._next_ready(tx.conn)
             return []
         # The run starts with its first claimed node; its event goes first.
         node_events = tx._events[pos:]
         del tx._events[pos:]
         for run_id in {r.run_id for r in rows}:
-            tx.move_run(run_id, RunState.RUNNING)
+            info = tx.cache.get(tx.conn, run_id)
+            if not info.started:
+                tx.move_run(run_id, RunState.RUNNING)
+                info.started = True
         tx._events.extend(node_events)
         self.claimed_total += len(rows)
         return self._prepare(tx, rows)
 
     def _next_ready(self, conn: Connection) -> float | None:
-        q = sa.select(sa.func.min(nodes.c.ready_at)).where(
-            nodes.c.state.in_([NodeState.QUEUED.value, NodeState.RETRYING.value])
-        )
         if self.only_runs is not None:
-            q = q.where(nodes.c.run_id.in_(self.only_runs))
-        at = conn.execute(q).scalar()
-        if at is None:
+            at = conn.execute(_NEXT_READY_RUNS, {"n_runs": sorted(self.only_runs)}).scalar()
+        else:
+            at = conn.execute(_NEXT_READY).scalar()
+        if not isinstance(at, dt.datetime):
             return None
         return time.monotonic() + max((at - utcnow()).total_seconds(), 0.0)
 
@@ -343,14 +367,8 @@ class Worker:
             deps = sorted({d for s in steps for d in s.depends_on})
             outputs: dict[str, Any] = {}
             if deps:
-                outputs = {
-                    n: o
-                    for n, o in tx.conn.execute(
-                        sa.select(nodes.c.name, nodes.c.output).where(
-                            nodes.c.run_id == run_id, nodes.c.name.in_(deps)
-                        )
-                    ).all()
-                }
+                rows_out = tx.conn.execute(_OUTPUTS, {"o_run": run_id, "o_names": deps}).all()
+                outputs = {n: o for n, o in rows_out}
             for r, s in zip(group, steps, strict=True):
                 a = Attempt(r.id, run_id, r.name, r.attempt, s)
                 a.kind = (
@@ -410,9 +428,10 @@ class Worker:
         except Exception as exc:
             return Outcome(a, ok=False, error=f"could not start on {a.kind}: {exc}")
         a.identifier = ident
-        with self._lock:
-            self._buf.started.append(a)
-        self._wake.set()
+        if a.kind != "inline":  # an inline step can be neither re-attached nor killed remotely
+            with self._lock:
+                self._buf.started.append(a)
+            self._wake.set()
         if a.stop_reason is not None and not a.kill_sent:
             self._request_kill(a, a.stop_reason, self.settings.grace_seconds)
         result = infra.watch(ident)
@@ -472,7 +491,6 @@ class Worker:
     def _apply(self, tx: Tx, o: Outcome) -> None:
         a = o.attempt
         self._inflight.pop(a.node_id, None)
-        guard = nodes.c.worker_id == self.id
         if o.ok:
             done = tx.node_succeeded(
                 a.node_id,
@@ -481,7 +499,7 @@ class Worker:
                 a.attempt,
                 o.output,
                 o.has_output,
-                guard=guard,
+                worker=self.id,
                 exit_code=o.exit_code,
             )
             if not done:
@@ -500,7 +518,7 @@ class Worker:
             a.attempt,
             o.error,
             retry_policy_delay=delay,
-            guard=guard,
+            worker=self.id,
             exit_code=o.exit_code,
             cancelled=cancelled,
         )
@@ -577,7 +595,7 @@ class Worker:
             info = tx.cache.get(tx.conn, r.run_id)
             step = info.spec.step(r.name)
             msg = f"worker lost: lease of worker {r.worker_id} expired"
-            guard = sa.and_(nodes.c.worker_id == r.worker_id, nodes.c.lease_expires_at < tx.now)
+            guard = sel_expired(r.attempt, r.worker_id, tx.now)
             delay = None
             if not r.cancel_requested and step.retry_policy.should_retry(r.attempt):
                 delay = step.retry_policy.delay_after(r.attempt)
@@ -588,7 +606,7 @@ class Worker:
                 r.attempt,
                 msg,
                 retry_policy_delay=delay,
-                guard=guard,
+                where=guard,
                 cancelled=bool(r.cancel_requested),
             )
             log.warning("%s: %s#%s", msg, r.name, r.attempt)
@@ -601,10 +619,10 @@ class Worker:
             )
             .limit(100)
         ).all()
-        for r in overdue:
-            info = tx.cache.get(tx.conn, r.id)
+        for o in overdue:
+            info = tx.cache.get(tx.conn, o.id)
             secs = info.options.get("timeout", info.spec.timeout)
-            self.service.request_cancel(tx, r.id, f"run timed out after {secs:g}s", kind="timeout")
+            self.service.request_cancel(tx, o.id, f"run timed out after {secs:g}s", kind="timeout")
             self._cancel_flag.set()
 
 
@@ -615,9 +633,7 @@ def _safe_kill(infra: Any, ident: str, grace: float) -> None:
         log.exception("could not kill %s", ident)
 
 
-def _seconds(s: float) -> Any:
-    import datetime as dt
-
+def _seconds(s: float) -> dt.timedelta:
     return dt.timedelta(seconds=s)
 
 

@@ -92,7 +92,7 @@ def find_run_id(conn: Connection, prefix: str) -> str:
         raise NotFound(f"no run {prefix!r}")
     if len(ids) > 1:
         raise NotFound(f"run id prefix {prefix!r} is ambiguous")
-    return ids[0]
+    return str(ids[0])
 
 
 def list_runs(

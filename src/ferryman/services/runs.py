@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,102 @@ log = logging.getLogger(__name__)
 _CHUNK = 2000  # bound on IN (...) list sizes
 
 
+@dataclass(frozen=True)
+class Sel:
+    """A named node selector: its clause is built once (with bind parameters)
+    and the compiled statement is cached under ``key``."""
+
+    key: str
+    build: Callable[[], sa.ColumnElement[bool]]
+    params: dict[str, Any]
+
+
+_STMTS: dict[tuple[Any, ...], Any] = {}
+_DECREMENT = (
+    sa.update(nodes)
+    .where(
+        nodes.c.run_id == sa.bindparam("s_run"),
+        nodes.c.name.in_(sa.bindparam("s_names", expanding=True)),
+    )
+    .values(waiting_on=nodes.c.waiting_on - 1)
+)
+_COUNT_OFF = (
+    sa.update(runs)
+    .where(runs.c.id == sa.bindparam("r_id"))
+    .values(nodes_remaining=runs.c.nodes_remaining - sa.bindparam("n"))
+    .returning(
+        runs.c.nodes_remaining,
+        runs.c.failed_node,
+        runs.c.cancel_requested,
+        runs.c.cancel_reason,
+        runs.c.error,
+    )
+)
+_INSERT_EVENTS = sa.insert(events)
+_RET = (nodes.c.id, nodes.c.run_id, nodes.c.name, nodes.c.attempt)
+
+
+def _node_update(
+    where: sa.ColumnElement[bool] | None,
+    by_ids: bool,
+    vals: dict[str, Any],
+    sqlv: dict[str, Any],
+) -> Any:
+    stmt = sa.update(nodes).where(nodes.c.state.in_(sa.bindparam("sources", expanding=True)))
+    if by_ids:
+        stmt = stmt.where(nodes.c.id.in_(sa.bindparam("ids", expanding=True)))
+    if where is not None:
+        stmt = stmt.where(where)
+    setv: dict[str, Any] = {"state": sa.bindparam("to")}
+    setv.update({k: sa.bindparam(f"v_{k}", type_=nodes.c[k].type) for k in vals})
+    setv.update(sqlv)
+    return stmt.values(**setv).returning(*_RET)
+
+
+def sel_attempt(attempt: int, worker: str | None = None) -> Sel:
+    """The node's current attempt is ``attempt`` (and it is leased by ``worker``)."""
+    if worker is None:
+        return Sel(
+            "attempt", lambda: nodes.c.attempt == sa.bindparam("s_attempt"), {"s_attempt": attempt}
+        )
+    return Sel(
+        "attempt_worker",
+        lambda: sa.and_(
+            nodes.c.attempt == sa.bindparam("s_attempt"),
+            nodes.c.worker_id == sa.bindparam("s_worker"),
+        ),
+        {"s_attempt": attempt, "s_worker": worker},
+    )
+
+
+def sel_expired(attempt: int, worker: str, now: dt.datetime) -> Sel:
+    """The node is still on ``attempt``, leased by ``worker``, and the lease expired."""
+    return Sel(
+        "expired",
+        lambda: sa.and_(
+            nodes.c.attempt == sa.bindparam("s_attempt"),
+            nodes.c.worker_id == sa.bindparam("s_worker"),
+            nodes.c.lease_expires_at < sa.bindparam("s_now", type_=nodes.c.lease_expires_at.type),
+        ),
+        {"s_attempt": attempt, "s_worker": worker, "s_now": now},
+    )
+
+
+def sel_names(run_id: str, names: Sequence[str], *, ready: bool = False) -> Sel:
+    """Nodes of ``run_id`` called ``names`` (and, with ``ready``, no longer waiting)."""
+
+    def build() -> sa.ColumnElement[bool]:
+        c = sa.and_(
+            nodes.c.run_id == sa.bindparam("s_run"),
+            nodes.c.name.in_(sa.bindparam("s_names", expanding=True)),
+        )
+        return sa.and_(c, nodes.c.waiting_on <= 0) if ready else c
+
+    return Sel(
+        "names_ready" if ready else "names", build, {"s_run": run_id, "s_names": list(names)}
+    )
+
+
 @dataclass
 class RunInfo:
     """What the engine needs to know about a run, cached per process."""
@@ -46,6 +142,7 @@ class RunInfo:
     options: dict[str, Any]
     spec: PipelineSpec
     downstream: dict[str, list[str]]
+    started: bool = False  # known to be past `queued` (saves a no-op UPDATE per claim)
 
     def descendants(self, name: str) -> list[str]:
         seen: set[str] = set()
@@ -112,35 +209,46 @@ class Tx:
         to: NodeState,
         *,
         ids: Sequence[int] | None = None,
-        where: sa.ColumnElement[bool] | None = None,
+        where: sa.ColumnElement[bool] | Sel | None = None,
         values: dict[str, Any] | None = None,
+        sql_values: dict[str, Any] | None = None,
         message: str = "",
         data: dict[str, Any] | None = None,
     ) -> list[Row[Any]]:
         """Move the selected nodes to ``to`` if (and only if) that move is legal.
 
-        Returns the rows moved (id, run_id, name, attempt). Illegal or raced
-        rows are left untouched and simply not returned.
+        Nodes are selected by ``ids`` and/or ``where`` (a clause, or a ``Sel``
+        whose statement is built once and cached: this is the hot path).
+        ``sql_values`` are SQL expressions (constant per call site). Returns
+        the rows moved (id, run_id, name, attempt); illegal or raced rows are
+        left untouched and simply not returned.
         """
         if ids is not None and not ids:
             return []
-        vals: dict[str, Any] = {"state": to.value, **(values or {})}
+        vals: dict[str, Any] = {**(values or {})}
         if to in NODE_TERMINAL:
             vals.setdefault("ended_at", self.now)
             vals["lease_expires_at"] = None
-        sources = [s.value for s in node_sources(to)]
-        ret = (nodes.c.id, nodes.c.run_id, nodes.c.name, nodes.c.attempt)
+        sqlv = sql_values or {}
         moved: list[Row[Any]] = []
-        batches: Iterable[Sequence[int] | None] = (
+        batches: list[Sequence[int] | None] = (
             [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)] if ids is not None else [None]
         )
         for batch in batches:
-            stmt = sa.update(nodes).where(nodes.c.state.in_(sources))
+            params = {f"v_{k}": v for k, v in vals.items()}
+            params["sources"] = [st.value for st in node_sources(to)]
+            params["to"] = to.value
             if batch is not None:
-                stmt = stmt.where(nodes.c.id.in_(batch))
-            if where is not None:
-                stmt = stmt.where(where)
-            moved.extend(self.conn.execute(stmt.values(**vals).returning(*ret)).all())
+                params["ids"] = list(batch)
+            if isinstance(where, Sel):
+                params.update(where.params)
+                key = (where.key, batch is not None, tuple(sorted(vals)), tuple(sorted(sqlv)))
+                stmt = _STMTS.get(key)
+                if stmt is None:
+                    stmt = _STMTS[key] = _node_update(where.build(), batch is not None, vals, sqlv)
+            else:
+                stmt = _node_update(where, batch is not None, vals, sqlv)
+            moved.extend(self.conn.execute(stmt, params).all())
         etype = NODE_EVENT.get(to)
         for r in moved:
             if etype is not None:
@@ -166,13 +274,22 @@ class Tx:
             vals.setdefault("ended_at", self.now)
         if to == RunState.RUNNING:
             vals.setdefault("started_at", self.now)
-        sources = [s.value for s in run_sources(to)]
-        res = self.conn.execute(
-            sa.update(runs)
-            .where(runs.c.id == run_id, runs.c.state.in_(sources))
-            .values(**vals)
-            .returning(runs.c.id)
-        ).first()
+        key = ("run", tuple(sorted(vals)))
+        stmt = _STMTS.get(key)
+        if stmt is None:
+            stmt = _STMTS[key] = (
+                sa.update(runs)
+                .where(
+                    runs.c.id == sa.bindparam("r_id"),
+                    runs.c.state.in_(sa.bindparam("r_sources", expanding=True)),
+                )
+                .values(**{k: sa.bindparam(f"v_{k}", type_=runs.c[k].type) for k in vals})
+                .returning(runs.c.id)
+            )
+        params = {f"v_{k}": v for k, v in vals.items()}
+        params["r_id"] = run_id
+        params["r_sources"] = [s.value for s in run_sources(to)]
+        res = self.conn.execute(stmt, params).first()
         if res is None:
             return False
         self._event(run_id, RUN_EVENT[to].value, None, None, message, data)
@@ -217,22 +334,11 @@ class Tx:
         while self._terminal:
             pending, self._terminal = self._terminal, {}
             for run_id, n in pending.items():
-                row = self.conn.execute(
-                    sa.update(runs)
-                    .where(runs.c.id == run_id)
-                    .values(nodes_remaining=runs.c.nodes_remaining - n)
-                    .returning(
-                        runs.c.nodes_remaining,
-                        runs.c.failed_node,
-                        runs.c.cancel_requested,
-                        runs.c.cancel_reason,
-                        runs.c.error,
-                    )
-                ).one()
+                row = self.conn.execute(_COUNT_OFF, {"r_id": run_id, "n": n}).one()
                 if row.nodes_remaining <= 0:
                     self._finish_run(run_id, row)
         if self._events:
-            self.conn.execute(sa.insert(events), self._events)
+            self.conn.execute(_INSERT_EVENTS, self._events)
             self._events = []
 
     def _finish_run(self, run_id: str, row: Row[Any]) -> None:
@@ -256,13 +362,13 @@ class Tx:
         attempt: int,
         output: Any,
         has_output: bool,
-        guard: sa.ColumnElement[bool] | None = None,
+        worker: str | None = None,
         exit_code: int | None = 0,
     ) -> bool:
         moved = self.move_nodes(
             NodeState.SUCCEEDED,
             ids=[node_id],
-            where=sa.and_(nodes.c.attempt == attempt, *([guard] if guard is not None else [])),
+            where=sel_attempt(attempt, worker),
             values={
                 "output": output,
                 "has_output": has_output,
@@ -280,16 +386,10 @@ class Tx:
         children = self.cache.get(self.conn, run_id).downstream.get(name, [])
         for i in range(0, len(children), _CHUNK):
             chunk = children[i : i + _CHUNK]
-            self.conn.execute(
-                sa.update(nodes)
-                .where(nodes.c.run_id == run_id, nodes.c.name.in_(chunk))
-                .values(waiting_on=nodes.c.waiting_on - 1)
-            )
+            self.conn.execute(_DECREMENT, {"s_run": run_id, "s_names": chunk})
             self.move_nodes(
                 NodeState.QUEUED,
-                where=sa.and_(
-                    nodes.c.run_id == run_id, nodes.c.name.in_(chunk), nodes.c.waiting_on <= 0
-                ),
+                where=sel_names(run_id, chunk, ready=True),
                 values={"ready_at": self.now},
             )
 
@@ -302,13 +402,14 @@ class Tx:
         error: str,
         *,
         retry_policy_delay: float | None,
-        guard: sa.ColumnElement[bool] | None = None,
+        worker: str | None = None,
+        where: Sel | None = None,
         exit_code: int | None = None,
         cancelled: bool = False,
     ) -> NodeState | None:
         """An attempt ended badly: retry (if ``retry_policy_delay`` is given),
         cancel, or fail the node and skip everything downstream of it."""
-        where = sa.and_(nodes.c.attempt == attempt, *([guard] if guard is not None else []))
+        where = where or sel_attempt(attempt, worker)
         common = {"error": error, "exit_code": exit_code}
         if cancelled:
             moved = self.move_nodes(
@@ -344,7 +445,7 @@ class Tx:
         for i in range(0, len(desc), _CHUNK):
             self.move_nodes(
                 NodeState.SKIPPED,
-                where=sa.and_(nodes.c.run_id == run_id, nodes.c.name.in_(desc[i : i + _CHUNK])),
+                where=sel_names(run_id, desc[i : i + _CHUNK]),
                 message=f"upstream step {name!r} failed",
             )
         return NodeState.FAILED

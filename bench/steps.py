@@ -1,0 +1,5 @@
+"""No-op steps for the benchmarks."""
+
+
+def noop() -> None:
+    return None
