@@ -198,10 +198,12 @@ class PipelineSpec(_Frozen):
         return self
 
     def step(self, name: str) -> StepSpec:
-        for s in self.steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        """The step called ``name`` (KeyError if none)."""
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = {s.name: s for s in self.steps}
+            object.__setattr__(self, "_index", index)  # a cache, not part of the model
+        return index[name]
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

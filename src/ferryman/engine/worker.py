@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ferryman.domain.spec import StepSpec, resolve
+from ferryman.domain.spec import StepSpec, iter_refs, resolve
 from ferryman.domain.states import NodeState, RunState
 from ferryman.infra.base import EXIT_KILLED, OutputCapture, StepLaunch
 from ferryman.infra.registry import InfraPool
@@ -44,6 +44,8 @@ from ferryman.store.tables import logs, nodes, runs, utcnow, workers
 log = logging.getLogger(__name__)
 
 
+_CLAIMABLE = sa.text(f"nodes.state IN ('{NodeState.QUEUED.value}', '{NodeState.RETRYING.value}')")
+_NEXT_ATTEMPT = {"attempt": nodes.c.attempt + 1}
 _OUTPUTS = sa.select(nodes.c.name, nodes.c.output).where(
     nodes.c.run_id == sa.bindparam("o_run"),
     nodes.c.name.in_(sa.bindparam("o_names", expanding=True)),
@@ -282,6 +284,7 @@ class Worker:
             if mono >= self._next_sweep:
                 self._sweep(tx)
                 self._next_sweep = mono + self.settings.sweep_seconds
+            tx.settle_releases()
             free = self.concurrency - len(self._inflight)
             if free > 0 and not self._stopping:
                 claimed = self._claim(tx, free)
@@ -297,30 +300,35 @@ class Worker:
         lease = tx.now + _seconds(self.settings.lease_seconds)
         pos = len(tx._events)
         only = self.only_runs is not None
+        one = only and len(self.only_runs or ()) == 1
         pg = self.store.is_postgres
 
         def build() -> sa.ColumnElement[bool]:
             sub = (
                 sa.select(nodes.c.id)
                 .where(
-                    nodes.c.state.in_([NodeState.QUEUED.value, NodeState.RETRYING.value]),
+                    _CLAIMABLE,
                     nodes.c.ready_at <= sa.bindparam("c_now", type_=nodes.c.ready_at.type),
                 )
                 .order_by(nodes.c.ready_at, nodes.c.id)
                 .limit(sa.bindparam("c_limit"))
             )
-            if only:
+            if one:
+                sub = sub.where(nodes.c.run_id == sa.bindparam("c_run"))
+            elif only:
                 sub = sub.where(nodes.c.run_id.in_(sa.bindparam("c_runs", expanding=True)))
             if pg:
                 sub = sub.with_for_update(skip_locked=True)
             return nodes.c.id.in_(sub.scalar_subquery())
 
         params: dict[str, Any] = {"c_now": tx.now, "c_limit": limit}
-        if only:
+        if one:
+            params["c_run"] = next(iter(self.only_runs or ()))
+        elif only:
             params["c_runs"] = sorted(self.only_runs or ())
         rows = tx.move_nodes(
             NodeState.RUNNING,
-            where=Sel(f"claim:{only}:{pg}", build, params),
+            where=Sel(f"claim:{only}:{one}:{pg}", build, params, expanding=only and not one),
             values={
                 "worker_id": self.id,
                 "lease_expires_at": lease,
@@ -329,7 +337,7 @@ class Worker:
                 "cancel_requested": False,
                 "infra_id": None,
             },
-            sql_values={"attempt": nodes.c.attempt + 1},
+            sql_values=_NEXT_ATTEMPT,
             data={"worker": self.id},
         )
         if not rows:
@@ -364,7 +372,10 @@ class Worker:
         for run_id, group in by_run.items():
             info = tx.cache.get(tx.conn, run_id)
             steps = [info.spec.step(r.name) for r in group]
-            deps = sorted({d for s in steps for d in s.depends_on})
+            # only the outputs the inputs actually refer to
+            deps = sorted(
+                {ref for s in steps for kind, ref in iter_refs(s.inputs) if kind == "$step"}
+            )
             outputs: dict[str, Any] = {}
             if deps:
                 rows_out = tx.conn.execute(_OUTPUTS, {"o_run": run_id, "o_names": deps}).all()

@@ -25,6 +25,7 @@ from ferryman.domain.states import NODE_TERMINAL, NodeState, RunState, node_sour
 from ferryman.errors import Conflict, NotFound
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
 from ferryman.store.engine import Store
+from ferryman.store.prepared import Prepared
 from ferryman.store.tables import events, new_id, nodes, runs, utcnow
 
 log = logging.getLogger(__name__)
@@ -40,18 +41,16 @@ class Sel:
     key: str
     build: Callable[[], sa.ColumnElement[bool]]
     params: dict[str, Any]
+    expanding: bool = False  # has IN-list parameters (cannot be a Prepared statement)
 
 
 _STMTS: dict[tuple[Any, ...], Any] = {}
-_DECREMENT = (
+_DECREMENT = Prepared(
     sa.update(nodes)
-    .where(
-        nodes.c.run_id == sa.bindparam("s_run"),
-        nodes.c.name.in_(sa.bindparam("s_names", expanding=True)),
-    )
+    .where(nodes.c.run_id == sa.bindparam("s_run"), nodes.c.name == sa.bindparam("s_name"))
     .values(waiting_on=nodes.c.waiting_on - 1)
 )
-_COUNT_OFF = (
+_COUNT_OFF = Prepared(
     sa.update(runs)
     .where(runs.c.id == sa.bindparam("r_id"))
     .values(nodes_remaining=runs.c.nodes_remaining - sa.bindparam("n"))
@@ -61,24 +60,37 @@ _COUNT_OFF = (
         runs.c.cancel_requested,
         runs.c.cancel_reason,
         runs.c.error,
+    ),
+    returns=("nodes_remaining", "failed_node", "cancel_requested", "cancel_reason", "error"),
+)
+_INSERT_EVENTS = Prepared(
+    sa.insert(events).values(
+        {c.name: sa.bindparam(c.name, type_=c.type) for c in events.c if c.name != "seq"}
     )
 )
-_INSERT_EVENTS = sa.insert(events)
 _RET = (nodes.c.id, nodes.c.run_id, nodes.c.name, nodes.c.attempt)
+_RET_NAMES = ("id", "run_id", "name", "attempt")
 
 
 def _node_update(
+    to: NodeState,
     where: sa.ColumnElement[bool] | None,
-    by_ids: bool,
+    by_ids: int,
     vals: dict[str, Any],
     sqlv: dict[str, Any],
 ) -> Any:
-    stmt = sa.update(nodes).where(nodes.c.state.in_(sa.bindparam("sources", expanding=True)))
-    if by_ids:
+    # The legal sources are constant per target: inline them in the SQL.
+    sources = sorted(s.value for s in node_sources(to))
+    stmt = sa.update(nodes).where(
+        sa.text("nodes.state IN (" + ", ".join(f"'{s}'" for s in sources) + ")")
+    )
+    if by_ids == 1:
+        stmt = stmt.where(nodes.c.id == sa.bindparam("id1"))
+    elif by_ids > 1:
         stmt = stmt.where(nodes.c.id.in_(sa.bindparam("ids", expanding=True)))
     if where is not None:
         stmt = stmt.where(where)
-    setv: dict[str, Any] = {"state": sa.bindparam("to")}
+    setv: dict[str, Any] = {"state": to.value}
     setv.update({k: sa.bindparam(f"v_{k}", type_=nodes.c[k].type) for k in vals})
     setv.update(sqlv)
     return stmt.values(**setv).returning(*_RET)
@@ -113,19 +125,37 @@ def sel_expired(attempt: int, worker: str, now: dt.datetime) -> Sel:
     )
 
 
-def sel_names(run_id: str, names: Sequence[str], *, ready: bool = False) -> Sel:
-    """Nodes of ``run_id`` called ``names`` (and, with ``ready``, no longer waiting)."""
+def sel_ready(run_id: str) -> Sel:
+    """Pending nodes of ``run_id`` no longer waiting on any upstream."""
+    return Sel(
+        "ready",
+        lambda: sa.and_(nodes.c.run_id == sa.bindparam("s_run"), nodes.c.waiting_on <= 0),
+        {"s_run": run_id},
+    )
+
+
+def sel_names(run_id: str, names: Sequence[str], *, last_wait: bool = False) -> Sel:
+    """Nodes of ``run_id`` called ``names`` (with ``last_wait``: only those
+    waiting on one more upstream)."""
+
+    one = len(names) == 1
 
     def build() -> sa.ColumnElement[bool]:
         c = sa.and_(
             nodes.c.run_id == sa.bindparam("s_run"),
-            nodes.c.name.in_(sa.bindparam("s_names", expanding=True)),
+            nodes.c.name == sa.bindparam("s_name")
+            if one
+            else nodes.c.name.in_(sa.bindparam("s_names", expanding=True)),
         )
-        return sa.and_(c, nodes.c.waiting_on <= 0) if ready else c
+        return sa.and_(c, nodes.c.waiting_on <= 1) if last_wait else c
 
-    return Sel(
-        "names_ready" if ready else "names", build, {"s_run": run_id, "s_names": list(names)}
-    )
+    params: dict[str, Any] = {"s_run": run_id}
+    if one:
+        params["s_name"] = names[0]
+    else:
+        params["s_names"] = list(names)
+    key = ("names_last" if last_wait else "names") + ("1" if one else "")
+    return Sel(key, build, params, expanding=not one)
 
 
 @dataclass
@@ -200,6 +230,7 @@ class Tx:
     now: dt.datetime = field(default_factory=utcnow)
     _events: list[dict[str, Any]] = field(default_factory=list)
     _terminal: dict[str, int] = field(default_factory=dict)
+    _released: list[dict[str, Any]] = field(default_factory=list)
     woke: bool = False
 
     # -- the gate -------------------------------------------------------------
@@ -236,19 +267,28 @@ class Tx:
         )
         for batch in batches:
             params = {f"v_{k}": v for k, v in vals.items()}
-            params["sources"] = [st.value for st in node_sources(to)]
-            params["to"] = to.value
-            if batch is not None:
+            by_ids = 0 if batch is None else (1 if len(batch) == 1 else 2)
+            if by_ids == 1:
+                assert batch is not None
+                params["id1"] = batch[0]
+            elif by_ids == 2:
+                assert batch is not None
                 params["ids"] = list(batch)
             if isinstance(where, Sel):
                 params.update(where.params)
-                key = (where.key, batch is not None, tuple(sorted(vals)), tuple(sorted(sqlv)))
+                key = (to, where.key, by_ids, tuple(sorted(vals)), tuple(sorted(sqlv)))
                 stmt = _STMTS.get(key)
                 if stmt is None:
-                    stmt = _STMTS[key] = _node_update(where.build(), batch is not None, vals, sqlv)
+                    stmt = _node_update(to, where.build(), by_ids, vals, sqlv)
+                    if by_ids < 2 and not where.expanding:
+                        stmt = Prepared(stmt, returns=_RET_NAMES)
+                    _STMTS[key] = stmt
             else:
-                stmt = _node_update(where, batch is not None, vals, sqlv)
-            moved.extend(self.conn.execute(stmt, params).all())
+                stmt = _node_update(to, where, by_ids, vals, sqlv)
+            if isinstance(stmt, Prepared):
+                moved.extend(stmt.rows(self.conn, params))
+            else:
+                moved.extend(self.conn.execute(stmt, params).all())
         etype = NODE_EVENT.get(to)
         for r in moved:
             if etype is not None:
@@ -274,23 +314,21 @@ class Tx:
             vals.setdefault("ended_at", self.now)
         if to == RunState.RUNNING:
             vals.setdefault("started_at", self.now)
-        key = ("run", tuple(sorted(vals)))
+        key = ("run", to, tuple(sorted(vals)))
         stmt = _STMTS.get(key)
         if stmt is None:
-            stmt = _STMTS[key] = (
+            sources = ", ".join(f"'{s.value}'" for s in sorted(run_sources(to)))
+            stmt = _STMTS[key] = Prepared(
                 sa.update(runs)
-                .where(
-                    runs.c.id == sa.bindparam("r_id"),
-                    runs.c.state.in_(sa.bindparam("r_sources", expanding=True)),
-                )
+                .where(runs.c.id == sa.bindparam("r_id"), sa.text(f"runs.state IN ({sources})"))
                 .values(**{k: sa.bindparam(f"v_{k}", type_=runs.c[k].type) for k in vals})
-                .returning(runs.c.id)
+                .returning(runs.c.id),
+                returns=("id",),
             )
         params = {f"v_{k}": v for k, v in vals.items()}
         params["r_id"] = run_id
-        params["r_sources"] = [s.value for s in run_sources(to)]
-        res = self.conn.execute(stmt, params).first()
-        if res is None:
+        res = stmt.rows(self.conn, params)
+        if not res:
             return False
         self._event(run_id, RUN_EVENT[to].value, None, None, message, data)
         return True
@@ -331,14 +369,15 @@ class Tx:
 
     def flush(self) -> None:
         """Settle run bookkeeping and write the pending events (same transaction)."""
+        self.settle_releases()
         while self._terminal:
             pending, self._terminal = self._terminal, {}
             for run_id, n in pending.items():
-                row = self.conn.execute(_COUNT_OFF, {"r_id": run_id, "n": n}).one()
+                (row,) = _COUNT_OFF.rows(self.conn, {"r_id": run_id, "n": n})
                 if row.nodes_remaining <= 0:
                     self._finish_run(run_id, row)
         if self._events:
-            self.conn.execute(_INSERT_EVENTS, self._events)
+            _INSERT_EVENTS.run_many(self.conn, self._events)
             self._events = []
 
     def _finish_run(self, run_id: str, row: Row[Any]) -> None:
@@ -382,15 +421,21 @@ class Tx:
         return True
 
     def release_downstream(self, run_id: str, name: str) -> None:
-        """An upstream finished well: count it off and queue children now ready."""
-        children = self.cache.get(self.conn, run_id).downstream.get(name, [])
-        for i in range(0, len(children), _CHUNK):
-            chunk = children[i : i + _CHUNK]
-            self.conn.execute(_DECREMENT, {"s_run": run_id, "s_names": chunk})
+        """An upstream finished well: count it off its children. The children
+        that are then ready are queued by ``settle_releases`` (batched)."""
+        children = self.cache.get(self.conn, run_id).downstream.get(name, ())
+        if children:
+            self._released.extend({"s_run": run_id, "s_name": c} for c in children)
+
+    def settle_releases(self) -> None:
+        """Apply the pending count-offs and queue every node that is now ready."""
+        if not self._released:
+            return
+        released, self._released = self._released, []
+        _DECREMENT.run_many(self.conn, released)
+        for run_id in dict.fromkeys(r["s_run"] for r in released):
             self.move_nodes(
-                NodeState.QUEUED,
-                where=sel_names(run_id, chunk, ready=True),
-                values={"ready_at": self.now},
+                NodeState.QUEUED, where=sel_ready(run_id), values={"ready_at": self.now}
             )
 
     def node_failed(

@@ -143,6 +143,7 @@ nodes = sa.Table(
     sa.UniqueConstraint("run_id", "name", name="uq_nodes_run_name"),
     sa.Index("ix_nodes_claim", "state", "ready_at"),
     sa.Index("ix_nodes_worker", "worker_id", "state"),
+    sa.Index("ix_nodes_ready", "run_id", "state", "waiting_on"),
 )
 
 events = sa.Table(

@@ -153,11 +153,13 @@ def upgrade() -> None:
     with op.batch_alter_table("nodes", schema=None) as batch_op:
         batch_op.create_index("ix_nodes_claim", ["state", "ready_at"], unique=False)
         batch_op.create_index("ix_nodes_worker", ["worker_id", "state"], unique=False)
+        batch_op.create_index("ix_nodes_ready", ["run_id", "state", "waiting_on"], unique=False)
 
 
 def downgrade() -> None:
 
     with op.batch_alter_table("nodes", schema=None) as batch_op:
+        batch_op.drop_index("ix_nodes_ready")
         batch_op.drop_index("ix_nodes_worker")
         batch_op.drop_index("ix_nodes_claim")
 
