@@ -25,14 +25,15 @@ _LAZY = {
     "pipeline": "ferryman.dsl.decorators",
     "step": "ferryman.dsl.decorators",
     "Param": "ferryman.dsl.decorators",
-    "language_code": "ferryman.domain.validators",
-    "date_string": "ferryman.domain.validators",
-    "url": "ferryman.domain.validators",
+    "language_code": "ferryman.domain.markers",
+    "date_string": "ferryman.domain.markers",
+    "url": "ferryman.domain.markers",
     "required_together": "ferryman.domain.validators",
 }
 
 if TYPE_CHECKING:
-    from ferryman.domain.validators import date_string, language_code, required_together, url
+    from ferryman.domain.markers import date_string, language_code, url
+    from ferryman.domain.validators import required_together
     from ferryman.dsl.decorators import Param, pipeline, step
 
 

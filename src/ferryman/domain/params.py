@@ -89,6 +89,8 @@ def _build(name: str, params: list[ParamSpec]) -> type[BaseModel]:
         if p.pattern is not None:
             constraints["pattern"] = p.pattern
         default = ... if p.required else p.default
+        if p.type == "date" and isinstance(default, str):
+            default = dt.date.fromisoformat(default)
         fields[p.name] = (_python_type(p), Field(default, **constraints))
     model: type[BaseModel] = create_model(
         f"{name.replace('-', '_').replace('.', '_')}_params", __base__=_ParamsBase, **fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.retries < 0:
             raise ValueError("retries must be >= 0")
+        if not all(math.isfinite(x) for x in (self.delay, self.backoff, self.max_delay)):
+            raise ValueError("retry delays and backoff must be finite numbers")
         if self.delay < 0 or self.max_delay < 0:
             raise ValueError("retry delays must be >= 0")
         if self.backoff < 1:
@@ -43,7 +46,10 @@ class RetryPolicy:
 
     def delay_after(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
-        base = min(self.delay * self.backoff ** max(attempt - 1, 0), self.max_delay)
+        try:
+            base = min(self.delay * self.backoff ** max(attempt - 1, 0), self.max_delay)
+        except OverflowError:
+            base = self.max_delay
         if self.jitter == 0 or base == 0:
             return base
         r = (rng or random).uniform(1 - self.jitter, 1 + self.jitter)

@@ -175,6 +175,8 @@ class PipelineSpec(_Frozen):
         if len(set(pnames)) != len(pnames):
             errors.append("a parameter name is used twice")
         for s in self.steps:
+            if len(set(s.depends_on)) != len(s.depends_on):
+                errors.append(f"step {s.name!r} lists a dependency twice")
             for dep in s.depends_on:
                 if dep not in seen:
                     errors.append(f"step {s.name!r} depends on unknown step {dep!r}")
@@ -199,7 +201,7 @@ class PipelineSpec(_Frozen):
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name`` (KeyError if none)."""
-        index = self.__dict__.get("_index")
+        index: dict[str, StepSpec] | None = self.__dict__.get("_index")
         if index is None:
             index = {s.name: s for s in self.steps}
             object.__setattr__(self, "_index", index)  # a cache, not part of the model

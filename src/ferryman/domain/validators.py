@@ -49,10 +49,22 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from ferryman.domain.markers import (
+    DEFAULT_LANGUAGES,
+    DEFAULT_URL_SCHEMES,
+    DateString,
+    FieldValidator,
+    LanguageCode,
+    Url,
+    _tuple_of_str,
+    date_string,
+    language_code,
+    url,
+)
 from ferryman.domain.params import ParamError
 from ferryman.domain.spec import ValidatorSpec
 
@@ -76,8 +88,6 @@ __all__ = [
     "validator_kinds",
 ]
 
-DEFAULT_LANGUAGES: tuple[str, ...] = ("en-US", "en", "hi", "ta", "te", "ma", "gu", "mr")
-DEFAULT_URL_SCHEMES: tuple[str, ...] = ("http", "https")
 
 ValidatorFunc = Callable[[ValidatorSpec, dict[str, Any]], list[ParamError]]
 """A validator: receives its spec and the parameters, returns the problems."""
@@ -521,108 +531,8 @@ def _custom(spec: ValidatorSpec, params: dict[str, Any]) -> list[ParamError]:
 
 
 # --------------------------------------------------------------------------- DSL helpers
-
-
-@dataclass(frozen=True)
-class FieldValidator:
-    """Base of the markers used in ``Annotated[type, marker]`` parameter hints.
-
-    ``to_spec(field)`` turns the marker into the ``ValidatorSpec`` stored with
-    the pipeline. Options are checked when the marker is created.
-    """
-
-    kind: ClassVar[str] = ""
-
-    def options(self) -> dict[str, Any]:
-        """The spec options of this marker (defaults left out)."""
-        return {}
-
-    def to_spec(self, field: str) -> ValidatorSpec:
-        """The validator spec applying this marker to parameter ``field``."""
-        return ValidatorSpec(kind=self.kind, fields=[field], options=self.options())
-
-    def __post_init__(self) -> None:
-        check_validator_spec(self.to_spec("value"))
-
-
-@dataclass(frozen=True)
-class LanguageCode(FieldValidator):
-    """Marker for the ``language`` validator (see ``language_code``)."""
-
-    kind: ClassVar[str] = "language"
-    allowed: tuple[str, ...] | None = None
-
-    def options(self) -> dict[str, Any]:
-        return {} if self.allowed is None else {"allowed": list(self.allowed)}
-
-
-@dataclass(frozen=True)
-class DateString(FieldValidator):
-    """Marker for the ``date`` validator (see ``date_string``)."""
-
-    kind: ClassVar[str] = "date"
-    max_age_days: int | None = None
-    allow_future: bool = True
-    timezone: str | None = None
-
-    def options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.max_age_days is not None:
-            out["max_age_days"] = self.max_age_days
-        if not self.allow_future:
-            out["allow_future"] = False
-        if self.timezone is not None:
-            out["timezone"] = self.timezone
-        return out
-
-
-@dataclass(frozen=True)
-class Url(FieldValidator):
-    """Marker for the ``url`` validator (see ``url``)."""
-
-    kind: ClassVar[str] = "url"
-    schemes: tuple[str, ...] | None = None
-
-    def options(self) -> dict[str, Any]:
-        return {} if self.schemes is None else {"schemes": list(self.schemes)}
-
-
-def _tuple_of_str(name: str, values: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(values, str):
-        raise TypeError(f"{name} must be a list of strings, not a single string")
-    return tuple(values)
-
-
-def language_code(allowed: Iterable[str] | None = None) -> LanguageCode:
-    """Values must be language codes from ``allowed`` (default ``DEFAULT_LANGUAGES``).
-
-    Use as ``lang: Annotated[str, language_code()]``; lists of codes are
-    checked item by item.
-    """
-    if allowed is None:
-        return LanguageCode()
-    codes = _tuple_of_str("allowed", allowed)
-    return LanguageCode(None if codes == DEFAULT_LANGUAGES else codes)
-
-
-def date_string(
-    max_age_days: int | None = None,
-    *,
-    allow_future: bool = True,
-    timezone: str | None = None,
-) -> DateString:
-    """Values must be ``YYYY-MM-DD`` dates, optionally within the last ``max_age_days``.
-
-    ``allow_future=False`` also rejects dates after today; "today" is taken in
-    ``timezone`` (IANA name) or the server's local time.
-    """
-    return DateString(max_age_days, allow_future, timezone)
-
-
-def url(schemes: Iterable[str] = DEFAULT_URL_SCHEMES) -> Url:
-    """Values must be absolute URLs with a host and one of ``schemes``."""
-    chosen = tuple(s.lower() for s in _tuple_of_str("schemes", schemes))
-    return Url(None if chosen == DEFAULT_URL_SCHEMES else chosen)
+# The markers live in ``domain.markers`` (stdlib only) so that a pipeline file
+# using them does not pull pydantic into every step's process.
 
 
 def required_together(*fields: str) -> ValidatorSpec:

@@ -66,11 +66,14 @@ class _Placeholder:
             "steps instead of computing with it (the graph is static)"
         )
 
-    __bool__ = _refuse
-    __iter__ = _refuse
-    __len__ = _refuse
-    __add__ = __radd__ = __sub__ = __mul__ = __lt__ = __gt__ = __le__ = __ge__ = _refuse
-    __getitem__ = _refuse
+    __bool__ = __iter__ = __len__ = __contains__ = __getitem__ = _refuse
+    __str__ = __format__ = __index__ = __int__ = __float__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _refuse
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _refuse
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _refuse
+    __and__ = __rand__ = __or__ = __ror__ = __xor__ = __invert__ = _refuse
+    __lt__ = __gt__ = __le__ = __ge__ = __eq__ = __ne__ = _refuse
+    __hash__ = object.__hash__
 
 
 class ParamRef(_Placeholder):
@@ -178,6 +181,7 @@ class Step(Generic[P, R]):
 
     def with_options(self, **options: Any) -> Step[P, R]:
         """A copy of this step with some options replaced (e.g. ``name``, ``retries``)."""
+        _check_step_options(options, f"step {self.step_name!r}: with_options: ")
         merged = {**self.options, "name": self.step_name, **options}
         return Step(self.fn, merged)
 
@@ -226,6 +230,14 @@ _STEP_OPTIONS = {
 }
 
 
+def _check_step_options(options: dict[str, Any], where: str) -> None:
+    unknown = set(options) - _STEP_OPTIONS
+    if unknown:
+        raise DSLError(
+            f"{where}unknown step option(s) {sorted(unknown)}; known: {sorted(_STEP_OPTIONS)}"
+        )
+
+
 @overload
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
@@ -235,9 +247,7 @@ def step(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     ``retry_backoff``, ``retry_jitter``, ``retry_max_delay``, ``timeout``,
     ``infrastructure``, ``infra_overrides``, ``env``, ``secrets``, ``resources``.
     """
-    unknown = set(options) - _STEP_OPTIONS
-    if unknown:
-        raise DSLError(f"unknown step option(s) {sorted(unknown)}; known: {sorted(_STEP_OPTIONS)}")
+    _check_step_options(options, "")
 
     def wrap(f: Callable[P, R]) -> Step[P, R]:
         return Step(f, dict(options))
@@ -260,8 +270,8 @@ _PRIMITIVE: dict[Any, str] = {
 def _param_spec(
     name: str, annotation: Any, default: Any, where: str
 ) -> tuple[ParamSpecModel, list[ValidatorSpec]]:
+    from ferryman.domain.markers import FieldValidator
     from ferryman.domain.spec import ParamSpec as ParamSpecModel
-    from ferryman.domain.validators import FieldValidator
 
     info = default if isinstance(default, Param) else Param(default=default)
     validators: list[ValidatorSpec] = []
@@ -274,19 +284,16 @@ def _param_spec(
             if isinstance(m, FieldValidator):
                 validators.append(m.to_spec(name))
             elif isinstance(m, Param):
+                # Fields set on the Annotated Param fill in what the default's Param left unset.
+                fields = ("description", "minimum", "maximum", "min_length", "max_length",
+                          "pattern")  # fmt: skip
+                merged = {
+                    k: getattr(info, k) if getattr(info, k) not in (None, "") else getattr(m, k)
+                    for k in fields
+                }
                 info = Param(
                     default=info.default if info.default is not _NO_DEFAULT else m.default,
-                    **{
-                        k: getattr(m, k)
-                        for k in (
-                            "description",
-                            "minimum",
-                            "maximum",
-                            "min_length",
-                            "max_length",
-                            "pattern",
-                        )
-                    },
+                    **merged,
                 )
     nullable = False
     origin = typing.get_origin(ann)
@@ -393,6 +400,13 @@ class Pipeline:
             _BUILDER.reset(token)
         if not builder.nodes:
             raise DSLError(f"{where}: the body calls no step")
+        from ferryman.domain.validators import check_validator_spec
+
+        for v in validators:
+            try:
+                check_validator_spec(v)
+            except ValueError as exc:
+                raise DSLError(f"{where}: {exc}") from None
         try:
             steps = [StepSpec.model_validate(n) for n in builder.nodes.values()]
             return PipelineSpec(

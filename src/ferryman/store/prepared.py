@@ -14,12 +14,13 @@ lists) and whose result columns need no type processing.
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 
 
 @dataclass
@@ -34,7 +35,7 @@ class _Compiled:
 class Prepared:
     """A statement compiled once per dialect and run on the raw DBAPI cursor."""
 
-    def __init__(self, stmt: Executable, *, returns: tuple[str, ...] = ()) -> None:
+    def __init__(self, stmt: ClauseElement, *, returns: tuple[str, ...] = ()) -> None:
         self.stmt = stmt
         self.returns = returns
         self._compiled: dict[str, _Compiled] = {}
@@ -44,6 +45,7 @@ class Prepared:
         c = self._compiled.get(dialect.name)
         if c is None:
             compiled = self.stmt.compile(dialect=dialect)
+            assert isinstance(compiled, SQLCompiler)
             if any(b.expanding for b in compiled.binds.values()):
                 raise ValueError("Prepared statements cannot have expanding parameters")
             positional = dialect.paramstyle in ("qmark", "numeric", "format")
@@ -53,7 +55,7 @@ class Prepared:
                 for k, b in compiled.binds.items()
                 if not b.required and b.effective_value is not None
             }
-            row = namedtuple("Row", self.returns) if self.returns else None  # type: ignore[misc]
+            row = namedtuple("Row", self.returns) if self.returns else None
             c = _Compiled(compiled.string, order, defaults, compiled._bind_processors, row)
             self._compiled[dialect.name] = c
         return c
@@ -79,7 +81,7 @@ class Prepared:
         finally:
             cur.close()
 
-    def run_many(self, conn: Connection, params: list[Mapping[str, Any]]) -> None:
+    def run_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
         """Execute once per parameter set (no result)."""
         if not params:
             return
