@@ -245,6 +245,8 @@ class Worker:
         except sa.exc.SQLAlchemyError:
             log.warning("could not mark worker %s stopped", self.id)
         self.store.unsubscribe(self._wake)
+        if self._listener is not None:
+            self._listener.join(3)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._killers.shutdown(wait=False)
         self.infra.close()
