@@ -6,7 +6,7 @@ inside a step's process.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs step start-up time
 
 __version__ = "0.1.0"
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ferryman.dsl.decorators import Param, pipeline, step
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'ferryman' has no attribute {name!r}")

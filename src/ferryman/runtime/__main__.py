@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
 
 from ferryman.runtime.loader import EXIT_IMPORT, PAYLOAD_ENV, result_line, run_step
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
+if TYPE_CHECKING:
+    from typing import Any
 
 PARENT_PID_ENV = "FERRYMAN_PARENT_PID"
 _PR_SET_PDEATHSIG = 1

@@ -16,7 +16,6 @@ The outcome of a step is a JSON object, printed after ``RESULT_MARKER + nonce
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -24,8 +23,14 @@ import os
 import sys
 import threading
 import types
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import zlib
+
+# Only for type checkers: importing typing/collections.abc costs milliseconds
+# at every step start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 # Duplicated from ferryman.infra.base on purpose: importing it would pull in
 # pydantic and slow down every step's start-up. tests/unit/test_runtime.py
@@ -70,7 +75,7 @@ def _module_name_for(path: str) -> str:
         existing_file = getattr(existing, "__file__", None)
         if existing_file and os.path.realpath(existing_file) == path:
             return stem
-    digest = hashlib.sha1(path.encode(), usedforsecurity=False).hexdigest()[:10]
+    digest = f"{zlib.crc32(path.encode()):08x}"
     safe = "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
     return f"_ferryman_file_{digest}_{safe}"
 
