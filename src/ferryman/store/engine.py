@@ -22,6 +22,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from ferryman.settings import Settings
 
+# The newest migration; a unit test checks it against the Alembic scripts.
+HEAD_REVISION = "0001"
 WAKE_CHANNEL = "ferryman_wake"
 CANCEL_CHANNEL = "ferryman_cancel"
 
@@ -59,11 +61,20 @@ class Store:
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
-        if settings.auto_migrate:
-            from ferryman.store.migrate import upgrade
+        if settings.auto_migrate and store.schema_revision() != HEAD_REVISION:
+            from ferryman.store.migrate import upgrade  # imports Alembic: only when needed
 
             upgrade(store)
         return store
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None when not migrated)."""
+        try:
+            with self.engine.connect() as conn:
+                rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except sa.exc.DBAPIError:
+            return None
+        return None if rev is None else str(rev)
 
     def _tune_sqlite(self, synchronous: str) -> None:
         @event.listens_for(self.engine, "connect")
