@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_JWT_SECRET = "ferryman-development-secret-change-me"
 
 
 class Settings(BaseSettings):
@@ -36,12 +38,54 @@ class Settings(BaseSettings):
     concurrency: int = Field(default=16, ge=1, le=4096, description="Steps a worker runs at once")
     grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace on cancel")
 
+    # -- server (REST API) --
+    host: str = Field(default="127.0.0.1", description="Address the server listens on")
+    port: int = Field(default=8787, ge=1, le=65535, description="Port the server listens on")
+    public_url: str | None = Field(
+        default=None, description="Base URL used in links (default http://HOST:PORT)"
+    )
+    jwt_secret: SecretStr = Field(
+        default=SecretStr(DEFAULT_JWT_SECRET),
+        description="Signs access tokens; must be set (32+ characters) in production",
+    )
+    jwt_ttl_seconds: int = Field(default=3600, ge=60, description="Access token lifetime")
+    admin_password: SecretStr | None = Field(
+        default=None, description="Password of the first admin (generated and printed if unset)"
+    )
+    # -- run-completion callbacks --
+    callback_timeout: float = Field(default=10.0, gt=0, description="Per-request timeout (s)")
+    callback_max_attempts: int = Field(default=12, ge=1, description="Attempts before dead")
+    callback_backoff: float = Field(default=2.0, gt=0, description="First retry delay (s)")
+    callback_max_backoff: float = Field(default=600.0, gt=0, description="Retry delay cap (s)")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="whsec_… secret signing run-completion webhooks"
+    )
+    slack_bot_token: SecretStr | None = Field(default=None, description="Slack bot token (xoxb-…)")
+    slack_api_url: str = Field(
+        default="https://slack.com/api/", description="Slack Web API base URL"
+    )
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.home = self.home.expanduser()
         if self.heartbeat_seconds is None:
             self.heartbeat_seconds = max(self.lease_seconds / 3, 0.05)
         return self
+
+    def check_production(self) -> None:
+        """Refuse to serve in production with a default or weak secret."""
+        if self.env != "production":
+            return
+        secret = self.jwt_secret.get_secret_value()
+        if secret == DEFAULT_JWT_SECRET or len(secret) < 32:
+            raise ValueError(
+                "FERRYMAN_ENV=production needs FERRYMAN_JWT_SECRET set to a random value of "
+                "at least 32 characters (the default is for development only)"
+            )
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
     def db_url(self) -> str:

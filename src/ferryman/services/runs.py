@@ -26,7 +26,7 @@ from ferryman.errors import Conflict, NotFound
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
 from ferryman.store.engine import Store
 from ferryman.store.prepared import Prepared
-from ferryman.store.tables import events, new_id, nodes, runs, utcnow
+from ferryman.store.tables import callbacks, events, new_id, nodes, runs, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -382,14 +382,39 @@ class Tx:
 
     def _finish_run(self, run_id: str, row: Row[Any]) -> None:
         if row.cancel_requested and row.cancel_reason == "timeout":
-            self.move_run(run_id, RunState.FAILED, message=row.error or "run timed out")
+            moved = self.move_run(run_id, RunState.FAILED, message=row.error or "run timed out")
         elif row.cancel_requested:
-            self.move_run(run_id, RunState.CANCELLED, message=row.cancel_reason or "cancelled")
+            moved = self.move_run(
+                run_id, RunState.CANCELLED, message=row.cancel_reason or "cancelled"
+            )
         elif row.failed_node:
             msg = f"step {row.failed_node!r} failed: {row.error or ''}".strip()
-            self.move_run(run_id, RunState.FAILED, message=msg)
+            moved = self.move_run(run_id, RunState.FAILED, message=msg)
         else:
-            self.move_run(run_id, RunState.SUCCEEDED)
+            moved = self.move_run(run_id, RunState.SUCCEEDED)
+        if moved:
+            self._enqueue_callbacks(run_id)
+
+    def _enqueue_callbacks(self, run_id: str) -> None:
+        """Completion callbacks are recorded with the run's final state (outbox),
+        so a restart can never lose one; the dispatcher delivers them."""
+        opts = self.cache.get(self.conn, run_id).options
+        rows = []
+        if opts.get("webhook_url"):
+            rows.append(("webhook", {"url": opts["webhook_url"]}))
+        if opts.get("slack_channel"):
+            rows.append(
+                ("slack", {"channel": opts["slack_channel"], "thread": opts.get("slack_thread")})
+            )
+        for kind, target in rows:
+            self.conn.execute(
+                sa.insert(callbacks).values(
+                    id=new_id(), run_id=run_id, kind=kind, target=target, state="pending",
+                    attempts=0, next_attempt_at=self.now, created_at=self.now,
+                )
+            )  # fmt: skip
+        if rows:
+            self.wake()
 
     # -- node outcomes --------------------------------------------------------
 

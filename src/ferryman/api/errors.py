@@ -1,0 +1,97 @@
+"""One JSON error shape everywhere: ``{"error": {"code", "message", "details"}}``.
+
+Every expected failure maps to its status code; anything unexpected becomes a
+500 with a generic message (the traceback goes to the server log, never to
+the client).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ferryman.domain.params import ParamsInvalid
+from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound
+from ferryman.services.auth import AuthError, Forbidden, TooManyAttempts
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[FerrymanError], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    InvalidInput: 422,
+    AuthError: 401,
+    Forbidden: 403,
+    TooManyAttempts: 429,
+}
+HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+    422: "invalid", 429: "too_many_requests",
+}  # fmt: skip
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(x) for x in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] if len(parts) > 1 else parts
+    return ".".join(parts)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that produce the error shape."""
+
+    @app.exception_handler(FerrymanError)
+    async def _ferryman(_: Request, exc: FerrymanError) -> JSONResponse:
+        status = next((s for t, s in STATUS.items() if isinstance(exc, t)), 400)
+        headers = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, TooManyAttempts):
+            headers["Retry-After"] = str(exc.retry_after)
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.details), status_code=status, headers=headers
+        )
+
+    @app.exception_handler(ParamsInvalid)
+    async def _params(_: Request, exc: ParamsInvalid) -> JSONResponse:
+        details = [{"path": e.path, "reason": e.reason} for e in exc.errors]
+        return JSONResponse(
+            error_body("invalid_params", f"{len(details)} parameter error(s)", details),
+            status_code=422,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"path": _loc(tuple(e.get("loc", ()))), "reason": e.get("msg", "invalid")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(
+            error_body("invalid", f"{len(details)} input error(s)", details), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return JSONResponse(
+            error_body(code, message), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            error_body("internal", "internal server error (the details are in the server log)"),
+            status_code=500,
+        )
