@@ -48,6 +48,7 @@ FAN_OUT = 200
 ALL_NODES = {"seed", "gather", *(f"work-{i:03d}" for i in range(FAN_OUT))}
 WORKER_CMD = [sys.executable, "-c", "from ferryman.cli.app import main; main()", "worker"]
 LEASE_SECONDS = 2.0
+SLEEP_SECONDS = 0.5  # how long each fan-out step works (tests/pipelines/crash.py)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -165,16 +166,21 @@ def effects(outdir: Path) -> list[dict[str, Any]]:
 
 
 def in_flight(outdir: Path, ppid: int) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """Attempts started by worker ``ppid`` that have not recorded their end."""
-    recs = effects(outdir)
-    ended = {(r["node"], r["attempt"], r["pid"]) for r in recs if r["kind"] == "end"}
-    return {
-        (r["node"], r["attempt"], r["pid"]): r
-        for r in recs
-        if r["kind"] == "start"
-        and r["ppid"] == ppid
-        and (r["node"], r["attempt"], r["pid"]) not in ended
-    }
+    """Attempts started by worker ``ppid`` that have not recorded their end.
+
+    Cheap (file names first, contents only of unfinished attempts): it runs
+    in the poll loop right before the kill.
+    """
+    names = {p.name for p in outdir.iterdir()}
+    out = {}
+    for name in names:
+        stem, _, kind = name.rpartition(".")
+        if kind != "start" or f"{stem}.end" in names:
+            continue
+        rec = json.loads((outdir / name).read_text())
+        if rec["ppid"] == ppid:
+            out[(rec["node"], rec["attempt"], rec["pid"])] = rec
+    return out
 
 
 def alive(pid: int, not_before: float | None = None) -> bool:
@@ -186,6 +192,13 @@ def alive(pid: int, not_before: float | None = None) -> bool:
         return not_before is None or p.create_time() <= not_before + 1.0
     except psutil.NoSuchProcess:
         return False
+
+
+def birth(p: psutil.Process) -> float | None:
+    try:
+        return float(p.create_time())
+    except psutil.NoSuchProcess:
+        return None
 
 
 def failures(store: Store, run_id: str) -> str:
@@ -250,7 +263,8 @@ def test_kill_9_worker_mid_run_steps_recovered_exactly_once(
             )
             assert created
 
-            # -- in the middle: some steps done, w1 busy with steps in flight --
+            # -- in the middle: some steps done, w1 busy with steps in flight, one
+            # of which has just started (so it cannot end before the kill lands) --
             def mid_run() -> bool:
                 done = count(nodes.c.run_id == run_id, nodes.c.state == "succeeded")
                 if done < FAN_OUT // 10:
@@ -258,10 +272,15 @@ def test_kill_9_worker_mid_run_steps_recovered_exactly_once(
                 on_w1 = count(
                     nodes.c.run_id == run_id, nodes.c.worker_id == "w1", nodes.c.state == "running"
                 )
-                return on_w1 >= 2 and len(in_flight(outdir, w1.pid)) >= 2
+                if on_w1 < 2:
+                    return False
+                step_procs[:] = psutil.Process(w1.pid).children(recursive=True)
+                recs = in_flight(outdir, w1.pid).values()
+                fresh = [r for r in recs if time.time() - r["time"] < SLEEP_SECONDS / 2]
+                return len(recs) >= 2 and bool(fresh)
 
+            step_procs: list[psutil.Process] = []
             wait_for("w1 to be mid-flight", mid_run, 30, ws.check_alive)
-            step_procs = psutil.Process(w1.pid).children(recursive=True)
             ws.kill9("w1")
             killed_at = time.time()
             left = count(nodes.c.run_id == run_id, nodes.c.state.in_(["pending", "queued"]))
@@ -270,7 +289,7 @@ def test_kill_9_worker_mid_run_steps_recovered_exactly_once(
             # -- the killed worker's step processes die with it (PR_SET_PDEATHSIG) --
             cut = in_flight(outdir, w1.pid)
             assert cut, "w1 had no step in flight when it was killed"
-            pids = {p.pid: p.create_time() for p in step_procs}
+            pids = {p.pid: birth(p) for p in step_procs}
             pids.update({r["pid"]: r["time"] for r in cut.values()})
 
             def orphans_gone() -> bool:
@@ -361,7 +380,10 @@ def check_outcome(
     # every record comes from a step process of one of the two workers, and the
     # engine agrees on which worker ran that attempt
     for r in starts:
-        assert r["ppid"] in worker_of_pid, r
+        assert r["ppid"] in worker_of_pid, (
+            f"step process {r['pid']} ({r['node']}#{r['attempt']}) ran its function orphaned "
+            f"(parent pid {r['ppid']}): it outlived the worker that started it: {r}"
+        )
         assert ran_on[(r["node"], r["attempt"])] == worker_of_pid[r["ppid"]], r
         if r["ppid"] == w1_pid:
             assert r["time"] <= dead_at, f"a step of w1 started after w1 was killed: {r}"

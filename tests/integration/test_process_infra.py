@@ -183,7 +183,7 @@ def test_env_merge_unset_and_secret_masking(
             print("token is " + os.environ["API_TOKEN"])
             keys = ["FERRY_TEST_REMOVE_ME", "FERRY_TEST_KEEP", "STEP_VAR", "FERRYMAN_RUN_ID",
                     "FERRYMAN_STEP", "FERRYMAN_ATTEMPT", "FERRYMAN_PIPELINE",
-                    "FERRYMAN_NAMESPACE", "FERRYMAN_PARENT_PID"]
+                    "FERRYMAN_NAMESPACE", "FERRYMAN_LIFELINE_FD"]
             return {k: os.environ.get(k) for k in keys}
         """,
         env={"FERRY_TEST_REMOVE_ME": None, "STEP_VAR": "v1"},
@@ -203,7 +203,7 @@ def test_env_merge_unset_and_secret_masking(
         "FERRYMAN_ATTEMPT": "2",
         "FERRYMAN_PIPELINE": "pipe",
         "FERRYMAN_NAMESPACE": "team",
-        "FERRYMAN_PARENT_PID": None,  # consumed by the runtime
+        "FERRYMAN_LIFELINE_FD": None,  # consumed by the runtime
     }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from ferryman import pipeline, step
 
 FAN_OUT = 200
-SLEEP_SECONDS = 0.3
+SLEEP_SECONDS = 0.5
 
 
 def _record(outdir: str, kind: str) -> None:

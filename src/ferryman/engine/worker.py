@@ -126,6 +126,8 @@ class Worker:
         self._listener: threading.Thread | None = None
         self.claimed_total = 0
         self._cancel_seen = store.cancel_generation
+        self._db_failures = 0
+        self._last_lease_renewal = time.monotonic()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -173,8 +175,8 @@ class Worker:
         self.start_listener()
         try:
             while not self._stop.is_set():
-                self.turn()
-                self._sleep()
+                if self._safe_turn() is not None:
+                    self._sleep()
         finally:
             self._shutdown()
 
@@ -184,7 +186,9 @@ class Worker:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self._stop.is_set():
-                claimed = self.turn()
+                claimed = self._safe_turn()
+                if claimed is None:
+                    continue
                 if not claimed and not self._inflight and self._all_ended(run_ids):
                     return
                 if deadline is not None and time.monotonic() > deadline:
@@ -192,6 +196,29 @@ class Worker:
                 self._sleep()
         finally:
             self._shutdown()
+
+    def _safe_turn(self) -> int | None:
+        """A turn that survives database outages (None: it failed; we waited).
+
+        While the database is unreachable our leases cannot be renewed. Once
+        they may have expired, somebody else may legitimately start the same
+        steps again, so we stop our copies first ("lease lost"): the same
+        step attempt never runs on two workers at once.
+        """
+        try:
+            claimed = self.turn()
+        except sa.exc.SQLAlchemyError as exc:
+            self._db_failures += 1
+            delay = min(0.1 * 2**self._db_failures, 5.0)
+            log.warning("database error (%s); retrying in %.1fs", type(exc).__name__, delay)
+            since = time.monotonic() - self._last_lease_renewal
+            if since > self.settings.lease_seconds * 0.8:
+                for a in list(self._inflight.values()):
+                    self._request_kill(a, "lease", 0)
+            self._stop.wait(delay)
+            return None
+        self._db_failures = 0
+        return claimed
 
     def stop(self) -> None:
         self._stop.set()
@@ -223,17 +250,19 @@ class Worker:
             self._wake.wait(wait)
 
     def _shutdown(self) -> None:
+        # Nothing here may stop us from killing what still runs.
         self._stopping = True
         grace_end = time.monotonic() + self.settings.grace_seconds
         while self._inflight and time.monotonic() < grace_end:
-            self.turn()
+            self._safe_turn()
             self._wake.wait(0.05)
             self._wake.clear()
         for a in list(self._inflight.values()):
             self._request_kill(a, "shutdown", 0)
         end = time.monotonic() + 5
         while self._inflight and time.monotonic() < end:
-            self.turn()
+            if self._safe_turn() is None and self._db_failures > 3:
+                break
             self._wake.wait(0.05)
             self._wake.clear()
         self._stop.set()
@@ -263,6 +292,21 @@ class Worker:
             self._cancel_seen = self.store.cancel_generation
             self._cancel_flag.set()
         claimed: list[Attempt] = []
+        try:
+            claimed = self._turn_tx(buf, mono)
+        except BaseException:
+            with self._lock:  # nothing is lost: put the buffers back for the next turn
+                self._buf.logs[:0] = buf.logs
+                self._buf.started[:0] = buf.started
+                self._buf.done[:0] = buf.done
+            raise
+        for a in claimed:
+            self._inflight[a.node_id] = a
+            self._pool.submit(self._execute, a)
+        return len(claimed)
+
+    def _turn_tx(self, buf: _Buffers, mono: float) -> list[Attempt]:
+        claimed: list[Attempt] = []
         with self.store.write() as conn:
             tx = self.service.tx(conn)
             if buf.logs:
@@ -279,8 +323,10 @@ class Worker:
                 )
             for o in buf.done:
                 self._apply(tx, o)
+            renewed = False
             if mono >= self._next_heartbeat or self._cancel_flag.is_set():
                 self._heartbeat(tx, beat=mono >= self._next_heartbeat)
+                renewed = True
                 if mono >= self._next_heartbeat:
                     self._next_heartbeat = mono + self.settings.heartbeat
             if mono >= self._next_sweep:
@@ -291,10 +337,9 @@ class Worker:
             if free > 0 and not self._stopping:
                 claimed = self._claim(tx, free)
             tx.flush()
-        for a in claimed:
-            self._inflight[a.node_id] = a
-            self._pool.submit(self._execute, a)
-        return len(claimed)
+        if renewed:
+            self._last_lease_renewal = mono
+        return claimed
 
     # -- claiming -------------------------------------------------------------
 
@@ -520,7 +565,7 @@ class Worker:
             return
         cancelled = a.stop_reason == "cancel"
         delay = None
-        if not cancelled and a.stop_reason != "lease":
+        if not cancelled:
             policy = a.step.retry_policy
             if policy.should_retry(a.attempt) and not self._run_cancelling(tx, a.run_id):
                 delay = policy.delay_after(a.attempt)

@@ -53,7 +53,24 @@ from ferryman.infra.base import (
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "FERRYMAN_PROCESS_TOKEN"
-PARENT_PID_ENV = "FERRYMAN_PARENT_PID"
+LIFELINE_ENV = "FERRYMAN_LIFELINE_FD"
+_lifeline_fd: int | None = None
+
+
+def _lifeline() -> int:
+    """The read end of a pipe whose write end only this worker process holds.
+
+    Every step inherits the read end. When the worker dies, however it dies,
+    the kernel closes the write end and the step's runtime reads EOF and kills
+    its process group. Unlike PR_SET_PDEATHSIG alone, this has no start-up
+    race: a step whose worker died before it started sees EOF at once.
+    """
+    global _lifeline_fd
+    with _spawner_lock:
+        if _lifeline_fd is None:
+            r, _w = os.pipe()  # both non-inheritable; _w stays open until we die
+            _lifeline_fd = r
+        return _lifeline_fd
 # one environment string may not exceed 128 KiB on Linux (MAX_ARG_STRLEN);
 # larger payloads are written to a file in the working directory
 MAX_ENV_PAYLOAD = 64 * 1024
@@ -158,7 +175,8 @@ class ProcessInfrastructure(Infrastructure):
                 f.write(payload)
             env[PAYLOAD_ENV] = "@" + path
         env[TOKEN_ENV] = token
-        env[PARENT_PID_ENV] = str(os.getpid())
+        lifeline = _lifeline()
+        env[LIFELINE_ENV] = str(lifeline)
         command = self._command()
 
         def spawn() -> subprocess.Popen[str]:
@@ -175,6 +193,7 @@ class ProcessInfrastructure(Infrastructure):
                 bufsize=1,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=(lifeline,),
             )
 
         try:
@@ -271,7 +290,7 @@ class ProcessInfrastructure(Infrastructure):
         for key in launch.secrets:
             env[key] = MASK
         env[TOKEN_ENV] = "<generated>"
-        env[PARENT_PID_ENV] = "<worker pid>"
+        env[LIFELINE_ENV] = "<worker lifeline fd>"
         masked = {k: (launch.mask(v) if v is not None else None) for k, v in env.items()}
         return {
             "kind": self.kind,

@@ -23,44 +23,55 @@ TYPE_CHECKING = False  # typing is not imported at run time: start-up cost
 if TYPE_CHECKING:
     from typing import Any
 
-PARENT_PID_ENV = "FERRYMAN_PARENT_PID"
+LIFELINE_ENV = "FERRYMAN_LIFELINE_FD"
 _PR_SET_PDEATHSIG = 1
 _SIGKILL = 9
 
 
 def die_with_parent() -> None:
-    """Linux: ask the kernel to SIGKILL this process when its parent dies.
+    """Never outlive the worker that started this step.
 
-    So a step does not outlive a worker that was ``kill -9``-ed. If the parent
-    already died before the request was made, exit now. ``FERRYMAN_PARENT_PID``
-    (set by the process infrastructure) names the worker, which closes the
-    race during interpreter start-up.
+    Two mechanisms: PR_SET_PDEATHSIG (Linux) kills this process as soon as
+    its parent dies; and the *lifeline*, the read end of a pipe whose write
+    end only the worker holds (``FERRYMAN_LIFELINE_FD``). EOF on it means the
+    worker is gone: checked before any user code runs (so a worker that died
+    during our start-up is noticed: no race), then watched by a daemon thread
+    that kills this step's whole process group.
     """
-    expected_env = os.environ.pop(PARENT_PID_ENV, None)
-    if not sys.platform.startswith("linux"):
-        return
-    ppid_before = os.getppid()
-    try:
-        import ctypes
+    fd_text = os.environ.pop(LIFELINE_ENV, None)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if not fd_text or not fd_text.isdigit():
         return
-    ppid_now = os.getppid()
-    if ppid_now != ppid_before:
+    fd = int(fd_text)
+    import select
+
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return  # not a valid descriptor: run without a lifeline
+    if readable and os.read(fd, 1) == b"":
         _parent_gone()
-    if expected_env and expected_env.isdigit():
-        expected = int(expected_env)
-        if expected != ppid_now:
-            # started through a wrapper, or reparented because the worker died
-            try:
-                os.kill(expected, 0)
-            except ProcessLookupError:
-                _parent_gone()
-            except OSError:
-                pass
+
+    def watch() -> None:
+        try:
+            os.read(fd, 1)  # blocks until the worker's end closes
+        except OSError:
+            return
+        try:
+            os.killpg(os.getpgrp(), _SIGKILL)
+        finally:
+            os._exit(EXIT_IMPORT)
+
+    import threading
+
+    threading.Thread(target=watch, name="ferryman-lifeline", daemon=True).start()
 
 
 def _parent_gone() -> None:
