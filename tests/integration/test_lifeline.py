@@ -16,9 +16,10 @@ def _spawn(tmp_path: Path, fd: int, seconds: float) -> tuple[subprocess.Popen[by
     mod = tmp_path / "steps.py"
     marker = tmp_path / "ran"
     mod.write_text(
-        "import time, pathlib\n"
+        "import time, pathlib, subprocess\n"
         "def work(path, seconds):\n"
-        "    pathlib.Path(path).write_text('x')\n"
+        "    child = subprocess.Popen(['sleep', str(seconds)])\n"
+        "    pathlib.Path(path).write_text(str(child.pid))\n"
         "    time.sleep(seconds)\n"
     )
     payload = {
@@ -55,7 +56,12 @@ def test_step_dies_when_the_lifeline_closes(tmp_path: Path) -> None:
     while not marker.exists():
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.02)
+    time.sleep(0.1)
+    child = int(marker.read_text())
     os.close(w)  # the worker dies
     proc.communicate(timeout=10)
     assert proc.returncode != 0
-    assert not psutil.pid_exists(proc.pid) or psutil.Process(proc.pid).status() == "zombie"
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(child) and psutil.Process(child).status() != "zombie":
+        assert time.monotonic() < deadline, "the step's child outlived the worker"
+        time.sleep(0.02)

@@ -448,8 +448,10 @@ def test_step_dies_with_its_parent(tmp_path: Path) -> None:
     }
     intermediate = textwrap.dedent(
         """
-        import subprocess, sys
-        p = subprocess.Popen([sys.executable, "-m", "ferryman.runtime"])
+        import os, subprocess, sys
+        r, w = os.pipe()  # the lifeline, as the process infrastructure sets it up
+        env = dict(os.environ, FERRYMAN_LIFELINE_FD=str(r))
+        p = subprocess.Popen([sys.executable, "-m", "ferryman.runtime"], env=env, pass_fds=(r,))
         print(p.pid, flush=True)
         p.wait()
         """

@@ -675,10 +675,22 @@ def test_step_outside_a_pipeline_is_a_plain_call(files: Files) -> None:
     assert ns["merge"]([1, 2]) == [1, 2]
 
 
-def test_step_from_an_importable_module_uses_the_module_name() -> None:
+def test_step_from_the_users_own_module_is_found_by_file() -> None:
+    """A module of the user's (not installed) is referenced by path, so the step
+    does not depend on the worker's current directory."""
     spec = doubling.spec()
-    assert spec.step("double").function == FunctionRef(module=__name__, qualname="double")
+    assert spec.step("double").function == FunctionRef(
+        file=str(Path(__file__).resolve()), qualname="double"
+    )
     assert spec.step("double").inputs == {"x": {"$param": "x"}}
+
+
+def test_step_from_an_installed_module_uses_the_module_name() -> None:
+    import json
+
+    from ferryman.dsl.decorators import _function_ref
+
+    assert _function_ref(json.dumps) == {"module": "json", "qualname": "dumps"}
 
 
 def test_calling_a_pipeline_directly_is_an_error(files: Files) -> None:

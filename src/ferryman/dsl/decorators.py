@@ -166,7 +166,22 @@ def _function_ref(fn: Callable[..., Any]) -> dict[str, Any]:
         if not file:
             raise DSLError(f"cannot tell where step {fn.__name__!r} is defined")
         return {"file": os.path.abspath(file), "qualname": qual}
+    if file and not _installed(file):
+        # The user's own module (e.g. next to the pipeline file): found by path,
+        # so the step does not depend on the worker's current directory.
+        return {"file": os.path.abspath(file), "qualname": qual}
     return {"module": module, "qualname": qual}
+
+
+def _installed(file: str) -> bool:
+    """Whether ``file`` belongs to an installed package (site-packages or the stdlib)."""
+    import sysconfig
+
+    parts = set(os.path.abspath(file).split(os.sep))
+    if parts & {"site-packages", "dist-packages"}:
+        return True
+    stdlib = sysconfig.get_paths().get("stdlib", "")
+    return bool(stdlib) and os.path.abspath(file).startswith(stdlib + os.sep)
 
 
 class Step(Generic[P, R]):

@@ -159,6 +159,8 @@ class Worker:
     def register(self) -> None:
         now = utcnow()
         with self.store.write() as conn:
+            # A stable id (systemd, Kubernetes) may be reused by a new process.
+            conn.execute(sa.delete(workers).where(workers.c.id == self.id))
             conn.execute(
                 sa.insert(workers).values(
                     id=self.id,
@@ -493,7 +495,9 @@ class Worker:
         if a.stop_reason is not None and not a.kill_sent:
             self._request_kill(a, a.stop_reason, self.settings.grace_seconds)
         result = infra.watch(ident)
-        return self._outcome(a, result.status_code, capture, result.reason)
+        outcome = self._outcome(a, result.status_code, capture, result.reason)
+        outcome.error = launch.mask(outcome.error)  # errors are shown and stored: no secrets
+        return outcome
 
     def _outcome(
         self, a: Attempt, code: int, capture: OutputCapture, reason: str | None

@@ -24,29 +24,21 @@ if TYPE_CHECKING:
     from typing import Any
 
 LIFELINE_ENV = "FERRYMAN_LIFELINE_FD"
-_PR_SET_PDEATHSIG = 1
 _SIGKILL = 9
 
 
 def die_with_parent() -> None:
     """Never outlive the worker that started this step.
 
-    Two mechanisms: PR_SET_PDEATHSIG (Linux) kills this process as soon as
-    its parent dies; and the *lifeline*, the read end of a pipe whose write
-    end only the worker holds (``FERRYMAN_LIFELINE_FD``). EOF on it means the
-    worker is gone: checked before any user code runs (so a worker that died
-    during our start-up is noticed: no race), then watched by a daemon thread
-    that kills this step's whole process group.
+    The *lifeline* is the read end of a pipe whose write end only the worker
+    holds (``FERRYMAN_LIFELINE_FD``); the kernel closes it when the worker
+    dies, however it dies. EOF is checked before any user code runs (so a
+    worker that died during our start-up is noticed: no race), then watched
+    by a daemon thread that SIGKILLs this step's whole process group, the
+    step's own children included. (PR_SET_PDEATHSIG is deliberately not used:
+    it would kill this process first and orphan its children.)
     """
     fd_text = os.environ.pop(LIFELINE_ENV, None)
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
     if not fd_text or not fd_text.isdigit():
         return
     fd = int(fd_text)
