@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser()
         if self.heartbeat_seconds is None:
             self.heartbeat_seconds = max(self.lease_seconds / 3, 0.05)
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"FERRYMAN_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
+                f"FERRYMAN_LEASE_SECONDS ({self.lease_seconds:g}), or leases expire between beats"
+            )
         return self
 
     def check_production(self) -> None:

@@ -154,3 +154,52 @@ def test_params_file(cli_env: dict[str, str], tmp_path: Path) -> None:
     pf.write_text(json.dumps({"limit": 2, "source": "file"}))
     r = ferryman(cli_env, "run", "examples/etl.py:etl", "--params-file", str(pf))
     assert r.returncode == 0, r.stderr
+
+
+def test_cancel_from_another_process(cli_env: dict[str, str], tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ferryman", "run", f"{PIPES}:long_running",
+         "-p", f"pidfile={pidfile}"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert p.stdout is not None
+        run_id = p.stdout.readline().split()[1]
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or len(pidfile.read_text().split()) < 2:
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        c = ferryman(cli_env, "runs", "cancel", run_id)
+        assert c.returncode == 0, c.stderr
+        out, _ = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 1
+    assert "cancelled" in out
+    assert took < 8, took  # noticed within a second or so, plus the SIGTERM grace
+
+
+def test_rerun_from_the_failed_step(cli_env: dict[str, str], tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    flag.write_text("x")
+    r = ferryman(cli_env, "run", f"{PIPES}:rerunnable", "-p", f"flag={flag}")
+    assert r.returncode == 1
+    run_id = r.stdout.split()[1]
+    flag.unlink()
+    again = ferryman(cli_env, "runs", "rerun", run_id, "--watch")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"re-run of {run_id}" in again.stdout
+    assert "maybe_fail#1 succeeded" in again.stdout
+    assert "ok#1 running" not in again.stdout  # the step that succeeded was reused
+
+
+def test_string_params_stay_strings(cli_env: dict[str, str]) -> None:
+    r = ferryman(cli_env, "run", "examples/etl.py:etl", "-p", "source=2024", "-p", "limit=2")
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.split()[1]
+    logs = ferryman(cli_env, "runs", "logs", run_id, "--step", "extract")
+    assert "extracting 2 rows from 2024" in logs.stdout

@@ -180,6 +180,10 @@ def test_idempotency_key_returns_same_run(store: Store) -> None:
     c, _ = svc.create_run(pv, validate_params(spec, {}), idempotency_key="k2")
     assert (a, created_a, created_b) == (b, True, False)
     assert c != a
+    from ferryman.errors import Conflict
+
+    with pytest.raises(Conflict, match="different"):
+        svc.create_run(pv, validate_params(spec, {"n": 99}), idempotency_key="k1")
 
 
 def test_rerun_reuses_succeeded_steps(store: Store, settings: Settings, tmp_path: Path) -> None:
@@ -206,7 +210,9 @@ def test_run_timeout_fails_the_run(store: Store, settings: Settings, tmp_path: P
         pv = register(conn, "default", spec)
     params = validate_params(spec, {"pidfile": str(tmp_path / "p")})
     run_id, _ = RunService(store).create_run(pv, params, options={"timeout": 1.0})
+    t0 = time.monotonic()
     Worker(store, settings).run_until({run_id}, timeout=60)
+    assert time.monotonic() - t0 < 1.0 + settings.grace_seconds + 1.5  # enforced on time
     with store.read() as conn:
         run = get_run(conn, run_id)
     assert run["state"] == "failed"

@@ -109,11 +109,33 @@ def parse_params(pairs: list[str] | None, params_file: Path | None) -> dict[str,
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             fail(f"parameter {pair!r} must look like name=value")
-        try:
-            params[key] = json.loads(raw)
-        except ValueError:
-            params[key] = raw
+        params[key] = RawParam(raw)
     return params
+
+
+class RawParam(str):
+    """A ``-p name=value`` value, typed once the pipeline's parameters are known."""
+
+
+def type_params(params: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """Give ``-p`` values their types: text for string parameters (so
+    ``-p day=2024`` stays a string), JSON for the others (``-p n=3``,
+    ``-p 'tags=["a","b"]'``), the raw text when it is not JSON."""
+    types = {p.name: p.type for p in spec.params}
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if not isinstance(v, RawParam):
+            out[k] = v
+            continue
+        text = str(v)
+        if types.get(k) in ("string", "date"):
+            out[k] = text
+            continue
+        try:
+            out[k] = json.loads(text)
+        except ValueError:
+            out[k] = text
+    return out
 
 
 def setup_logging(level: str = "WARNING") -> None:

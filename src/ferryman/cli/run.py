@@ -24,13 +24,15 @@ from ferryman.cli.common import (
     parse_params,
     settings,
     setup_logging,
+    type_params,
 )
 from ferryman.cli.runs import fmt_duration, styled
 
 
 def _looks_like_file(ref: str) -> bool:
+    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's name)."""
     target = ref.partition(":")[0]
-    return target.endswith((".py", ".yaml", ".yml", ".json")) or Path(target).exists()
+    return ":" in ref or target.endswith((".py", ".yaml", ".yml", ".json")) or Path(target).exists()
 
 
 def run_command(
@@ -67,6 +69,7 @@ def run_command(
         s = settings()
         spec = load_pipeline(ref) if _looks_like_file(ref) else None
         if spec is not None:
+            params = type_params(params, spec)
             values = validate_params(spec, params)  # before touching the database
         store = open_store(s)
         with store.write() as conn:
@@ -76,7 +79,7 @@ def run_command(
                 else latest(conn, namespace, ref)
             )
         if spec is None:
-            values = validate_params(pv.spec, params)
+            values = validate_params(pv.spec, type_params(params, pv.spec))
         if infrastructure:
             from ferryman.infra.registry import infrastructure_class
 

@@ -54,16 +54,17 @@ def ls(
         store = open_store()
         with store.read() as conn:
             rows = list_runs(conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit)
-        t = Table("run", "pipeline", "state", "steps", "created", "duration")
+        t = Table("pipeline", "state", "steps", "created", "duration")
+        t.add_column("run", no_wrap=True, min_width=32)
         for r in rows:
             done = r["nodes_total"] - r["nodes_remaining"]
             t.add_row(
-                r["id"],
                 f"{r['namespace']}/{r['pipeline']}",
                 styled(r["state"]),
                 f"{done}/{r['nodes_total']}",
                 f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
                 fmt_duration(r["duration"]),
+                r["id"],
             )
         console.print(t)
 
@@ -112,17 +113,34 @@ def cancel(run_id: str) -> None:
 
 
 @app.command("rerun")
-def rerun(run_id: str) -> None:
-    """Re-run a failed run from its failed steps (outputs of the others are reused)."""
+def rerun(
+    run_id: str,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Show live per-step progress"),
+    queue_only: bool = typer.Option(
+        False, "--queue-only", help="Only queue it for `ferryman worker` processes"
+    ),
+) -> None:
+    """Re-run a failed or cancelled run from its failed steps (the outputs of the
+    steps that succeeded are reused). Runs it here, like `ferryman run`."""
+    code = 0
     with clean_errors():
+        from ferryman.cli.common import settings
+        from ferryman.cli.run import _execute_embedded
         from ferryman.services.queries import find_run_id
         from ferryman.services.runs import RunService
 
-        store = open_store()
+        s = settings()
+        store = open_store(s)
         with store.read() as conn:
             rid = find_run_id(conn, run_id)
-        new = RunService(store).rerun(rid)
-        console.print(f"run {new} queued (re-run of {rid}); start a worker to run it")
+        svc = RunService(store)
+        new = svc.rerun(rid)
+        if queue_only:
+            console.print(f"run {new} queued (re-run of {rid})")
+            return
+        console.print(f"run [bold]{new}[/] (re-run of {rid})")
+        code = _execute_embedded(store, s, svc, new, watch)
+    raise typer.Exit(code)
 
 
 @app.command("logs")

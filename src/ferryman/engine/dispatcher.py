@@ -456,6 +456,7 @@ class Dispatcher:
 
         with self._clients_lock:
             if self._http is None:
+                _redact_httpx_urls()
                 t = self.settings.callback_timeout
                 self._http = httpx.Client(
                     timeout=httpx.Timeout(t),
@@ -536,6 +537,32 @@ class Dispatcher:
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+class _RedactURLs(logging.Filter):
+    """httpx logs each request's full URL at INFO; a webhook URL's path or
+    query may hold a token, so only its origin is kept in the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import httpx
+
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(
+                f"{a.scheme}://{a.host}{f':{a.port}' if a.port else ''}/…"
+                if isinstance(a, httpx.URL)
+                else a
+                for a in record.args
+            )
+        return True
+
+
+_REDACTOR = _RedactURLs()
+
+
+def _redact_httpx_urls() -> None:
+    logger = logging.getLogger("httpx")
+    if _REDACTOR not in logger.filters:
+        logger.addFilter(_REDACTOR)
 
 
 def _user_agent() -> str:

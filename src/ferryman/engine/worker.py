@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 
 _CLAIMABLE = sa.text(f"nodes.state IN ('{NodeState.QUEUED.value}', '{NodeState.RETRYING.value}')")
+CANCEL_POLL_SECONDS = 0.5
 _NEXT_ATTEMPT = {"attempt": nodes.c.attempt + 1}
 _OUTPUTS = sa.select(nodes.c.name, nodes.c.output).where(
     nodes.c.run_id == sa.bindparam("o_run"),
@@ -128,6 +129,7 @@ class Worker:
         self._cancel_seen = store.cancel_generation
         self._db_failures = 0
         self._last_lease_renewal = time.monotonic()
+        self._next_cancel_poll = 0.0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -233,6 +235,18 @@ class Worker:
             )
         return len(states) == len(run_ids) and all(RunState(s).terminal for s in states)
 
+    def _run_deadlines(self) -> list[dt.datetime]:
+        """Timeouts of the runs whose steps we are running."""
+        out = []
+        for a in list(self._inflight.values()):
+            info = self.service.cache._runs.get(a.run_id)
+            if info is not None and info.deadline is not None:
+                out.append(info.deadline)
+        return out
+
+    def _deadline_passed(self, now: dt.datetime) -> bool:
+        return any(d <= now for d in self._run_deadlines())
+
     def _sleep(self) -> None:
         # Clear first, then look: a wake-up arriving in between is never lost.
         self._wake.clear()
@@ -248,6 +262,11 @@ class Worker:
                 wait = min(wait, a.deadline - now)
         if self._next_due is not None:
             wait = min(wait, self._next_due - now)
+        deadlines = self._run_deadlines()
+        if deadlines:
+            wait = min(wait, (min(deadlines) - utcnow()).total_seconds() + 0.005)
+        if self.store.is_sqlite and self._inflight:
+            wait = min(wait, CANCEL_POLL_SECONDS)
         if wait > 0:
             self._wake.wait(wait)
 
@@ -331,7 +350,11 @@ class Worker:
                 renewed = True
                 if mono >= self._next_heartbeat:
                     self._next_heartbeat = mono + self.settings.heartbeat
-            if mono >= self._next_sweep:
+            if self.store.is_sqlite and self._inflight and mono >= self._next_cancel_poll:
+                # SQLite has no NOTIFY: a cancel from another process is polled for.
+                self._heartbeat(tx, beat=False)
+                self._next_cancel_poll = mono + CANCEL_POLL_SECONDS
+            if mono >= self._next_sweep or self._deadline_passed(tx.now):
                 self._sweep(tx)
                 self._next_sweep = mono + self.settings.sweep_seconds
             tx.settle_releases()

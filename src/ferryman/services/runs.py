@@ -173,6 +173,7 @@ class RunInfo:
     spec: PipelineSpec
     downstream: dict[str, list[str]]
     started: bool = False  # known to be past `queued` (saves a no-op UPDATE per claim)
+    deadline: dt.datetime | None = None  # the run's timeout, as a wall-clock time
 
     def descendants(self, name: str) -> list[str]:
         seen: set[str] = set()
@@ -210,6 +211,7 @@ class RunCache:
                 options=row.options or {},
                 spec=spec,
                 downstream=spec.downstream(),
+                deadline=row.deadline,
             )
             if len(self._runs) >= self._max:
                 self._runs.pop(next(iter(self._runs)))
@@ -555,7 +557,7 @@ class RunService:
             try:
                 with self.store.write() as conn:
                     if idempotency_key:
-                        existing = self._by_key(conn, pv.namespace, idempotency_key)
+                        existing = self._by_key(conn, pv, idempotency_key, params)
                         if existing:
                             return existing, False
                     tx = self.tx(conn)
@@ -577,16 +579,30 @@ class RunService:
                 if not idempotency_key or attempt == 2:
                     raise
                 with self.store.read() as conn:
-                    existing = self._by_key(conn, pv.namespace, idempotency_key)
+                    existing = self._by_key(conn, pv, idempotency_key, params)
                 if existing:
                     return existing, False
         raise RuntimeError("unreachable")
 
     @staticmethod
-    def _by_key(conn: Connection, namespace: str, key: str) -> str | None:
-        return conn.execute(
-            sa.select(runs.c.id).where(runs.c.namespace == namespace, runs.c.idempotency_key == key)
-        ).scalar()
+    def _by_key(
+        conn: Connection, pv: PipelineVersion, key: str, params: dict[str, Any]
+    ) -> str | None:
+        """The run already created with ``key``; a Conflict if it was for other input."""
+        row = conn.execute(
+            sa.select(runs.c.id, runs.c.pipeline, runs.c.params).where(
+                runs.c.namespace == pv.namespace, runs.c.idempotency_key == key
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.pipeline != pv.name or row.params != params:
+            raise Conflict(
+                f"idempotency key {key!r} was already used for run {row.id} with a different "
+                "pipeline or different parameters",
+                {"run_id": row.id},
+            )
+        return str(row.id)
 
     def _insert_run(
         self,
@@ -640,6 +656,7 @@ class RunService:
                 options,
                 spec,
                 spec.downstream(),
+                deadline=(now + dt.timedelta(seconds=timeout)) if timeout else None,
             )
         )
         rows = []
