@@ -116,3 +116,27 @@ def test_worker_stop_is_graceful(store: Store, settings: Settings, n: int) -> No
     worker.stop()
     t.join(10)
     assert not t.is_alive()
+
+
+def test_a_claim_never_takes_more_than_its_free_slots(store: Store, settings: Settings) -> None:
+    """Regression: UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP
+    LOCKED) may claim more than n rows on PostgreSQL (the subquery re-runs)."""
+    spec = PipelineSpec(
+        name="wide",
+        steps=[StepSpec(name=f"s{i}", function=NOOP, infrastructure="inline") for i in range(40)],
+    )
+    with store.write() as conn:
+        pv = register(conn, "default", spec)
+    RunService(store).create_run(pv, {})
+    worker = Worker(store, settings, concurrency=3)
+    try:
+        claimed = worker.turn()
+        with store.read() as conn:
+            running = conn.exec_driver_sql(
+                "SELECT count(*) FROM nodes WHERE state IN ('running', 'succeeded')"
+            ).scalar_one()
+    finally:
+        worker.stop()
+        worker._shutdown()
+    assert claimed == 3
+    assert running == 3

@@ -304,21 +304,27 @@ class Dispatcher:
     def _claim(self, limit: int, busy: list[str]) -> list[Claimed]:
         now = utcnow()
         lease_until = now + dt.timedelta(seconds=self.lease_seconds)
-        sub = (
+        due = (
             sa.select(callbacks.c.id)
             .where(callbacks.c.state == PENDING, callbacks.c.next_attempt_at <= now)
             .order_by(callbacks.c.next_attempt_at, callbacks.c.id)
             .limit(limit)
         )
         if busy:  # our own attempt whose lease ran out is not claimed twice
-            sub = sub.where(callbacks.c.id.notin_(busy))
+            due = due.where(callbacks.c.id.notin_(busy))
         if self.store.is_postgres:
-            sub = sub.with_for_update(skip_locked=True)
+            due = due.with_for_update(skip_locked=True)
+        # Two statements, not ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE
+        # SKIP LOCKED)``: PostgreSQL may run that subquery as the inner side of a
+        # nested-loop semi-join, re-scanning it per outer row; each re-scan skips
+        # the rows this very statement has just updated and locks the next ones,
+        # so far more than ``n`` rows get claimed.
         stmt = (
             sa.update(callbacks)
             .where(
-                callbacks.c.id.in_(sub.scalar_subquery()),
-                # re-checked on the row as locked: a concurrent claim already moved it
+                callbacks.c.id.in_(sa.bindparam("ids", expanding=True)),
+                # belt and braces: on SQLite (no row locks) BEGIN IMMEDIATE
+                # already serialises claims; the guard keeps a claim honest anyway
                 callbacks.c.state == PENDING,
                 callbacks.c.next_attempt_at <= now,
             )
@@ -332,7 +338,8 @@ class Dispatcher:
             )
         )
         with self.store.write() as conn:
-            rows = conn.execute(stmt).all()
+            ids = list(conn.execute(due).scalars())
+            rows = conn.execute(stmt, {"ids": ids}).all() if ids else []
         return [
             Claimed(r.id, r.run_id, r.kind, dict(r.target or {}), int(r.attempts)) for r in rows
         ]
@@ -502,7 +509,9 @@ class Dispatcher:
                 values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
         with self.store.write() as conn:
             updated = conn.execute(sa.update(callbacks).where(*where).values(**values)).rowcount
-        self.attempts_total += 1
+        with self._lock:
+            self.attempts_total += 1
+            self.delivered_total += 1 if o.ok and updated else 0
         target = _describe(c)
         if not updated:
             log.warning(
@@ -513,7 +522,6 @@ class Dispatcher:
             )
             return
         if o.ok:
-            self.delivered_total += 1
             log.info(
                 "callback %s (%s, run %s) delivered: attempt %d, status %s, %.3fs",
                 c.id, target, c.run_id, c.attempts, o.status, latency,

@@ -390,7 +390,11 @@ class Worker:
             elif only:
                 sub = sub.where(nodes.c.run_id.in_(sa.bindparam("c_runs", expanding=True)))
             if pg:
+                # = ANY(ARRAY(subquery)) makes the locking subquery an InitPlan that
+                # runs once; with IN (subquery) the planner may re-run it per row
+                # and claim more than `limit` nodes.
                 sub = sub.with_for_update(skip_locked=True)
+                return nodes.c.id == sa.any_(sa.func.array(sub.scalar_subquery()))
             return nodes.c.id.in_(sub.scalar_subquery())
 
         params: dict[str, Any] = {"c_now": tx.now, "c_limit": limit}

@@ -11,7 +11,7 @@ block the writer in WAL mode).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -97,8 +97,15 @@ class Store:
         """A write transaction; committed on success, rolled back on error."""
         with self.engine.connect() as conn:
             conn = conn.execution_options(ferryman_write=True)
-            with conn.begin():
-                yield conn
+            hooks: list[Callable[[], None]] = []
+            conn.info["after_commit"] = hooks
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop("after_commit", None)
+            for hook in hooks:  # only reached when the commit succeeded
+                hook()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -114,12 +121,24 @@ class Store:
         """
         if self.is_postgres and conn is not None:
             conn.exec_driver_sql(f"NOTIFY {WAKE_CHANNEL}")
-        self.wake_local()
+        self._after_commit(conn, self.wake_local)
+
+    def _after_commit(self, conn: Connection | None, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once ``conn``'s transaction has committed (at once without one):
+        in-process listeners must not look before the work is visible."""
+        hooks = conn.info.get("after_commit") if conn is not None else None
+        if hooks is None:
+            hook()
+        elif hook not in hooks:
+            hooks.append(hook)
 
     def notify_cancel(self, conn: Connection | None = None) -> None:
         """Tell workers that a running step was asked to stop."""
         if self.is_postgres and conn is not None:
             conn.exec_driver_sql(f"NOTIFY {CANCEL_CHANNEL}")
+        self._after_commit(conn, self._bump_cancel)
+
+    def _bump_cancel(self) -> None:
         with self._lock:
             self.cancel_generation += 1
         self.wake_local()

@@ -1,0 +1,6 @@
+"""Outbound notifications: Standard Webhooks signing, run-completion reports
+and their renderings (JSON for webhooks, short text for Slack).
+
+Delivery itself (claiming due callbacks, retries, dead-lettering) is the
+dispatcher's job: ``ferryman.engine.dispatcher``.
+"""

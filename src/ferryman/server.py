@@ -1,0 +1,305 @@
+"""``ferryman server``: the REST API plus, in the same process, an embedded
+worker and the callback dispatcher.
+
+Start-up: refuse production with a default secret; open the database
+(migrating it); make sure webhooks can be signed (the configured secret, or a
+per-install one generated under ``FERRYMAN_HOME``); create the first admin
+when there is no user yet (its generated password is printed once, to
+stdout, and never logged); serve HTTP; once it answers, start the loops.
+
+Shutdown on SIGTERM/SIGINT: the listening socket closes at once, the loops
+are told to stop, in-flight HTTP requests finish (up to ``grace_seconds``),
+the worker lets running steps finish (then stops them), the dispatcher lets
+in-flight deliveries finish. A second signal forces the exit.
+
+Start-up is kept light (time to the first ``/health`` and idle memory
+matter): heavy modules are imported inside ``serve``, the loops are built
+after HTTP is up, and the dispatcher imports its HTTP and Slack clients on
+first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, Protocol, TextIO
+
+from ferryman.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADMIN_USERNAME = "admin"
+
+
+class _Runnable(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class LoopThread:
+    """Runs a loop (worker, dispatcher) in a daemon thread and keeps it running:
+    if it dies of an error it is logged and rebuilt after a backoff, so a
+    database outage never leaves the server serving without its loops."""
+
+    def __init__(self, name: str, factory: Callable[[], _Runnable]) -> None:
+        self.name = name
+        self._factory = factory
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._current: _Runnable | None = None
+        self.thread = threading.Thread(target=self._main, name=f"ferryman-{name}", daemon=True)
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._stop.is_set() and self.thread.ident is None:
+                self.thread.start()
+
+    def _main(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                loop = self._factory()
+                with self._lock:
+                    self._current = loop
+                    stopped = self._stop.is_set()
+                if stopped:  # stop() ran while we were building it
+                    loop.stop()
+                loop.run()
+                if self._stop.is_set():
+                    return
+                log.error("the %s stopped unexpectedly; restarting it", self.name)
+            except Exception:
+                log.exception("the %s failed; restarting it in %.0fs", self.name, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def stop(self) -> None:
+        """Ask the loop to stop (returns at once; see ``join``)."""
+        with self._lock:
+            self._stop.set()
+            current = self._current
+        if current is not None:
+            current.stop()
+
+    def join(self, timeout: float) -> bool:
+        if self.thread.ident is None:  # never started
+            return True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+def bootstrap_admin(store: Any, settings: Settings, out: TextIO | None = None) -> bool:
+    """Create the first admin when there is no user at all; True if created.
+
+    The password is ``FERRYMAN_ADMIN_PASSWORD`` or, when unset, generated and
+    printed once to ``out`` (stdout) — never logged. Two servers starting at
+    once on one database: the second one's insert fails on the unique user
+    name (or sees the user in its own transaction) and it creates nothing.
+    """
+    import sqlalchemy as sa
+
+    from ferryman.errors import Conflict, InvalidInput
+    from ferryman.services.auth import Role, create_user
+    from ferryman.store.tables import users
+
+    def any_user(conn: Any) -> bool:
+        return conn.execute(sa.select(users.c.id).limit(1)).first() is not None
+
+    with store.read() as conn:
+        if any_user(conn):
+            return False
+    configured = settings.admin_password
+    password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
+    try:
+        with store.write() as conn:
+            if any_user(conn):
+                return False
+            create_user(conn, ADMIN_USERNAME, password, Role.ADMIN)
+    except InvalidInput as exc:
+        raise ValueError(f"FERRYMAN_ADMIN_PASSWORD: {exc.message}") from None
+    except (Conflict, sa.exc.IntegrityError):
+        return False
+    stream = out or sys.stdout
+    if configured is None:
+        print(
+            f"\nferryman: created the first user {ADMIN_USERNAME!r} (role admin) with the "
+            f"generated password:\n\n    {password}\n\n"
+            "It is shown only this once: log in with it and change it, or set "
+            "FERRYMAN_ADMIN_PASSWORD before the first start.\n",
+            file=stream,
+            flush=True,
+        )
+    else:
+        print(
+            f"ferryman: created the first user {ADMIN_USERNAME!r} (role admin) with the "
+            "password from FERRYMAN_ADMIN_PASSWORD",
+            file=stream,
+            flush=True,
+        )
+    return True
+
+
+class _Shutdown:
+    """Signal handling for the whole of ``serve``: the first SIGTERM/SIGINT
+    stops gracefully (HTTP stops accepting, loops are told to stop), a second
+    one forces the exit. uvicorn's own handling is switched off: it re-raises
+    the signal after its shutdown, which would end the process before the
+    loops have finished their in-flight work."""
+
+    def __init__(self, loops: list[LoopThread]) -> None:
+        self.loops = loops
+        self.server: Any = None
+        self.stopping = False
+        self._count = 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._count += 1
+        if self._count > 1:
+            if self.server is not None:
+                self.server.force_exit = True
+            raise SystemExit(128 + signum)
+        print(
+            "ferryman server: stopping (finishing in-flight requests, steps and callbacks)…",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.stopping = True
+        if self.server is not None:
+            self.server.should_exit = True
+        for loop in self.loops:
+            loop.stop()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # embedded in a test or another program: the caller stops us
+            return
+        sigs = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def serve(
+    settings: Settings,
+    *,
+    no_worker: bool = False,
+    log_level: str = "warning",
+    access_log: bool = False,
+    out: TextIO | None = None,
+) -> None:
+    """Run the server until SIGTERM/SIGINT (see the module docstring).
+
+    Raises ``ValueError`` for a configuration that must not serve (production
+    with a default secret, a malformed webhook secret, a too-short admin
+    password); the CLI turns it into a one-line error.
+    """
+    stream = out or sys.stdout
+    settings.check_production()
+    from ferryman.notify.signing import load_or_create_secret, secret_path
+    from ferryman.store.engine import Store
+
+    _, created = load_or_create_secret(settings)  # a bad secret stops us before we serve
+    if created:
+        print(
+            f"ferryman: generated a webhook signing secret in {secret_path(settings)} "
+            "(receivers verify callbacks with it; set FERRYMAN_WEBHOOK_SECRET to choose one)",
+            file=stream,
+            flush=True,
+        )
+    loops: list[LoopThread] = []
+    stop = _Shutdown(loops)
+    with stop.installed():
+        store = Store.from_settings(settings)
+        try:
+            bootstrap_admin(store, settings, stream)
+            if not no_worker:
+                loops.append(LoopThread("worker", lambda: _worker(store, settings)))
+            loops.append(LoopThread("dispatcher", lambda: _dispatcher(store, settings)))
+            # The loops start once HTTP answers (``_serve_http``): importing and
+            # building them first would only delay the first /health.
+            if not stop.stopping:
+                _serve_http(settings, store, stop, log_level, access_log, stream, no_worker)
+        finally:
+            # The loops finish their in-flight work (bounded by their grace).
+            for loop in loops:
+                loop.stop()
+            deadline = time.monotonic() + settings.grace_seconds + 10
+            for loop in loops:
+                if not loop.join(max(deadline - time.monotonic(), 0.1)):
+                    log.warning("the %s did not stop in time", loop.name)
+            store.dispose()
+
+
+def _worker(store: Any, settings: Settings) -> _Runnable:
+    from ferryman.engine.worker import Worker
+
+    return Worker(store, settings)
+
+
+def _dispatcher(store: Any, settings: Settings) -> _Runnable:
+    from ferryman.engine.dispatcher import Dispatcher
+
+    return Dispatcher(store, settings)
+
+
+def _serve_http(
+    settings: Settings,
+    store: Any,
+    stop: _Shutdown,
+    log_level: str,
+    access_log: bool,
+    out: TextIO,
+    no_worker: bool,
+) -> None:
+    import uvicorn
+
+    from ferryman.api.app import create_app
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # signals are ours (_Shutdown)
+
+    app = create_app(settings, store)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our logging set-up (stderr) applies to uvicorn's loggers too
+        log_level=log_level.lower(),
+        access_log=access_log,
+        server_header=False,
+        timeout_graceful_shutdown=max(int(settings.grace_seconds), 1),
+    )
+    server = Server(config)
+    stop.server = server
+    server.should_exit = stop.stopping
+
+    def announce() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.01)
+        if server.started:
+            for loop in stop.loops:
+                loop.start()
+            worker = "off" if no_worker else "on"
+            print(
+                f"ferryman server listening on http://{settings.host}:{settings.port} "
+                f"(database {store.url.get_backend_name()}, worker {worker}, "
+                f"links {settings.base_url})",
+                file=out,
+                flush=True,
+            )
+
+    threading.Thread(target=announce, name="ferryman-announce", daemon=True).start()
+    server.run()
