@@ -23,6 +23,31 @@ app.add_typer(pipelines.app, name="pipelines")
 app.add_typer(db.app, name="db")
 
 
+@app.command("login")
+def login(
+    server: str = typer.Option(..., "--server", envvar="FERRYMAN_SERVER", help="Server URL"),
+    username: str = typer.Option(..., "--username", "-u", prompt=True),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from standard input"
+    ),
+) -> None:
+    """Log in to a ferryman server; the token is kept for later `--server` commands."""
+    import sys
+
+    from ferryman.cli import remote
+    from ferryman.cli.common import clean_errors
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True)
+    with clean_errors():
+        try:
+            remote.login(server, username, password)
+        except Exception as exc:
+            remote.api_errors(exc)
+
+
 @app.command("version")
 def version() -> None:
     """Print ferryman's version."""

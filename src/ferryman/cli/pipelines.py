@@ -27,6 +27,9 @@ def specs_in(path: Path) -> list[object]:
 def deploy_command(
     file: Path = typer.Argument(..., help="Pipeline file (.py, .yaml, .yml, .json)"),
     namespace: str = typer.Option("default", "--namespace", "-n"),
+    server: str = typer.Option(
+        None, "--server", envvar="FERRYMAN_SERVER", help="Register on this ferryman server"
+    ),
 ) -> None:
     """Register the pipelines a file defines (a new version only when changed)."""
     with clean_errors():
@@ -36,6 +39,14 @@ def deploy_command(
         specs = specs_in(file)
         if not specs:
             fail(f"{file} defines no pipeline")
+        if server:
+            from ferryman.cli import remote
+
+            try:
+                remote.deploy(server, namespace, specs)
+            except Exception as exc:
+                remote.api_errors(exc)
+            return
         store = open_store()
         with store.write() as conn:
             for spec in specs:

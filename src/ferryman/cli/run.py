@@ -47,12 +47,20 @@ def run_command(
     infrastructure: str = typer.Option(None, "--infrastructure", help="Override for every step"),
     idempotency_key: str = typer.Option(None, "--idempotency-key"),
     timeout: float = typer.Option(None, "--timeout", min=0.001, help="Run timeout (seconds)"),
+    server: str = typer.Option(
+        None, "--server", envvar="FERRYMAN_SERVER", help="Start the run on this ferryman server"
+    ),
+    wait: bool = typer.Option(False, "--wait", help="With --server: wait for the run to end"),
 ) -> None:
-    """Run a pipeline on the embedded engine and wait for it to end.
+    """Run a pipeline on the embedded engine and wait for it to end, or start it
+    on a server with --server (add --watch or --wait to follow it there).
 
     Exit code: 0 succeeded, 1 failed or cancelled, 2 bad input, 130 interrupted.
     """
     setup_logging()
+    if server:
+        raise typer.Exit(_run_on_server(server, ref, param, params_file, namespace, watch, wait,
+                                        label, idempotency_key, timeout))  # fmt: skip
     with clean_errors():
         from ferryman.domain.params import validate_params
         from ferryman.dsl.loader import load_pipeline
@@ -98,6 +106,41 @@ def run_command(
         console.print(f"run [bold]{run_id}[/] of {namespace}/{pv.name} (version {pv.version})")
         code = _execute_embedded(store, s, svc, run_id, watch)
     raise typer.Exit(code)
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise ValueError(f"label {item!r} must look like key=value")
+        labels[k] = v
+    return labels
+
+
+def _run_on_server(
+    server: str, ref: str, param: list[str] | None, params_file: Path | None, namespace: str,
+    watch: bool, wait: bool, label: list[str] | None, key: str | None, timeout: float | None,
+) -> int:  # fmt: skip
+    from ferryman.cli import remote
+
+    code = 0
+    with clean_errors():
+        params = parse_params(param, params_file)
+        labels = _labels(label)
+        spec = None
+        if _looks_like_file(ref):
+            from ferryman.dsl.loader import load_pipeline
+
+            spec = load_pipeline(ref)
+        try:
+            code = remote.run_remote(
+                server, namespace, ref if spec is None else spec.name, params, spec=spec,
+                labels=labels, idempotency_key=key, timeout=timeout, watch=watch, wait=wait,
+            )  # fmt: skip
+        except Exception as exc:
+            remote.api_errors(exc)
+    return code
 
 
 def _execute_embedded(store: Any, s: Any, svc: Any, run_id: str, watch: bool) -> int:

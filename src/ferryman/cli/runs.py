@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -11,6 +12,27 @@ from rich.table import Table
 from ferryman.cli.common import clean_errors, console, open_store
 
 app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
+
+SERVER = typer.Option(
+    None, "--server", envvar="FERRYMAN_SERVER", help="Ask this ferryman server instead"
+)
+
+
+def _remote(fn: Any, *args: Any) -> Any:
+    from ferryman.cli import remote
+
+    try:
+        return fn(*args)
+    except Exception as exc:
+        remote.api_errors(exc)
+
+
+def print_log_line(rec: dict[str, Any]) -> None:
+    prefix = f"[{rec['node']}#{rec['attempt']}]"
+    style = "red" if rec["stream"] == "stderr" else "dim"
+    console.print(f"[{style}]{escape(prefix)}[/] {escape(rec['line'])}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+
 
 STATE_STYLE = {
     "succeeded": "green",
@@ -42,7 +64,8 @@ def ls(
     state: str = typer.Option(None, "--state"),
     pipeline: str = typer.Option(None, "--pipeline"),
     namespace: str = typer.Option(None, "--namespace", "-n"),
-    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+    limit: int = typer.Option(20, "--limit", min=1, max=200),
+    server: str = SERVER,
 ) -> None:
     """List runs, newest first."""
     with clean_errors():
@@ -51,9 +74,16 @@ def ls(
 
         if state and state not in {s.value for s in RunState}:
             raise ValueError(f"unknown state {state!r} (one of {', '.join(RunState)})")
-        store = open_store()
-        with store.read() as conn:
-            rows = list_runs(conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit)
+        if server:
+            from ferryman.cli import remote
+
+            rows = _remote(remote.runs_ls, server, namespace, pipeline, state, limit)
+        else:
+            store = open_store()
+            with store.read() as conn:
+                rows = list_runs(
+                    conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit
+                )
         t = Table("pipeline", "state", "steps", "created", "duration")
         t.add_column("run", no_wrap=True, min_width=32)
         for r in rows:
@@ -70,14 +100,19 @@ def ls(
 
 
 @app.command("get")
-def get(run_id: str) -> None:
+def get(run_id: str, server: str = SERVER) -> None:
     """Show a run and its steps."""
     with clean_errors():
         from ferryman.services.queries import find_run_id, get_run
 
-        store = open_store()
-        with store.read() as conn:
-            r = get_run(conn, find_run_id(conn, run_id))
+        if server:
+            from ferryman.cli import remote
+
+            r = _remote(remote.runs_get, server, run_id)
+        else:
+            store = open_store()
+            with store.read() as conn:
+                r = get_run(conn, find_run_id(conn, run_id))
         console.print(
             f"[bold]run {r['id']}[/]  {r['namespace']}/{r['pipeline']} "
             f"(version {r['version']})  {styled(r['state'])}  "
@@ -99,8 +134,15 @@ def get(run_id: str) -> None:
 
 
 @app.command("cancel")
-def cancel(run_id: str) -> None:
+def cancel(run_id: str, server: str = SERVER) -> None:
     """Cancel a run: stop its running steps and skip the rest."""
+    if server:
+        from ferryman.cli import remote
+
+        with clean_errors():
+            rid = _remote(remote.runs_cancel, server, run_id)
+            console.print(f"run {rid}: cancel requested")
+        return
     with clean_errors():
         from ferryman.services.queries import find_run_id
         from ferryman.services.runs import RunService
@@ -119,10 +161,21 @@ def rerun(
     queue_only: bool = typer.Option(
         False, "--queue-only", help="Only queue it for `ferryman worker` processes"
     ),
+    server: str = SERVER,
 ) -> None:
     """Re-run a failed or cancelled run from its failed steps (the outputs of the
     steps that succeeded are reused). Runs it here, like `ferryman run`."""
     code = 0
+    if server:
+        from ferryman.cli import remote
+
+        with clean_errors():
+            new = _remote(remote.runs_rerun, server, run_id)
+            console.print(f"run [bold]{new}[/] (re-run of {run_id}) on {server}")
+            if watch:
+                with remote.client(server) as c:
+                    code = remote.follow_remote(c, new, True)
+        raise typer.Exit(code)
     with clean_errors():
         from ferryman.cli.common import settings
         from ferryman.cli.run import _execute_embedded
@@ -148,8 +201,15 @@ def logs_command(
     run_id: str,
     step: str = typer.Option(None, "--step", "-s"),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the run ends"),
+    server: str = SERVER,
 ) -> None:
     """Print a run's logs (stdout and stderr of its steps)."""
+    if server:
+        from ferryman.cli import remote
+
+        with clean_errors():
+            _remote(remote.runs_logs, server, run_id, step, follow)
+        return
     with clean_errors():
         from ferryman.domain.states import RunState
         from ferryman.services.queries import find_run_id, get_logs
@@ -166,13 +226,7 @@ def logs_command(
                     runs.select().with_only_columns(runs.c.state).where(runs.c.id == rid)
                 ).scalar_one()
             for rec in batch:
-                prefix = f"[{rec['node']}#{rec['attempt']}]"
-                style = "red" if rec["stream"] == "stderr" else "dim"
-                console.print(
-                    f"[{style}]{escape(prefix)}[/] {escape(rec['line'])}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                print_log_line(rec)
                 last = rec["id"]
             if len(batch) == 5000:
                 continue
