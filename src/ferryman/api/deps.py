@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -14,12 +17,18 @@ from ferryman.services.auth import (
     Role,
     principal_from_api_token,
     principal_from_jwt,
+    touch_api_token,
 )
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 
+log = logging.getLogger(__name__)
+
 _bearer = HTTPBearer(auto_error=False, description="JWT from POST /token, or an API token")
+# How often (at most) a token's last_used_at is written: often enough to see
+# which tokens are alive, rarely enough not to turn reads into writes.
+TOUCH_EVERY_SECONDS = 60.0
 
 
 def get_store(request: Request) -> Store:
@@ -43,17 +52,39 @@ RunsDep = Annotated[RunService, Depends(get_runs)]
 
 
 def get_principal(
+    request: Request,
     store: StoreDep,
     settings: SettingsDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """Who is calling: from a JWT or an API token in ``Authorization: Bearer``."""
     if creds is None or not creds.credentials:
         raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
     token = creds.credentials
     with store.read() as conn:
         if token.startswith(TOKEN_PREFIX):
-            return principal_from_api_token(conn, token)
-        return principal_from_jwt(conn, token, settings.jwt_secret.get_secret_value())
+            principal = principal_from_api_token(conn, token)
+        else:
+            principal = principal_from_jwt(conn, token, settings.jwt_secret.get_secret_value())
+    if principal.token_id is not None:
+        _touch(request, store, principal.token_id)
+    return principal
+
+
+def _touch(request: Request, store: Store, token_id: str) -> None:
+    """Record that an API token was used, at most once a minute per process."""
+    seen: dict[str, float] | None = getattr(request.app.state, "token_touches", None)
+    if seen is None:
+        seen = request.app.state.token_touches = {}
+    now = time.monotonic()
+    if now - seen.get(token_id, -TOUCH_EVERY_SECONDS) < TOUCH_EVERY_SECONDS:
+        return
+    seen[token_id] = now
+    try:
+        with store.write() as conn:
+            touch_api_token(conn, token_id)
+    except sa.exc.SQLAlchemyError:  # bookkeeping only: never fail the request for it
+        log.warning("could not record the use of API token %s", token_id, exc_info=True)
 
 
 def _require(role: Role):  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ the client).
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -47,8 +48,63 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable, machine-readable code"},
+                "message": {"type": "string", "description": "What went wrong, for humans"},
+                "details": {"description": "Per-field problems and the like, or null"},
+            },
+        }
+    },
+}
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+_FASTAPI_ERRORS = ("HTTPValidationError", "ValidationError")
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document tell the truth about errors.
+
+    FastAPI documents its own 422 body (``{"detail": [...]}``), which this API
+    never sends: every 4xx is described with the ``Error`` shape instead, and
+    each operation that needs credentials also lists its 401.
+    """
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    comps["Error"] = ERROR_SCHEMA
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            if not isinstance(op, dict) or "responses" not in op:
+                continue
+            responses: dict[str, Any] = op["responses"]
+            if op.get("security") and "401" not in responses:
+                responses["401"] = {
+                    "description": "missing, invalid, expired or revoked credentials"
+                }
+            for status, response in responses.items():
+                if str(status).startswith("4"):
+                    response["content"] = {"application/json": {"schema": _ERROR_REF}}
+    for name in _FASTAPI_ERRORS:  # in this order: the first refers to the second
+        if name in comps and f'"#/components/schemas/{name}"' not in json.dumps(schema):
+            del comps[name]
+    return schema
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers that produce the error shape."""
+    """Register the handlers that produce the error shape, and document it."""
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(FerrymanError)
     async def _ferryman(_: Request, exc: FerrymanError) -> JSONResponse:

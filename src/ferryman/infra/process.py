@@ -71,6 +71,8 @@ def _lifeline() -> int:
             r, _w = os.pipe()  # both non-inheritable; _w stays open until we die
             _lifeline_fd = r
         return _lifeline_fd
+
+
 # one environment string may not exceed 128 KiB on Linux (MAX_ARG_STRLEN);
 # larger payloads are written to a file in the working directory
 MAX_ENV_PAYLOAD = 64 * 1024

@@ -5,6 +5,8 @@
 - API tokens for machines look like ``fm_<id>_<secret>``; only a SHA-256 of
   the secret is stored; they are shown once, revocable and may expire.
 - Repeated failed logins lock the account for a while (HTTP 429).
+- There is always at least one enabled admin: the last one can be neither
+  deleted, demoted nor disabled (HTTP 409).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,11 +24,22 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound
+from ferryman.store.engine import Store
 from ferryman.store.tables import api_tokens, users, utcnow
 
 MAX_FAILED_LOGINS = 5
 LOCK_SECONDS = 60
 TOKEN_PREFIX = "fm_"
+MAX_PASSWORD_LENGTH = 1024
+MAX_TOKEN_DAYS = 3650
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+USERNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}"
+SLACK_ID_PATTERN = r"[A-Za-z0-9]{1,64}"
+TOKEN_ID_PATTERN = r"[0-9a-f]{1,32}"
+# fm_<hex id>_<urlsafe secret>; checked before any lookup so that junk never
+# reaches the database (PostgreSQL rejects NUL bytes in text with an error).
+_API_TOKEN_RE = re.compile(rf"{TOKEN_PREFIX}({TOKEN_ID_PATTERN})_([A-Za-z0-9_-]{{1,256}})")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Role(StrEnum):
@@ -70,6 +84,7 @@ class Principal:
     username: str
     role: Role
     via: str  # "jwt" | "api_token"
+    token_id: str | None = None  # the API token used, if any
 
     def require(self, role: Role) -> None:
         if not self.role.allows(role):
@@ -104,10 +119,21 @@ def verify_password(password: str, hashed: str) -> bool:
         return False
 
 
-def validate_username(name: str) -> str:
-    import re
+_DUMMY: tuple[Any, str] | None = None
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}", name or ""):
+
+def _burn_verify(password: str) -> None:
+    """Spend as long as a real password check, so that an unknown user, a user
+    without a password and a wrong password cannot be told apart by timing."""
+    global _DUMMY
+    if _DUMMY is None or _DUMMY[0] is not _HASHER:
+        dummy = hash_password(secrets.token_urlsafe(16))
+        _DUMMY = (_HASHER, dummy)
+    verify_password(password, _DUMMY[1])
+
+
+def validate_username(name: str) -> str:
+    if not re.fullmatch(USERNAME_PATTERN, name or ""):
         raise InvalidInput(
             "invalid username: use letters, digits, '_', '.', '@' or '-' (at most 128)",
             [{"path": "username", "reason": "invalid username"}],
@@ -121,7 +147,30 @@ def validate_password(password: str) -> str:
             "password too short (at least 8 characters)",
             [{"path": "password", "reason": "at least 8 characters"}],
         )
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"password too long (at most {MAX_PASSWORD_LENGTH} characters)",
+            [{"path": "password", "reason": f"at most {MAX_PASSWORD_LENGTH} characters"}],
+        )
     return password
+
+
+def validate_slack_user_id(slack_user_id: str) -> str:
+    if not re.fullmatch(SLACK_ID_PATTERN, slack_user_id):
+        raise InvalidInput(
+            "invalid Slack user id: letters and digits only, e.g. U012AB3CD",
+            [{"path": "slack_user_id", "reason": "letters and digits, at most 64"}],
+        )
+    return slack_user_id
+
+
+def _check_slack_free(conn: Connection, slack_user_id: str, user_id: int | None = None) -> None:
+    q = sa.select(users.c.username).where(users.c.slack_user_id == slack_user_id)
+    if user_id is not None:
+        q = q.where(users.c.id != user_id)
+    other = conn.execute(q).scalar()
+    if other is not None:
+        raise Conflict(f"Slack user {slack_user_id} is already linked to user {other!r}")
 
 
 def create_user(
@@ -131,28 +180,40 @@ def create_user(
     role: Role,
     *,
     slack_user_id: str | None = None,
+    password_hash: str | None = None,
 ) -> dict[str, Any]:
-    """Create a user; a user without password can only use API tokens (or Slack)."""
+    """Create a user; a user without password can only use API tokens (or Slack).
+
+    ``password_hash`` (from :func:`hash_password`) may replace ``password`` so
+    that callers can hash — which is slow on purpose — before they open the
+    write transaction.
+    """
     validate_username(username)
     if password is not None:
-        validate_password(password)
+        password_hash = hash_password(validate_password(password))
+    if slack_user_id:
+        validate_slack_user_id(slack_user_id)
+        _check_slack_free(conn, slack_user_id)
     if conn.execute(sa.select(users.c.id).where(users.c.username == username)).first():
         raise Conflict(f"user {username!r} already exists")
     now = utcnow()
-    uid = conn.execute(
-        sa.insert(users)
-        .values(
-            username=username,
-            password_hash=hash_password(password) if password is not None else None,
-            role=role.value,
-            slack_user_id=slack_user_id,
-            disabled=False,
-            failed_logins=0,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(users.c.id)
-    ).scalar_one()
+    try:
+        uid = conn.execute(
+            sa.insert(users)
+            .values(
+                username=username,
+                password_hash=password_hash,
+                role=role.value,
+                slack_user_id=slack_user_id or None,
+                disabled=False,
+                failed_logins=0,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(users.c.id)
+        ).scalar_one()
+    except sa.exc.IntegrityError:  # a concurrent create won the race; the caller rolls back
+        raise Conflict(f"user {username!r} (or its Slack user) already exists") from None
     return get_user(conn, uid)
 
 
@@ -186,56 +247,116 @@ def update_user(
     role: Role | None = None,
     disabled: bool | None = None,
     slack_user_id: str | None = None,
+    password_hash: str | None = None,
 ) -> dict[str, Any]:
-    get_user(conn, user_id)
+    """Change a user; ``slack_user_id=""`` unlinks Slack. Refuses (409) to leave
+    no enabled admin. ``password_hash`` may replace ``password`` as in
+    :func:`create_user`."""
+    before = get_user(conn, user_id)
     values: dict[str, Any] = {"updated_at": utcnow()}
     if password is not None:
-        values["password_hash"] = hash_password(validate_password(password))
+        password_hash = hash_password(validate_password(password))
+    if password_hash is not None:
+        values["password_hash"] = password_hash
         values["failed_logins"] = 0
         values["locked_until"] = None
     if role is not None:
         values["role"] = role.value
     if disabled is not None:
         values["disabled"] = disabled
+    if slack_user_id:
+        validate_slack_user_id(slack_user_id)
+        _check_slack_free(conn, slack_user_id, user_id)
     if slack_user_id is not None:
         values["slack_user_id"] = slack_user_id or None
+    still_admin = (role or Role(before["role"])) == Role.ADMIN and not (
+        disabled if disabled is not None else before["disabled"]
+    )
+    if not still_admin:
+        _keep_an_admin(conn, user_id, "demote or disable")
     conn.execute(sa.update(users).where(users.c.id == user_id).values(**values))
     return get_user(conn, user_id)
 
 
 def delete_user(conn: Connection, user_id: int) -> None:
+    """Delete a user and (by cascade) their API tokens; never the last enabled admin."""
     get_user(conn, user_id)
+    _keep_an_admin(conn, user_id, "delete")
     conn.execute(sa.delete(users).where(users.c.id == user_id))
+
+
+def _keep_an_admin(conn: Connection, user_id: int, action: str) -> None:
+    """Refuse a change that would leave no enabled admin.
+
+    The enabled admins are locked (``FOR UPDATE`` on PostgreSQL; SQLite's write
+    transactions are serial anyway), so two admins demoting each other at the
+    same moment cannot both succeed.
+    """
+    admins = conn.execute(
+        sa.select(users.c.id)
+        .where(users.c.role == Role.ADMIN.value, users.c.disabled.is_(False))
+        .with_for_update()
+    ).scalars()
+    if set(admins) == {user_id}:
+        raise Conflict(
+            f"cannot {action} user {user_id}: it is the last enabled admin "
+            "(create or enable another admin first)"
+        )
 
 
 def count_users(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
 
 
-def authenticate(conn: Connection, username: str, password: str) -> Principal:
-    """Check a username and password; count failures and lock after too many."""
+def login(store: Store, username: str, password: str) -> Principal:
+    """Check a username and password; count failures and lock after too many.
+
+    The password check is slow on purpose, so it runs outside any transaction
+    (on SQLite a write transaction would stall every other writer meanwhile).
+    A failure is recorded in its own transaction *before* the error is raised
+    (raising inside it would roll the count back). Unknown users, users without
+    a password, disabled users and wrong passwords get the same answer after
+    the same work.
+    """
+    row = None
+    if re.fullmatch(USERNAME_PATTERN, username or ""):
+        with store.read() as conn:
+            row = conn.execute(sa.select(users).where(users.c.username == username)).first()
     now = utcnow()
-    r = conn.execute(sa.select(users).where(users.c.username == username)).first()
-    if r is not None and r.locked_until is not None and r.locked_until > now:
-        wait = int((r.locked_until - now).total_seconds()) + 1
+    if row is not None and row.locked_until is not None and row.locked_until > now:
+        wait = int((row.locked_until - now).total_seconds()) + 1
         raise TooManyAttempts(f"too many failed logins; try again in {wait}s", wait)
-    if (
-        r is None
-        or r.disabled
-        or not r.password_hash
-        or not verify_password(password, r.password_hash)
-    ):
-        if r is not None:
-            failed = r.failed_logins + 1
-            values: dict[str, Any] = {"failed_logins": failed}
-            if failed >= MAX_FAILED_LOGINS:
-                values["locked_until"] = now + dt.timedelta(seconds=LOCK_SECONDS)
-                values["failed_logins"] = 0
-            conn.execute(sa.update(users).where(users.c.id == r.id).values(**values))
+    if row is None or not row.password_hash:
+        _burn_verify(password)
+        ok = False
+    else:
+        ok = verify_password(password, row.password_hash) and not row.disabled
+    if row is None:
         raise AuthError("wrong username or password")
-    if r.failed_logins:
-        conn.execute(sa.update(users).where(users.c.id == r.id).values(failed_logins=0))
-    return Principal(r.id, r.username, Role(r.role), "jwt")
+    with store.write() as conn:
+        if not ok:
+            _count_failure(conn, row.id)
+        elif row.failed_logins:
+            conn.execute(sa.update(users).where(users.c.id == row.id).values(failed_logins=0))
+    if not ok:
+        raise AuthError("wrong username or password")
+    return Principal(row.id, row.username, Role(row.role), "jwt")
+
+
+def _count_failure(conn: Connection, user_id: int) -> None:
+    # One atomic increment: parallel guesses cannot overwrite each other's count.
+    failed = conn.execute(
+        sa.update(users)
+        .where(users.c.id == user_id)
+        .values(failed_logins=users.c.failed_logins + 1)
+        .returning(users.c.failed_logins)
+    ).scalar()
+    if failed is not None and failed >= MAX_FAILED_LOGINS:
+        conn.execute(
+            sa.update(users)
+            .where(users.c.id == user_id)
+            .values(locked_until=utcnow() + dt.timedelta(seconds=LOCK_SECONDS), failed_logins=0)
+        )
 
 
 # -- JWT ---------------------------------------------------------------------
@@ -271,7 +392,10 @@ def principal_from_jwt(conn: Connection, token: str, secret: str) -> Principal:
         raise AuthError("the token has expired") from None
     except jwt.PyJWTError:
         raise AuthError("invalid token") from None
-    r = conn.execute(sa.select(users).where(users.c.id == int(claims["sub"]))).first()
+    sub = str(claims["sub"])
+    if not sub.isdigit() or int(sub) > MAX_ID:
+        raise AuthError("invalid token")
+    r = conn.execute(sa.select(users).where(users.c.id == int(sub))).first()
     if r is None or r.disabled:
         raise AuthError("the token's user no longer exists or is disabled")
     return Principal(r.id, r.username, Role(r.role), "jwt")
@@ -289,15 +413,20 @@ def create_api_token(
 ) -> tuple[dict[str, Any], str]:
     """Create a token; returns (its record, the token itself — shown only now)."""
     get_user(conn, user_id)
-    if not name or len(name) > 128:
+    if not name or len(name) > 128 or _CONTROL_RE.search(name):
         raise InvalidInput(
-            "token name must be 1 to 128 characters",
-            [{"path": "name", "reason": "1 to 128 characters"}],
+            "token name must be 1 to 128 characters, without control characters",
+            [{"path": "name", "reason": "1 to 128 printable characters"}],
+        )
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        raise InvalidInput(
+            f"expires_in_days must be between 1 and {MAX_TOKEN_DAYS} (omit it for no expiry)",
+            [{"path": "expires_in_days", "reason": f"1 to {MAX_TOKEN_DAYS}"}],
         )
     tid = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     now = utcnow()
-    expires = now + dt.timedelta(days=expires_in_days) if expires_in_days else None
+    expires = now + dt.timedelta(days=expires_in_days) if expires_in_days is not None else None
     conn.execute(
         sa.insert(api_tokens).values(
             id=tid,
@@ -315,6 +444,7 @@ def _token_dict(r: Any) -> dict[str, Any]:
     return {
         "id": r.id,
         "user_id": r.user_id,
+        "username": r.username,
         "name": r.name,
         "created_at": r.created_at,
         "expires_at": r.expires_at,
@@ -323,15 +453,23 @@ def _token_dict(r: Any) -> dict[str, Any]:
     }
 
 
+def _tokens_query() -> sa.Select[Any]:
+    return sa.select(api_tokens, users.c.username).join(users, users.c.id == api_tokens.c.user_id)
+
+
 def get_api_token(conn: Connection, token_id: str) -> dict[str, Any]:
-    r = conn.execute(sa.select(api_tokens).where(api_tokens.c.id == token_id)).first()
+    """One token's record (never its hash)."""
+    r = None
+    if re.fullmatch(TOKEN_ID_PATTERN, token_id):
+        r = conn.execute(_tokens_query().where(api_tokens.c.id == token_id)).first()
     if r is None:
         raise NotFound(f"no API token {token_id!r}")
     return _token_dict(r)
 
 
 def list_api_tokens(conn: Connection, user_id: int | None = None) -> list[dict[str, Any]]:
-    q = sa.select(api_tokens).order_by(api_tokens.c.created_at)
+    """Every token's record, or one user's; oldest first."""
+    q = _tokens_query().order_by(api_tokens.c.created_at, api_tokens.c.id)
     if user_id is not None:
         q = q.where(api_tokens.c.user_id == user_id)
     return [_token_dict(r) for r in conn.execute(q)]
@@ -348,9 +486,10 @@ def revoke_api_token(conn: Connection, token_id: str) -> dict[str, Any]:
 
 
 def principal_from_api_token(conn: Connection, token: str) -> Principal:
-    if not token.startswith(TOKEN_PREFIX) or token.count("_") < 2:
+    m = _API_TOKEN_RE.fullmatch(token)
+    if m is None:
         raise AuthError("invalid token")
-    tid, _, secret = token[len(TOKEN_PREFIX) :].partition("_")
+    tid, secret = m.groups()
     r = conn.execute(
         sa.select(api_tokens, users.c.username, users.c.role, users.c.disabled)
         .join(users, users.c.id == api_tokens.c.user_id)
@@ -365,7 +504,7 @@ def principal_from_api_token(conn: Connection, token: str) -> Principal:
         raise AuthError("the API token has expired")
     if r.disabled:
         raise AuthError("the token's user is disabled")
-    return Principal(r.user_id, r.username, Role(r.role), "api_token")
+    return Principal(r.user_id, r.username, Role(r.role), "api_token", token_id=r.id)
 
 
 def touch_api_token(conn: Connection, token_id: str) -> None:

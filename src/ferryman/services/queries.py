@@ -1,15 +1,22 @@
-"""Read models: runs, steps, logs and events as plain dicts for the interfaces."""
+"""Read models: runs, steps, logs, events and pipelines as plain dicts for the
+interfaces, with the filters and cursor pagination the REST API offers."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from ferryman.errors import NotFound
-from ferryman.store.tables import events, logs, nodes, runs
+from ferryman.errors import InvalidInput, NotFound
+from ferryman.services.pipelines import PipelineVersion, latest, spec_of_version
+from ferryman.store.tables import events, logs, nodes, pipeline_versions, pipelines, runs
 
 RUN_FIELDS = (
     "id",
@@ -29,6 +36,7 @@ RUN_FIELDS = (
     "started_at",
     "ended_at",
     "cancel_requested",
+    "options",
 )
 NODE_FIELDS = (
     "name",
@@ -56,6 +64,16 @@ def _duration(start: dt.datetime | None, end: dt.datetime | None) -> float | Non
 def run_dict(row: Any) -> dict[str, Any]:
     d = {k: getattr(row, k) for k in RUN_FIELDS}
     d["duration"] = _duration(row.started_at or row.created_at, row.ended_at)
+    return d
+
+
+_RUN_COLUMNS = [runs.c[k] for k in RUN_FIELDS]
+
+
+def _run_dict_of_tuple(row: Any) -> dict[str, Any]:
+    # a row of _RUN_COLUMNS, in order (cheaper than attribute access per field)
+    d = dict(zip(RUN_FIELDS, row, strict=True))
+    d["duration"] = _duration(d["started_at"] or d["created_at"], d["ended_at"])
     return d
 
 
@@ -95,26 +113,231 @@ def find_run_id(conn: Connection, prefix: str) -> str:
     return str(ids[0])
 
 
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}$")
+_HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def check_label_key(key: str) -> str:
+    """Label keys are restricted so they can be filtered on safely (``key:value``)."""
+    if not LABEL_KEY_RE.match(key):
+        raise ValueError(
+            f"invalid label key {key!r}: use letters, digits, '_', '.', '-' or '/' "
+            "(at most 128 characters, not starting with '.', '-' or '/')"
+        )
+    return key
+
+
+#: Label filters: a mapping, or (key, value) pairs (all must match).
+LabelFilter = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+def _label_clause(conn: Connection, key: str, value: str) -> sa.ColumnElement[bool]:
+    if conn.dialect.name == "postgresql":
+        # ``@>`` can use a GIN index on runs.labels.
+        clause: sa.ColumnElement[bool] = sa.type_coerce(runs.c.labels, JSONB).contains({key: value})
+        return clause
+    extracted: sa.ColumnElement[str] = runs.c.labels[key].as_string()
+    return extracted == value
+
+
+def _run_filters(
+    conn: Connection,
+    *,
+    namespace: str | None,
+    pipeline: str | None,
+    states: Sequence[str],
+    labels: LabelFilter | None,
+    created_after: dt.datetime | None,
+    created_before: dt.datetime | None,
+) -> list[sa.ColumnElement[bool]]:
+    where: list[sa.ColumnElement[bool]] = []
+    if namespace:
+        where.append(runs.c.namespace == namespace)
+    if pipeline:
+        where.append(runs.c.pipeline == pipeline)
+    if len(states) == 1:
+        where.append(runs.c.state == states[0])
+    elif states:
+        where.append(runs.c.state.in_(list(states)))
+    pairs = labels.items() if isinstance(labels, Mapping) else (labels or ())
+    for key, value in pairs:
+        try:
+            check_label_key(key)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), [{"path": "label", "reason": str(exc)}]) from None
+        where.append(_label_clause(conn, key, value))
+    # Run ids start with their creation time in milliseconds and are made right
+    # after created_at is taken. Bounding the id as well (with a wide margin; the
+    # created_at test stays exact) lets the newest-first scan of the primary key
+    # start and stop near the time range instead of walking every newer run.
+    if created_after is not None:
+        after = _aware(created_after)
+        where.append(runs.c.created_at >= after)
+        where.append(runs.c.id >= _id_at(after, -_ID_TIME_SLACK))
+    if created_before is not None:
+        before = _aware(created_before)
+        where.append(runs.c.created_at < before)
+        where.append(runs.c.id < _id_at(before, _ID_TIME_SLACK))
+    return where
+
+
+_ID_TIME_SLACK = dt.timedelta(hours=1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _id_at(t: dt.datetime, shift: dt.timedelta) -> str:
+    """The smallest run id made at time ``t + shift`` (see ``store.tables.new_id``)."""
+    ms = (t - _EPOCH + shift) // dt.timedelta(milliseconds=1)
+    return f"{min(max(ms, 0), 2**48 - 1):012x}" + "0" * 20
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    """Naive datetimes are taken as UTC."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
+
+
 def list_runs(
     conn: Connection,
     *,
     namespace: str | None = None,
     pipeline: str | None = None,
     state: str | None = None,
+    states: Sequence[str] = (),
+    labels: LabelFilter | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
     limit: int = 50,
     before: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``before`` is a run id cursor (ids are time-ordered)."""
-    q = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
-    if namespace:
-        q = q.where(runs.c.namespace == namespace)
-    if pipeline:
-        q = q.where(runs.c.pipeline == pipeline)
-    if state:
-        q = q.where(runs.c.state == state)
+    """Newest first; ``before`` is a run id cursor (ids are time-ordered).
+
+    ``state`` and ``states`` both filter on the run state (any of them);
+    ``labels`` must all match; the creation time range is ``[after, before)``.
+    """
+    all_states = [*states, state] if state else list(states)
+    q = sa.select(*_RUN_COLUMNS).order_by(runs.c.id.desc()).limit(limit)
+    for clause in _run_filters(
+        conn,
+        namespace=namespace,
+        pipeline=pipeline,
+        states=all_states,
+        labels=labels,
+        created_after=created_after,
+        created_before=created_before,
+    ):
+        q = q.where(clause)
     if before:
         q = q.where(runs.c.id < before)
-    return [run_dict(r) for r in conn.execute(q)]
+    return [_run_dict_of_tuple(r) for r in conn.execute(q).all()]
+
+
+def encode_cursor(run_id: str) -> str:
+    """An opaque page cursor pointing after ``run_id``."""
+    return base64.urlsafe_b64encode(bytes.fromhex(run_id)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The run id inside a cursor made by ``encode_cursor`` (InvalidInput if bad)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        raise InvalidInput(
+            "invalid cursor: pass the next_cursor of a previous page unchanged",
+            [{"path": "cursor", "reason": "invalid cursor"}],
+        )
+    return raw.hex()
+
+
+def page_runs(
+    conn: Connection,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    namespace: str | None = None,
+    pipeline: str | None = None,
+    states: Sequence[str] = (),
+    labels: LabelFilter | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of runs, newest first, and the cursor of the next page (None at
+    the end). Keyset pagination on the time-ordered id: runs created while a
+    client pages never shift the pages it has not read yet."""
+    rows = list_runs(
+        conn,
+        namespace=namespace,
+        pipeline=pipeline,
+        states=states,
+        labels=labels,
+        created_after=created_after,
+        created_before=created_before,
+        limit=limit + 1,
+        before=decode_cursor(cursor) if cursor else None,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (encode_cursor(rows[-1]["id"]) if more and rows else None)
+
+
+def count_runs(
+    conn: Connection,
+    *,
+    namespace: str | None = None,
+    pipeline: str | None = None,
+    labels: LabelFilter | None = None,
+    created_after: dt.datetime | None = None,
+    created_before: dt.datetime | None = None,
+) -> dict[str, int]:
+    """How many runs are in each state (states with no run are left out)."""
+    q = sa.select(runs.c.state, sa.func.count()).group_by(runs.c.state)
+    for clause in _run_filters(
+        conn,
+        namespace=namespace,
+        pipeline=pipeline,
+        states=(),
+        labels=labels,
+        created_after=created_after,
+        created_before=created_before,
+    ):
+        q = q.where(clause)
+    return {str(s): int(n) for s, n in conn.execute(q).all()}
+
+
+def normalize_run_id(given: str) -> str:
+    """A run id as stored (lower case), or ``NotFound`` when ``given`` cannot
+    be one: neither 32 hex digits nor a prefix of at least 6."""
+    rid = given.lower()
+    if len(rid) > 32 or len(rid) < 6 or not _HEX_RE.match(rid):
+        raise NotFound(f"no run {given!r}")
+    return rid
+
+
+def resolve_run_id(conn: Connection, given: str) -> str:
+    """A full run id (32 hex digits) or a unique prefix of at least 6; anything
+    else is ``NotFound``. A full id is returned without a query: the caller's
+    own lookup reports it missing."""
+    rid = normalize_run_id(given)
+    return rid if len(rid) == 32 else find_run_id(conn, rid)
+
+
+def run_state(conn: Connection, run_id: str) -> str | None:
+    """The state of a run (None if there is no such run)."""
+    state = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).scalar()
+    return None if state is None else str(state)
+
+
+def run_outputs(conn: Connection, run_id: str) -> dict[str, Any]:
+    """The output of every step of a run that produced one."""
+    return {
+        r.name: r.output
+        for r in conn.execute(
+            sa.select(nodes.c.name, nodes.c.output)
+            .where(nodes.c.run_id == run_id, nodes.c.has_output.is_(True))
+            .order_by(nodes.c.id)
+        )
+    }
 
 
 def node_counts(conn: Connection, run_id: str) -> dict[str, int]:
@@ -179,3 +402,46 @@ def get_events(
         .limit(limit)
     )
     return [dict(r._mapping) for r in conn.execute(q)]
+
+
+# -- pipelines -------------------------------------------------------------------
+
+
+def pipeline_version(
+    conn: Connection, namespace: str, name: str, version: str | None = None
+) -> tuple[PipelineVersion, dt.datetime]:
+    """A stored version of a pipeline (the newest when ``version`` is None) and
+    the time it was registered."""
+    if version is None:
+        pv = latest(conn, namespace, name)
+    else:
+        vid = conn.execute(
+            sa.select(pipeline_versions.c.id)
+            .join(pipelines, pipelines.c.id == pipeline_versions.c.pipeline_id)
+            .where(
+                pipelines.c.namespace == namespace,
+                pipelines.c.name == name,
+                pipeline_versions.c.version == version,
+            )
+        ).scalar()
+        if vid is None:
+            latest(conn, namespace, name)  # NotFound (with hints) if no such pipeline
+            raise NotFound(f"pipeline {namespace}/{name} has no version {version!r}")
+        pv = PipelineVersion(vid, namespace, name, version, spec_of_version(conn, vid))
+    created = conn.execute(
+        sa.select(pipeline_versions.c.created_at).where(pipeline_versions.c.id == pv.id)
+    ).scalar_one()
+    return pv, created
+
+
+def list_versions(conn: Connection, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Every version of a pipeline, newest first (NotFound if no such pipeline)."""
+    rows = conn.execute(
+        sa.select(pipeline_versions.c.version, pipeline_versions.c.created_at)
+        .join(pipelines, pipelines.c.id == pipeline_versions.c.pipeline_id)
+        .where(pipelines.c.namespace == namespace, pipelines.c.name == name)
+        .order_by(pipeline_versions.c.id.desc())
+    ).all()
+    if not rows:
+        latest(conn, namespace, name)  # raises NotFound with the namespace's pipelines
+    return [{"version": r.version, "created_at": r.created_at} for r in rows]

@@ -9,7 +9,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
 from ferryman.api.deps import SettingsDep, StoreDep, Viewer
-from ferryman.services.auth import authenticate, issue_jwt
+from ferryman.services.auth import issue_jwt, login
 
 router = APIRouter(tags=["auth"])
 
@@ -27,14 +27,21 @@ class Me(BaseModel):
     via: str
 
 
-@router.post("/token", response_model=TokenOut, summary="Log in: username + password → JWT")
+@router.post(
+    "/token",
+    response_model=TokenOut,
+    summary="Log in: username + password → JWT",
+    responses={
+        401: {"description": "wrong username or password"},
+        429: {"description": "too many failed logins; see Retry-After"},
+    },
+)
 def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     store: StoreDep,
     settings: SettingsDep,
 ) -> TokenOut:
-    with store.write() as conn:
-        principal = authenticate(conn, form.username, form.password)
+    principal = login(store, form.username, form.password)
     jwt, ttl = issue_jwt(
         principal, settings.jwt_secret.get_secret_value(), settings.jwt_ttl_seconds
     )

@@ -1,0 +1,898 @@
+"""Python client for the ferryman REST API, using the API's own models.
+
+>>> from ferryman.client import Client
+>>> with Client("http://127.0.0.1:8787") as fm:  # doctest: +SKIP
+...     fm.login("alice", "secret-password")
+...     run = fm.create_run("default", "etl", {"day": "2024-05-01"}, idempotency_key="etl-0501")
+...     for line in fm.follow_logs(run.id):
+...         print(line.node, line.line)
+...     print(fm.wait(run.id).state)
+
+``Client`` is synchronous, ``AsyncClient`` has the same methods as coroutines
+(``follow_logs`` is then an async generator). ``token`` is either a JWT from
+``login`` (``POST /token``) or a long-lived API token (``fm_…``).
+
+Every failure is raised as ``ApiError(status, code, message, details)``: the
+API's error body for HTTP errors, ``status`` 0 when the server could not be
+reached or did not answer in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from ferryman.api.schemas import (
+    EventList,
+    LogLinePublic,
+    LogList,
+    PipelineDetail,
+    PipelineList,
+    PipelineRegistered,
+    RunCounts,
+    RunCreate,
+    RunCreated,
+    RunDetail,
+    RunList,
+    RunOutputs,
+    RunPublic,
+    VersionList,
+)
+from ferryman.domain.spec import PipelineSpec
+from ferryman.domain.states import RunState
+
+__all__ = ["ApiError", "AsyncClient", "Client"]
+
+T = TypeVar("T", bound=BaseModel)
+
+#: The server sends a keep-alive at least every 15 s on a log stream.
+STREAM_READ_TIMEOUT = 60.0
+MAX_STREAM_RECONNECTS = 5
+
+
+class ApiError(Exception):
+    """A request failed: the API's ``{"error": {code, message, details}}``, or
+    ``status`` 0 with code ``connection_error``/``timeout`` when there was no answer."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{status} {code}: {message}" if status else f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def _error_of(resp: httpx.Response) -> ApiError:
+    try:
+        err = resp.json()["error"]
+        return ApiError(
+            resp.status_code,
+            str(err.get("code") or "error"),
+            str(err.get("message") or resp.reason_phrase),
+            err.get("details"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = resp.text.strip()[:500]
+        code = resp.reason_phrase.lower().replace(" ", "_") or "error"
+        return ApiError(resp.status_code, code, text or resp.reason_phrase)
+
+
+def _transport_error(exc: httpx.TransportError) -> ApiError:
+    if isinstance(exc, httpx.TimeoutException):
+        return ApiError(0, "timeout", f"no answer in time: {exc}")
+    return ApiError(0, "connection_error", f"cannot reach the server: {exc}")
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _when(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.isoformat()
+
+
+Params = list[tuple[str, str | int | float | bool | None]]
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One request, built once and sent by either client."""
+
+    method: str
+    path: str
+    model: type[T]
+    params: Params = field(default_factory=list)
+    json: Any = None
+    data: dict[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _q(**kwargs: Any) -> Params:
+    out: Params = []
+    for k, v in kwargs.items():
+        if v is None:
+            continue
+        if isinstance(v, (list, tuple)):
+            out.extend((k, x) for x in v)
+        else:
+            out.append((k, v))
+    return out
+
+
+def _spec_json(spec: PipelineSpec | Mapping[str, Any] | str) -> Any:
+    if isinstance(spec, str):
+        from ferryman.dsl.loader import load_pipeline
+
+        spec = load_pipeline(spec)
+    if isinstance(spec, PipelineSpec):
+        return spec.model_dump(mode="json")
+    return dict(spec)
+
+
+def _label_filters(labels: Mapping[str, str] | Iterable[str] | None) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, Mapping):
+        return [f"{k}:{v}" for k, v in labels.items()]
+    return list(labels)
+
+
+class _Calls:
+    """The request of every API operation (shared by both clients)."""
+
+    @staticmethod
+    def register_pipeline(
+        namespace: str, spec: PipelineSpec | Mapping[str, Any] | str
+    ) -> _Call[PipelineRegistered]:
+        return _Call(
+            "POST",
+            f"/namespaces/{_seg(namespace)}/pipelines",
+            PipelineRegistered,
+            json=_spec_json(spec),
+        )
+
+    @staticmethod
+    def list_pipelines(namespace: str) -> _Call[PipelineList]:
+        return _Call("GET", f"/namespaces/{_seg(namespace)}/pipelines", PipelineList)
+
+    @staticmethod
+    def get_pipeline(namespace: str, name: str, version: str | None) -> _Call[PipelineDetail]:
+        return _Call(
+            "GET",
+            f"/namespaces/{_seg(namespace)}/pipelines/{_seg(name)}",
+            PipelineDetail,
+            params=_q(version=version),
+        )
+
+    @staticmethod
+    def list_versions(namespace: str, name: str) -> _Call[VersionList]:
+        return _Call(
+            "GET", f"/namespaces/{_seg(namespace)}/pipelines/{_seg(name)}/versions", VersionList
+        )
+
+    @staticmethod
+    def create_run(
+        namespace: str,
+        pipeline: str,
+        body: RunCreate,
+        idempotency_key: str | None,
+    ) -> _Call[RunCreated]:
+        return _Call(
+            "POST",
+            f"/namespaces/{_seg(namespace)}/pipelines/{_seg(pipeline)}/runs",
+            RunCreated,
+            json=body.model_dump(mode="json", exclude_none=True),
+            headers={"Idempotency-Key": idempotency_key} if idempotency_key else {},
+        )
+
+    @staticmethod
+    def create_run_compat(
+        namespace: str,
+        pipeline: str,
+        params: Mapping[str, Any] | None,
+        webhook_uri: str | None,
+        idempotency_key: str | None,
+    ) -> _Call[RunCreated]:
+        body = dict(params or {})
+        if webhook_uri is not None:
+            body["webhook_uri"] = webhook_uri
+        return _Call(
+            "POST",
+            f"/{_seg(namespace)}/pipelines/run/{_seg(pipeline)}/",
+            RunCreated,
+            json=body,
+            headers={"Idempotency-Key": idempotency_key} if idempotency_key else {},
+        )
+
+    @staticmethod
+    def list_runs(
+        namespace: str | None,
+        pipeline: str | None,
+        state: RunState | str | Iterable[RunState | str] | None,
+        labels: Mapping[str, str] | Iterable[str] | None,
+        created_after: dt.datetime | None,
+        created_before: dt.datetime | None,
+        limit: int,
+        cursor: str | None,
+    ) -> _Call[RunList]:
+        states = [state] if isinstance(state, str) else (list(state) if state else None)
+        return _Call(
+            "GET",
+            "/runs",
+            RunList,
+            params=_q(
+                namespace=namespace,
+                pipeline=pipeline,
+                state=[str(s) for s in states] if states else None,
+                label=_label_filters(labels),
+                created_after=_when(created_after),
+                created_before=_when(created_before),
+                limit=limit,
+                cursor=cursor,
+            ),
+        )
+
+    @staticmethod
+    def count_runs(
+        namespace: str | None, pipeline: str | None, labels: Mapping[str, str] | None
+    ) -> _Call[RunCounts]:
+        return _Call(
+            "GET",
+            "/runs/counts",
+            RunCounts,
+            params=_q(namespace=namespace, pipeline=pipeline, label=_label_filters(labels)),
+        )
+
+    @staticmethod
+    def get_run(run_id: str) -> _Call[RunDetail]:
+        return _Call("GET", f"/runs/{_seg(run_id)}", RunDetail)
+
+    @staticmethod
+    def cancel_run(run_id: str) -> _Call[RunPublic]:
+        return _Call("POST", f"/runs/{_seg(run_id)}/cancel", RunPublic)
+
+    @staticmethod
+    def rerun(run_id: str) -> _Call[RunCreated]:
+        return _Call("POST", f"/runs/{_seg(run_id)}/rerun", RunCreated)
+
+    @staticmethod
+    def outputs(run_id: str) -> _Call[RunOutputs]:
+        return _Call("GET", f"/runs/{_seg(run_id)}/outputs", RunOutputs)
+
+    @staticmethod
+    def logs(
+        run_id: str, step: str | None, after: int, limit: int, tail: int | None
+    ) -> _Call[LogList]:
+        return _Call(
+            "GET",
+            f"/runs/{_seg(run_id)}/logs",
+            LogList,
+            params=_q(step=step, after=after, limit=limit, tail=tail),
+        )
+
+    @staticmethod
+    def events(run_id: str, after: int, limit: int) -> _Call[EventList]:
+        return _Call(
+            "GET", f"/runs/{_seg(run_id)}/events", EventList, params=_q(after=after, limit=limit)
+        )
+
+
+def _run_create(
+    params: Mapping[str, Any] | None,
+    labels: Mapping[str, str] | None,
+    webhook_url: str | None,
+    slack_channel: str | None,
+    slack_thread: str | None,
+    timeout: float | None,
+) -> RunCreate:
+    return RunCreate.model_validate(
+        {
+            "params": dict(params or {}),
+            "labels": dict(labels or {}),
+            "webhook_url": webhook_url,
+            "slack_channel": slack_channel,
+            "slack_thread": slack_thread,
+            "timeout": timeout,
+        }
+    )
+
+
+@dataclass
+class _SseEvent:
+    event: str = "message"
+    data: list[str] = field(default_factory=list)
+    id: str | None = None
+
+
+class _SseParser:
+    """Turns the lines of a ``text/event-stream`` into events."""
+
+    def __init__(self) -> None:
+        self._cur = _SseEvent()
+
+    def feed(self, line: str) -> _SseEvent | None:
+        if not line:
+            ev, self._cur = self._cur, _SseEvent()
+            return ev if (ev.data or ev.event != "message") else None
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._cur.data.append(value)
+        elif name == "event":
+            self._cur.event = value
+        elif name == "id":
+            self._cur.id = value
+        return None
+
+
+def _stream_headers(last: int) -> dict[str, str]:
+    return {"Accept": "text/event-stream", **({"Last-Event-ID": str(last)} if last else {})}
+
+
+class _Base:
+    def __init__(self, base_url: str, token: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token sent with every request (a JWT or an API token)."""
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        self._token = value
+
+    def _auth(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = dict(extra or {})
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+
+class Client(_Base):
+    """Synchronous client. Use as a context manager, or call ``close()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        verify: bool = True,
+    ) -> None:
+        super().__init__(base_url, token)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+        )
+        self._timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def _request(self, call: _Call[Any]) -> httpx.Response:
+        try:
+            resp = self._http.request(
+                call.method,
+                call.path,
+                params=call.params or None,
+                json=call.json,
+                data=call.data,
+                headers=self._auth(call.headers),
+            )
+        except httpx.TransportError as exc:
+            raise _transport_error(exc) from None
+        if resp.is_error:
+            raise _error_of(resp)
+        return resp
+
+    def _send(self, call: _Call[T]) -> T:
+        return call.model.model_validate_json(self._request(call).content)
+
+    def _get_json(self, path: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._request(_Call("GET", path, BaseModel)).json()
+        return data
+
+    # -- auth and health ------------------------------------------------------
+
+    def login(self, username: str, password: str) -> str:
+        """Log in (``POST /token``); the JWT is used for every later request."""
+        call = _Call("POST", "/token", BaseModel, data={"username": username, "password": password})
+        token = str(self._request(call).json()["access_token"])
+        self._token = token
+        return token
+
+    def me(self) -> dict[str, Any]:
+        """Who the token belongs to (``GET /me``)."""
+        return self._get_json("/me")
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health`` (no authentication)."""
+        return self._get_json("/health")
+
+    # -- pipelines --------------------------------------------------------------
+
+    def register_pipeline(
+        self, namespace: str, spec: PipelineSpec | Mapping[str, Any] | str
+    ) -> PipelineRegistered:
+        """Register a pipeline (a spec, its JSON, or a reference such as
+        ``path/to/file.py:name`` compiled locally); ``created`` is False when
+        the definition was already stored."""
+        return self._send(_Calls.register_pipeline(namespace, spec))
+
+    def list_pipelines(self, namespace: str) -> PipelineList:
+        """The pipelines of a namespace."""
+        return self._send(_Calls.list_pipelines(namespace))
+
+    def get_pipeline(self, namespace: str, name: str, version: str | None = None) -> PipelineDetail:
+        """A pipeline's newest version (or ``version``): parameters and steps."""
+        return self._send(_Calls.get_pipeline(namespace, name, version))
+
+    def list_versions(self, namespace: str, name: str) -> VersionList:
+        """The versions of a pipeline, newest first."""
+        return self._send(_Calls.list_versions(namespace, name))
+
+    # -- runs ------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        namespace: str,
+        pipeline: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+        slack_channel: str | None = None,
+        slack_thread: str | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunCreated:
+        """Start a run; with an ``idempotency_key`` seen before, the earlier run
+        comes back with ``created=False``."""
+        body = _run_create(params, labels, webhook_url, slack_channel, slack_thread, timeout)
+        return self._send(_Calls.create_run(namespace, pipeline, body, idempotency_key))
+
+    def create_run_compat(
+        self,
+        namespace: str,
+        pipeline: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        webhook_uri: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunCreated:
+        """Start a run through the compatibility route
+        (``POST /{namespace}/pipelines/run/{pipeline}/``)."""
+        call = _Calls.create_run_compat(namespace, pipeline, params, webhook_uri, idempotency_key)
+        return self._send(call)
+
+    def list_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        pipeline: str | None = None,
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        labels: Mapping[str, str] | Iterable[str] | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunList:
+        """One page of runs, newest first; pass ``next_cursor`` as ``cursor``."""
+        return self._send(
+            _Calls.list_runs(
+                namespace, pipeline, state, labels, created_after, created_before, limit, cursor
+            )
+        )
+
+    def iter_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        pipeline: str | None = None,
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        labels: Mapping[str, str] | Iterable[str] | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        page_size: int = 100,
+    ) -> Iterator[RunPublic]:
+        """Every matching run, newest first, fetching pages as needed."""
+        cursor: str | None = None
+        while True:
+            page = self.list_runs(
+                namespace=namespace,
+                pipeline=pipeline,
+                state=state,
+                labels=labels,
+                created_after=created_after,
+                created_before=created_before,
+                limit=page_size,
+                cursor=cursor,
+            )
+            yield from page.items
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def count_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        pipeline: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> RunCounts:
+        """How many runs are in each state."""
+        return self._send(_Calls.count_runs(namespace, pipeline, labels))
+
+    def get_run(self, run_id: str) -> RunDetail:
+        """A run and its steps (``run_id``: full, or a unique prefix of 6+)."""
+        return self._send(_Calls.get_run(run_id))
+
+    def cancel_run(self, run_id: str) -> RunPublic:
+        """Ask a run to stop (``ApiError`` 409 if it has already ended)."""
+        return self._send(_Calls.cancel_run(run_id))
+
+    def rerun(self, run_id: str) -> RunCreated:
+        """Re-run a failed or cancelled run from its failed steps."""
+        return self._send(_Calls.rerun(run_id))
+
+    def outputs(self, run_id: str) -> RunOutputs:
+        """The outputs of the steps of a run."""
+        return self._send(_Calls.outputs(run_id))
+
+    def logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        tail: int | None = None,
+    ) -> LogList:
+        """Log lines after ``after`` (or the last ``tail`` lines)."""
+        return self._send(_Calls.logs(run_id, step, after, limit, tail))
+
+    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
+        """Lifecycle events of a run after sequence number ``after``."""
+        return self._send(_Calls.events(run_id, after, limit))
+
+    def wait(self, run_id: str, *, timeout: float | None = None, poll: float = 1.0) -> RunDetail:
+        """Poll until the run has ended; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get_run(run_id)
+            if run.state.terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} still {run.state} after {timeout}s")
+            time.sleep(poll)
+
+    def follow_logs(
+        self, run_id: str, *, step: str | None = None, after: int = 0, reconnect: bool = True
+    ) -> Iterator[LogLinePublic]:
+        """Yield log lines as they are written until the run is over. A dropped
+        connection is resumed where it stopped (``Last-Event-ID``)."""
+        last, failures = after, 0
+        path = f"/runs/{_seg(run_id)}/logs/stream"
+        stream_timeout = httpx.Timeout(self._timeout, read=STREAM_READ_TIMEOUT)
+        while True:
+            try:
+                with self._http.stream(
+                    "GET",
+                    path,
+                    params=_q(step=step, after=after) or None,
+                    headers=self._auth(_stream_headers(last)),
+                    timeout=stream_timeout,
+                ) as resp:
+                    if resp.is_error:
+                        resp.read()
+                        raise _error_of(resp)
+                    parser = _SseParser()
+                    for raw in resp.iter_lines():
+                        ev = parser.feed(raw)
+                        if ev is None:
+                            continue
+                        if ev.event == "end":
+                            return
+                        if ev.data:
+                            line = LogLinePublic.model_validate_json("\n".join(ev.data))
+                            last, failures = line.id, 0
+                            yield line
+            except httpx.TransportError as exc:
+                if not reconnect or failures >= MAX_STREAM_RECONNECTS:
+                    raise _transport_error(exc) from None
+            else:
+                if not reconnect or failures >= MAX_STREAM_RECONNECTS:
+                    raise ApiError(0, "connection_error", "the log stream ended early")
+            failures += 1
+            time.sleep(min(0.25 * 2**failures, 5.0))
+
+
+class AsyncClient(_Base):
+    """Asynchronous client: the methods of ``Client`` as coroutines. Use as an
+    async context manager, or call ``aclose()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify: bool = True,
+    ) -> None:
+        super().__init__(base_url, token)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, transport=transport, verify=verify
+        )
+        self._timeout = timeout
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._http.aclose()
+
+    async def _request(self, call: _Call[Any]) -> httpx.Response:
+        try:
+            resp = await self._http.request(
+                call.method,
+                call.path,
+                params=call.params or None,
+                json=call.json,
+                data=call.data,
+                headers=self._auth(call.headers),
+            )
+        except httpx.TransportError as exc:
+            raise _transport_error(exc) from None
+        if resp.is_error:
+            raise _error_of(resp)
+        return resp
+
+    async def _send(self, call: _Call[T]) -> T:
+        return call.model.model_validate_json((await self._request(call)).content)
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        data: dict[str, Any] = (await self._request(_Call("GET", path, BaseModel))).json()
+        return data
+
+    # -- auth and health ------------------------------------------------------
+
+    async def login(self, username: str, password: str) -> str:
+        """Log in (``POST /token``); the JWT is used for every later request."""
+        call = _Call("POST", "/token", BaseModel, data={"username": username, "password": password})
+        token = str((await self._request(call)).json()["access_token"])
+        self._token = token
+        return token
+
+    async def me(self) -> dict[str, Any]:
+        """Who the token belongs to (``GET /me``)."""
+        return await self._get_json("/me")
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /health`` (no authentication)."""
+        return await self._get_json("/health")
+
+    # -- pipelines --------------------------------------------------------------
+
+    async def register_pipeline(
+        self, namespace: str, spec: PipelineSpec | Mapping[str, Any] | str
+    ) -> PipelineRegistered:
+        """Register a pipeline; ``created`` is False when it was already stored."""
+        return await self._send(_Calls.register_pipeline(namespace, spec))
+
+    async def list_pipelines(self, namespace: str) -> PipelineList:
+        """The pipelines of a namespace."""
+        return await self._send(_Calls.list_pipelines(namespace))
+
+    async def get_pipeline(
+        self, namespace: str, name: str, version: str | None = None
+    ) -> PipelineDetail:
+        """A pipeline's newest version (or ``version``): parameters and steps."""
+        return await self._send(_Calls.get_pipeline(namespace, name, version))
+
+    async def list_versions(self, namespace: str, name: str) -> VersionList:
+        """The versions of a pipeline, newest first."""
+        return await self._send(_Calls.list_versions(namespace, name))
+
+    # -- runs ------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        namespace: str,
+        pipeline: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        webhook_url: str | None = None,
+        slack_channel: str | None = None,
+        slack_thread: str | None = None,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunCreated:
+        """Start a run (see ``Client.create_run``)."""
+        body = _run_create(params, labels, webhook_url, slack_channel, slack_thread, timeout)
+        return await self._send(_Calls.create_run(namespace, pipeline, body, idempotency_key))
+
+    async def create_run_compat(
+        self,
+        namespace: str,
+        pipeline: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        webhook_uri: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunCreated:
+        """Start a run through the compatibility route."""
+        call = _Calls.create_run_compat(namespace, pipeline, params, webhook_uri, idempotency_key)
+        return await self._send(call)
+
+    async def list_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        pipeline: str | None = None,
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        labels: Mapping[str, str] | Iterable[str] | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunList:
+        """One page of runs, newest first; pass ``next_cursor`` as ``cursor``."""
+        return await self._send(
+            _Calls.list_runs(
+                namespace, pipeline, state, labels, created_after, created_before, limit, cursor
+            )
+        )
+
+    async def iter_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        pipeline: str | None = None,
+        state: RunState | str | Iterable[RunState | str] | None = None,
+        labels: Mapping[str, str] | Iterable[str] | None = None,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[RunPublic]:
+        """Every matching run, newest first, fetching pages as needed."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_runs(
+                namespace=namespace,
+                pipeline=pipeline,
+                state=state,
+                labels=labels,
+                created_after=created_after,
+                created_before=created_before,
+                limit=page_size,
+                cursor=cursor,
+            )
+            for item in page.items:
+                yield item
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    async def count_runs(
+        self,
+        *,
+        namespace: str | None = None,
+        pipeline: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> RunCounts:
+        """How many runs are in each state."""
+        return await self._send(_Calls.count_runs(namespace, pipeline, labels))
+
+    async def get_run(self, run_id: str) -> RunDetail:
+        """A run and its steps."""
+        return await self._send(_Calls.get_run(run_id))
+
+    async def cancel_run(self, run_id: str) -> RunPublic:
+        """Ask a run to stop (``ApiError`` 409 if it has already ended)."""
+        return await self._send(_Calls.cancel_run(run_id))
+
+    async def rerun(self, run_id: str) -> RunCreated:
+        """Re-run a failed or cancelled run from its failed steps."""
+        return await self._send(_Calls.rerun(run_id))
+
+    async def outputs(self, run_id: str) -> RunOutputs:
+        """The outputs of the steps of a run."""
+        return await self._send(_Calls.outputs(run_id))
+
+    async def logs(
+        self,
+        run_id: str,
+        *,
+        step: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        tail: int | None = None,
+    ) -> LogList:
+        """Log lines after ``after`` (or the last ``tail`` lines)."""
+        return await self._send(_Calls.logs(run_id, step, after, limit, tail))
+
+    async def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
+        """Lifecycle events of a run after sequence number ``after``."""
+        return await self._send(_Calls.events(run_id, after, limit))
+
+    async def wait(
+        self, run_id: str, *, timeout: float | None = None, poll: float = 1.0
+    ) -> RunDetail:
+        """Poll until the run has ended; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = await self.get_run(run_id)
+            if run.state.terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} still {run.state} after {timeout}s")
+            await asyncio.sleep(poll)
+
+    async def follow_logs(
+        self, run_id: str, *, step: str | None = None, after: int = 0, reconnect: bool = True
+    ) -> AsyncIterator[LogLinePublic]:
+        """Yield log lines as they are written until the run is over (resumes a
+        dropped connection with ``Last-Event-ID``)."""
+        last, failures = after, 0
+        path = f"/runs/{_seg(run_id)}/logs/stream"
+        stream_timeout = httpx.Timeout(self._timeout, read=STREAM_READ_TIMEOUT)
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET",
+                    path,
+                    params=_q(step=step, after=after) or None,
+                    headers=self._auth(_stream_headers(last)),
+                    timeout=stream_timeout,
+                ) as resp:
+                    if resp.is_error:
+                        await resp.aread()
+                        raise _error_of(resp)
+                    parser = _SseParser()
+                    async for raw in resp.aiter_lines():
+                        ev = parser.feed(raw)
+                        if ev is None:
+                            continue
+                        if ev.event == "end":
+                            return
+                        if ev.data:
+                            line = LogLinePublic.model_validate_json("\n".join(ev.data))
+                            last, failures = line.id, 0
+                            yield line
+            except httpx.TransportError as exc:
+                if not reconnect or failures >= MAX_STREAM_RECONNECTS:
+                    raise _transport_error(exc) from None
+            else:
+                if not reconnect or failures >= MAX_STREAM_RECONNECTS:
+                    raise ApiError(0, "connection_error", "the log stream ended early")
+            failures += 1
+            await asyncio.sleep(min(0.25 * 2**failures, 5.0))
