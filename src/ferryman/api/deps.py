@@ -31,17 +31,17 @@ _bearer = HTTPBearer(auto_error=False, description="JWT from POST /token, or an 
 TOUCH_EVERY_SECONDS = 60.0
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_runs(request: Request) -> RunService:
+async def get_runs(request: Request) -> RunService:
     service: RunService = request.app.state.runs
     return service
 

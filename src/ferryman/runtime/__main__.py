@@ -57,7 +57,10 @@ def die_with_parent() -> None:
         except OSError:
             return
         try:
-            os.killpg(os.getpgrp(), _SIGKILL)
+            # Only a group we lead is ours to kill (the process infrastructure
+            # starts each step in its own session); otherwise just ourselves.
+            if os.getpgrp() == os.getpid():
+                os.killpg(os.getpgrp(), _SIGKILL)
         finally:
             os._exit(EXIT_IMPORT)
 
