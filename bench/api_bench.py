@@ -164,6 +164,9 @@ def seed_runs(db_url: str, n: int) -> None:
     if batch:
         with store.write() as conn:
             conn.execute(sa.insert(runs), batch)
+    if store.is_postgres:  # what autovacuum does after a bulk load: fresh planner statistics
+        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE runs")
     store.dispose()
 
 
