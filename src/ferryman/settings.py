@@ -4,7 +4,7 @@ and passed down (there is no global settings object)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(default=16, ge=1, le=4096, description="Steps a worker runs at once")
     grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace on cancel")
+    infra_config: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Per-infrastructure settings (JSON keyed by kind, e.g. {"docker": {...}})',
+    )
 
     # -- server (REST API) --
     host: str = Field(default="127.0.0.1", description="Address the server listens on")

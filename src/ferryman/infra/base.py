@@ -146,6 +146,18 @@ class Infrastructure(ABC):
     def kill(self, identifier: str, grace_seconds: float) -> None:
         """Stop the attempt: ask politely, and force it after ``grace_seconds``."""
 
+    #: True when ``attach`` can resume watching a thing a lost worker started.
+    reattachable: ClassVar[bool] = False
+
+    def attach(self, identifier: str, sink: LogSink) -> bool:
+        """Resume streaming the output of a running attempt after a worker restart.
+
+        Returns False when the thing no longer exists (the caller then treats
+        the attempt as lost). After a True return, ``watch(identifier)`` works
+        as if this instance had started it. Only called when ``reattachable``.
+        """
+        raise NotImplementedError(f"{self.kind} cannot re-attach")
+
     @abstractmethod
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
         """Exactly what would be launched, with secret values masked."""

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from ferryman.settings import Settings
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0006"
 WAKE_CHANNEL = "ferryman_wake"
 CANCEL_CHANNEL = "ferryman_cancel"
 

@@ -1,0 +1,99 @@
+"""What a container runs, shared by the docker and kubernetes infrastructures.
+
+A ``container`` step names an image and, optionally, a command and args. Its
+strings may use placeholders that are filled in for each attempt:
+
+``{{ params.NAME }}``   a run parameter
+``{{ inputs.NAME }}``   a resolved step input (upstream outputs arrive here)
+``{{ run_id }}``, ``{{ step }}``, ``{{ attempt }}``, ``{{ pipeline }}``, ``{{ namespace }}``
+
+Strings are inserted as they are; other values as compact JSON. An unknown
+placeholder is an error that names it (the attempt fails with that message).
+
+A ``python`` step on a container infrastructure runs the runtime entry point
+inside the image (``python -m ferryman.runtime``); the image must have
+ferryman and the pipeline's code installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ferryman.infra.base import PAYLOAD_ENV, StepLaunch
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z0-9_\-]+))?\s*\}\}")
+
+
+class TemplateError(ValueError):
+    """A placeholder that names nothing."""
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def render(template: str, launch: StepLaunch) -> str:
+    """Fill the ``{{ … }}`` placeholders of one string."""
+    scalars = {
+        "run_id": launch.run_id,
+        "step": launch.node,
+        "attempt": launch.attempt,
+        "pipeline": launch.pipeline,
+        "namespace": launch.namespace,
+    }
+    maps = {"params": launch.params, "inputs": launch.inputs}
+
+    def one(m: re.Match[str]) -> str:
+        head, key = m.group(1), m.group(2)
+        if key is None and head in scalars:
+            return _text(scalars[head])
+        if key is not None and head in maps:
+            if key not in maps[head]:
+                known = ", ".join(sorted(maps[head])) or "none"
+                raise TemplateError(f"unknown placeholder {m.group(0)!r} ({head}: {known})")
+            return _text(maps[head][key])
+        raise TemplateError(
+            f"unknown placeholder {m.group(0)!r}: use params.NAME, inputs.NAME, run_id, "
+            "step, attempt, pipeline or namespace"
+        )
+
+    return _PLACEHOLDER.sub(one, template)
+
+
+def container_command(
+    launch: StepLaunch, python: str = "python"
+) -> tuple[list[str] | None, list[str] | None]:
+    """``(command, args)`` for the container; ``None`` keeps the image's own.
+
+    A container step's command and args are rendered; a python step runs the
+    runtime entry point with ``python`` (its payload travels in the env, see
+    ``container_env``).
+    """
+    step = launch.step
+    if step.kind == "python":
+        return [python, "-m", "ferryman.runtime"], None
+    command = [render(c, launch) for c in step.command] if step.command is not None else None
+    args = [render(a, launch) for a in step.args] if step.args is not None else None
+    return command, args
+
+
+def container_env(launch: StepLaunch, base: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The container's environment: ``base`` (e.g. the infrastructure's
+    configured env) + ferryman's variables + the step's env (rendered) +
+    secrets; a ``None`` value at any layer removes the variable. The
+    worker's own environment is never copied into a container."""
+    merged: dict[str, str | None] = dict(base or {})
+    step_env: dict[str, str | None] = {
+        k: (render(v, launch) if v is not None else None) for k, v in launch.env.items()
+    }
+    full = launch.full_env(base={})
+    if launch.step.kind != "python":
+        full.pop(PAYLOAD_ENV, None)
+    for k in step_env:
+        full.pop(k, None)
+    merged.update(full)
+    merged.update(step_env)
+    merged.update(launch.secrets)
+    return {k: v for k, v in merged.items() if v is not None}
