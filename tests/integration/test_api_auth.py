@@ -458,7 +458,27 @@ def test_login_gives_a_jwt_that_works(
         "via": "jwt",
     }
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-    assert claims["exp"] - claims["iat"] == settings.jwt_ttl_seconds
+    assert claims["exp"] - int(claims["iat"]) == settings.jwt_ttl_seconds
+
+
+def test_a_password_change_revokes_earlier_access_tokens(
+    client: httpx.Client, people: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    old = bearer(login(client, "operator-user", PASSWORD).json()["access_token"])
+    assert client.get("/me", headers=old).status_code == 200
+    admin = as_role(settings, people, "admin")
+    uid = people["operator"]["id"]
+    r = client.patch(f"/users/{uid}", json={"password": "a brand new passphrase"}, headers=admin)
+    assert r.status_code == 200, r.text
+    body = assert_error(client.get("/me", headers=old), 401)
+    assert "password changed" in body["message"]
+    assert login(client, "operator-user", PASSWORD).status_code == 401
+    new = bearer(login(client, "operator-user", "a brand new passphrase").json()["access_token"])
+    assert client.get("/me", headers=new).status_code == 200
+    # a role change alone does not log anybody out
+    assert client.patch(f"/users/{uid}", json={"role": "viewer"}, headers=admin).status_code == 200
+    me = client.get("/me", headers=new)
+    assert me.status_code == 200 and me.json()["role"] == "viewer"
 
 
 def test_wrong_password_and_unknown_user_look_the_same(

@@ -258,6 +258,7 @@ def update_user(
         password_hash = hash_password(validate_password(password))
     if password_hash is not None:
         values["password_hash"] = password_hash
+        values["tokens_valid_after"] = values["updated_at"]  # earlier JWTs stop working
         values["failed_logins"] = 0
         values["locked_until"] = None
     if role is not None:
@@ -370,7 +371,8 @@ def issue_jwt(principal: Principal, secret: str, ttl_seconds: int) -> tuple[str,
         "sub": str(principal.user_id),
         "name": principal.username,
         "role": principal.role.value,
-        "iat": int(now.timestamp()),
+        # fractional NumericDate: compared with tokens_valid_after to the millisecond
+        "iat": round(now.timestamp(), 3),
         "exp": int(now.timestamp()) + ttl_seconds,
         "iss": "ferryman",
     }
@@ -398,6 +400,11 @@ def principal_from_jwt(conn: Connection, token: str, secret: str) -> Principal:
     r = conn.execute(sa.select(users).where(users.c.id == int(sub))).first()
     if r is None or r.disabled:
         raise AuthError("the token's user no longer exists or is disabled")
+    iat = claims.get("iat")
+    if r.tokens_valid_after is not None and (
+        not isinstance(iat, int | float) or iat < r.tokens_valid_after.timestamp() - 0.0005
+    ):
+        raise AuthError("the token was issued before the password changed; log in again")
     return Principal(r.id, r.username, Role(r.role), "jwt")
 
 

@@ -24,6 +24,7 @@ from ferryman.settings import Settings
 
 # The newest migration; a unit test checks it against the Alembic scripts.
 HEAD_REVISION = "0006"
+MIGRATION_LOCK_KEY = 0x66657272  # advisory lock id ("ferr") serialising schema changes
 WAKE_CHANNEL = "ferryman_wake"
 CANCEL_CHANNEL = "ferryman_cancel"
 
@@ -61,11 +62,40 @@ class Store:
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
-        if settings.auto_migrate and store.schema_revision() != HEAD_REVISION:
-            from ferryman.store.migrate import upgrade  # imports Alembic: only when needed
+        if settings.auto_migrate:
+            rev = store.schema_revision()
+            if rev != HEAD_REVISION and not (rev is None and store.create_schema()):
+                from ferryman.store.migrate import upgrade  # imports Alembic: only when needed
 
-            upgrade(store)
+                upgrade(store)
         return store
+
+    def create_schema(self) -> bool:
+        """Create the whole schema in an empty database and stamp it at
+        ``HEAD_REVISION``, without Alembic (a first start stays fast).
+
+        Returns False, creating nothing, when the database holds any table:
+        then Alembic migrates it. The tables are exactly what the migrations
+        create (a unit test compares both). Concurrent first starts are
+        serialised (advisory lock on PostgreSQL, the write lock on SQLite).
+        """
+        from ferryman.store.tables import metadata
+
+        with self.write() as conn:
+            if self.is_postgres:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            if sa.inspect(conn).get_table_names():
+                return False
+            metadata.create_all(conn)
+            conn.exec_driver_sql(
+                "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+            )
+            conn.execute(
+                sa.text("INSERT INTO alembic_version (version_num) VALUES (:v)"),
+                {"v": HEAD_REVISION},
+            )
+        return True
 
     def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (None when not migrated)."""

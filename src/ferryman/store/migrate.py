@@ -10,10 +10,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from ferryman.store.engine import Store
+from ferryman.store.engine import MIGRATION_LOCK_KEY, Store
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-_LOCK_KEY = 0x66657272  # advisory lock id ("ferr") serialising concurrent upgrades
+_LOCK_KEY = MIGRATION_LOCK_KEY
 
 
 def alembic_config(store: Store) -> Config:

@@ -44,6 +44,13 @@ JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 metadata = sa.MetaData()
 
 
+def exists_on(obj: Any, dialect: str) -> bool:
+    """False for schema items restricted to another dialect (``ddl_if``);
+    Alembic's comparisons use it to skip, e.g., PostgreSQL-only indexes on SQLite."""
+    only = getattr(obj, "_ddl_if", None)
+    return only is None or only.dialect in (None, dialect)
+
+
 def new_id() -> str:
     """A time-ordered 128-bit id as 32 hex digits (UUIDv7 layout)."""
     ms = time.time_ns() // 1_000_000
@@ -114,6 +121,13 @@ runs = sa.Table(
     sa.Index("ix_runs_state", "state"),
     sa.Index("ix_runs_pipeline", "namespace", "pipeline", "created_at"),
 )
+# Label filters (``labels @> {...}``) on PostgreSQL; SQLite has no GIN.
+sa.Index(
+    "ix_runs_labels_gin",
+    runs.c.labels,
+    postgresql_using="gin",
+    postgresql_ops={"labels": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
 
 nodes = sa.Table(
     "nodes",
@@ -200,6 +214,9 @@ users = sa.Table(
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("failed_logins", sa.Integer, nullable=False, default=0),
     sa.Column("locked_until", UTCDateTime, nullable=True),
+    # access tokens (JWTs) issued before this instant are refused: set when
+    # the password changes or the user is disabled
+    sa.Column("tokens_valid_after", UTCDateTime, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
