@@ -28,8 +28,16 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
+from ferryman.api.accounts import (
+    ApiTokenCreate,
+    ApiTokenCreated,
+    ApiTokenPublic,
+    UserCreate,
+    UserPublic,
+    UserUpdate,
+)
 from ferryman.api.schemas import (
     EventList,
     LogLinePublic,
@@ -51,7 +59,7 @@ from ferryman.domain.states import RunState
 
 __all__ = ["ApiError", "AsyncClient", "Client"]
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T")
 
 #: The server sends a keep-alive at least every 15 s on a log stream.
 STREAM_READ_TIMEOUT = 60.0
@@ -112,11 +120,28 @@ class _Call(Generic[T]):
 
     method: str
     path: str
-    model: type[T]
+    model: Any  # a pydantic model class, or a type such as list[Model]
     params: Params = field(default_factory=list)
     json: Any = None
     data: dict[str, str] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def _parse(call: _Call[T], content: bytes) -> T:
+    """The response body as ``call.model`` (a model class or e.g. ``list[Model]``)."""
+    model = call.model
+    if model is None:
+        return None  # type: ignore[return-value]
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_validate_json(content)  # type: ignore[return-value]
+    adapter = _ADAPTERS.get(model)
+    if adapter is None:
+        adapter = _ADAPTERS[model] = TypeAdapter(model)
+    result: T = adapter.validate_json(content)
+    return result
 
 
 def _q(**kwargs: Any) -> Params:
@@ -289,6 +314,78 @@ class _Calls:
         )
 
 
+class _AccountCalls:
+    """Requests of the user and API-token operations (admins; tokens: owners too)."""
+
+    @staticmethod
+    def list_users() -> _Call[list[UserPublic]]:
+        return _Call("GET", "/users", list[UserPublic])
+
+    @staticmethod
+    def create_user(
+        username: str, role: str, password: str | None, slack_user_id: str | None
+    ) -> _Call[UserPublic]:
+        body = UserCreate.model_validate(
+            {
+                "username": username,
+                "role": role,
+                "password": password,
+                "slack_user_id": slack_user_id,
+            }
+        )
+        return _Call("POST", "/users", UserPublic, json=body.model_dump(mode="json"))
+
+    @staticmethod
+    def get_user(user_id: int) -> _Call[UserPublic]:
+        return _Call("GET", f"/users/{int(user_id)}", UserPublic)
+
+    @staticmethod
+    def update_user(user_id: int, changes: dict[str, Any]) -> _Call[UserPublic]:
+        body = UserUpdate.model_validate(changes)
+        return _Call(
+            "PATCH",
+            f"/users/{int(user_id)}",
+            UserPublic,
+            json=body.model_dump(mode="json", exclude_unset=True),
+        )
+
+    @staticmethod
+    def delete_user(user_id: int) -> _Call[None]:
+        return _Call("DELETE", f"/users/{int(user_id)}", None)
+
+    @staticmethod
+    def create_token(
+        name: str, user_id: int | None, expires_in_days: int | None
+    ) -> _Call[ApiTokenCreated]:
+        body = ApiTokenCreate(name=name, user_id=user_id, expires_in_days=expires_in_days)
+        return _Call("POST", "/tokens", ApiTokenCreated, json=body.model_dump(mode="json"))
+
+    @staticmethod
+    def list_tokens(user_id: int | None) -> _Call[list[ApiTokenPublic]]:
+        return _Call("GET", "/tokens", list[ApiTokenPublic], params=_q(user_id=user_id))
+
+    @staticmethod
+    def get_token(token_id: str) -> _Call[ApiTokenPublic]:
+        return _Call("GET", f"/tokens/{_seg(token_id)}", ApiTokenPublic)
+
+    @staticmethod
+    def revoke_token(token_id: str) -> _Call[ApiTokenPublic]:
+        return _Call("DELETE", f"/tokens/{_seg(token_id)}", ApiTokenPublic)
+
+
+def _changes(**kwargs: Any) -> dict[str, Any]:
+    """Only the fields given (``UNSET`` means: leave unchanged)."""
+    return {k: v for k, v in kwargs.items() if v is not UNSET}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
 def _run_create(
     params: Mapping[str, Any] | None,
     labels: Mapping[str, str] | None,
@@ -409,7 +506,7 @@ class Client(_Base):
         return resp
 
     def _send(self, call: _Call[T]) -> T:
-        return call.model.model_validate_json(self._request(call).content)
+        return _parse(call, self._request(call).content)
 
     def _get_json(self, path: str) -> dict[str, Any]:
         data: dict[str, Any] = self._request(_Call("GET", path, BaseModel)).json()
@@ -419,7 +516,9 @@ class Client(_Base):
 
     def login(self, username: str, password: str) -> str:
         """Log in (``POST /token``); the JWT is used for every later request."""
-        call = _Call("POST", "/token", BaseModel, data={"username": username, "password": password})
+        call: _Call[Any] = _Call(
+            "POST", "/token", BaseModel, data={"username": username, "password": password}
+        )
         token = str(self._request(call).json()["access_token"])
         self._token = token
         return token
@@ -589,6 +688,66 @@ class Client(_Base):
                 raise TimeoutError(f"run {run_id} still {run.state} after {timeout}s")
             time.sleep(poll)
 
+    # -- users and API tokens (admins; a user may list and revoke their own tokens) --
+
+    def list_users(self) -> list[UserPublic]:
+        """Every user (admins only)."""
+        return self._send(_AccountCalls.list_users())
+
+    def create_user(
+        self,
+        username: str,
+        role: str,
+        *,
+        password: str | None = None,
+        slack_user_id: str | None = None,
+    ) -> UserPublic:
+        """Create a user (``role``: admin, operator or viewer); without a password
+        the user can only use API tokens or Slack."""
+        return self._send(_AccountCalls.create_user(username, role, password, slack_user_id))
+
+    def get_user(self, user_id: int) -> UserPublic:
+        """One user by id."""
+        return self._send(_AccountCalls.get_user(user_id))
+
+    def update_user(
+        self,
+        user_id: int,
+        *,
+        password: str | None = UNSET,
+        role: str | None = UNSET,
+        disabled: bool | None = UNSET,
+        slack_user_id: str | None = UNSET,
+    ) -> UserPublic:
+        """Change only the fields given; a new password logs the user out everywhere
+        (access tokens issued before it stop working; API tokens stay valid)."""
+        changes = _changes(
+            password=password, role=role, disabled=disabled, slack_user_id=slack_user_id
+        )
+        return self._send(_AccountCalls.update_user(user_id, changes))
+
+    def delete_user(self, user_id: int) -> None:
+        """Delete a user and revoke their API tokens."""
+        self._send(_AccountCalls.delete_user(user_id))
+
+    def create_token(
+        self, name: str, *, user_id: int | None = None, expires_in_days: int | None = None
+    ) -> ApiTokenCreated:
+        """A new API token (admins); ``.token`` is shown only in this answer."""
+        return self._send(_AccountCalls.create_token(name, user_id, expires_in_days))
+
+    def list_tokens(self, *, user_id: int | None = None) -> list[ApiTokenPublic]:
+        """API tokens: every one for admins, your own otherwise."""
+        return self._send(_AccountCalls.list_tokens(user_id))
+
+    def get_token(self, token_id: str) -> ApiTokenPublic:
+        """One API token's record (never the token itself)."""
+        return self._send(_AccountCalls.get_token(token_id))
+
+    def revoke_token(self, token_id: str) -> ApiTokenPublic:
+        """Revoke an API token (its owner or an admin)."""
+        return self._send(_AccountCalls.revoke_token(token_id))
+
     def follow_logs(
         self, run_id: str, *, step: str | None = None, after: int = 0, reconnect: bool = True
     ) -> Iterator[LogLinePublic]:
@@ -676,7 +835,7 @@ class AsyncClient(_Base):
         return resp
 
     async def _send(self, call: _Call[T]) -> T:
-        return call.model.model_validate_json((await self._request(call)).content)
+        return _parse(call, (await self._request(call)).content)
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         data: dict[str, Any] = (await self._request(_Call("GET", path, BaseModel))).json()
@@ -686,7 +845,9 @@ class AsyncClient(_Base):
 
     async def login(self, username: str, password: str) -> str:
         """Log in (``POST /token``); the JWT is used for every later request."""
-        call = _Call("POST", "/token", BaseModel, data={"username": username, "password": password})
+        call: _Call[Any] = _Call(
+            "POST", "/token", BaseModel, data={"username": username, "password": password}
+        )
         token = str((await self._request(call)).json()["access_token"])
         self._token = token
         return token
@@ -856,6 +1017,66 @@ class AsyncClient(_Base):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"run {run_id} still {run.state} after {timeout}s")
             await asyncio.sleep(poll)
+
+    # -- users and API tokens (admins; a user may list and revoke their own tokens) --
+
+    async def list_users(self) -> list[UserPublic]:
+        """Every user (admins only)."""
+        return await self._send(_AccountCalls.list_users())
+
+    async def create_user(
+        self,
+        username: str,
+        role: str,
+        *,
+        password: str | None = None,
+        slack_user_id: str | None = None,
+    ) -> UserPublic:
+        """Create a user (``role``: admin, operator or viewer); without a password
+        the user can only use API tokens or Slack."""
+        return await self._send(_AccountCalls.create_user(username, role, password, slack_user_id))
+
+    async def get_user(self, user_id: int) -> UserPublic:
+        """One user by id."""
+        return await self._send(_AccountCalls.get_user(user_id))
+
+    async def update_user(
+        self,
+        user_id: int,
+        *,
+        password: str | None = UNSET,
+        role: str | None = UNSET,
+        disabled: bool | None = UNSET,
+        slack_user_id: str | None = UNSET,
+    ) -> UserPublic:
+        """Change only the fields given; a new password logs the user out everywhere
+        (access tokens issued before it stop working; API tokens stay valid)."""
+        changes = _changes(
+            password=password, role=role, disabled=disabled, slack_user_id=slack_user_id
+        )
+        return await self._send(_AccountCalls.update_user(user_id, changes))
+
+    async def delete_user(self, user_id: int) -> None:
+        """Delete a user and revoke their API tokens."""
+        await self._send(_AccountCalls.delete_user(user_id))
+
+    async def create_token(
+        self, name: str, *, user_id: int | None = None, expires_in_days: int | None = None
+    ) -> ApiTokenCreated:
+        """A new API token (admins); ``.token`` is shown only in this answer."""
+        return await self._send(_AccountCalls.create_token(name, user_id, expires_in_days))
+
+    async def list_tokens(self, *, user_id: int | None = None) -> list[ApiTokenPublic]:
+        """API tokens: every one for admins, your own otherwise."""
+        return await self._send(_AccountCalls.list_tokens(user_id))
+
+    async def get_token(self, token_id: str) -> ApiTokenPublic:
+        """One API token's record (never the token itself)."""
+        return await self._send(_AccountCalls.get_token(token_id))
+
+    async def revoke_token(self, token_id: str) -> ApiTokenPublic:
+        """Revoke an API token (its owner or an admin)."""
+        return await self._send(_AccountCalls.revoke_token(token_id))
 
     async def follow_logs(
         self, run_id: str, *, step: str | None = None, after: int = 0, reconnect: bool = True

@@ -405,3 +405,54 @@ def test_closing_a_log_stream_stops_the_server_side(
     settled = len(polls)
     time.sleep(0.5)
     assert len(polls) == settled, "the server kept polling for a client that left"
+
+
+def test_users_and_tokens_through_the_client(server: str, store: Store) -> None:
+    with store.write() as conn:
+        create_user(conn, "root", PASSWORD, Role.ADMIN)
+    with Client(server) as admin:
+        admin.login("root", PASSWORD)
+        bob = admin.create_user("bob", "viewer", password="bob's password")
+        assert (bob.username, bob.role, bob.disabled) == ("bob", "viewer", False)
+        assert "bob" in [u.username for u in admin.list_users()]
+        assert admin.get_user(bob.id).username == "bob"
+        with pytest.raises(ApiError) as exc:
+            admin.create_user("bob", "viewer", password="another password")
+        assert exc.value.status == 409
+        with pytest.raises(ValueError, match="role"):
+            admin.create_user("carol", "superuser")  # checked before any request
+        promoted = admin.update_user(bob.id, role="operator")
+        assert promoted.role == "operator" and promoted.slack_user_id is None
+        made = admin.create_token("ci", user_id=bob.id, expires_in_days=7)
+        assert made.token.startswith("fm_") and made.username == "bob"
+        with Client(server, made.token) as bot:
+            assert bot.me()["username"] == "bob"
+            assert [t.id for t in bot.list_tokens()] == [made.id]
+            with pytest.raises(ApiError) as exc:
+                bot.list_users()
+            assert exc.value.status == 403
+            assert bot.revoke_token(made.id).revoked
+            with pytest.raises(ApiError) as exc:
+                bot.me()
+            assert exc.value.status == 401
+        assert admin.get_token(made.id).revoked
+        admin.delete_user(bob.id)
+        with pytest.raises(ApiError) as exc:
+            admin.get_user(bob.id)
+        assert exc.value.status == 404
+
+
+async def test_async_users_and_tokens(server: str, store: Store) -> None:
+    with store.write() as conn:
+        create_user(conn, "root", PASSWORD, Role.ADMIN)
+    async with AsyncClient(server) as admin:
+        await admin.login("root", PASSWORD)
+        dora = await admin.create_user("dora", "operator")
+        assert dora.role == "operator"
+        assert (await admin.update_user(dora.id, disabled=True)).disabled
+        tok = await admin.create_token("robot")
+        assert tok.username == "root"
+        assert tok.id in [t.id for t in await admin.list_tokens()]
+        assert (await admin.revoke_token(tok.id)).revoked
+        await admin.delete_user(dora.id)
+        assert "dora" not in [u.username for u in await admin.list_users()]

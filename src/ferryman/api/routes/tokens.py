@@ -16,12 +16,11 @@ Who may do what:
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, ConfigDict, Field
 
+from ferryman.api.accounts import ApiTokenCreate, ApiTokenCreated, ApiTokenPublic
 from ferryman.api.deps import Admin, StoreDep, Viewer
 from ferryman.errors import NotFound
 from ferryman.services import auth
@@ -30,46 +29,6 @@ from ferryman.services.auth import Forbidden, Principal, Role
 router = APIRouter(tags=["tokens"])
 
 TokenId = Annotated[str, Path(max_length=64, description="The token's id (the part after fm_)")]
-
-
-class ApiTokenPublic(BaseModel):
-    """An API token's record. Never the token itself, never its hash."""
-
-    id: str
-    user_id: int
-    username: str
-    name: str
-    created_at: dt.datetime
-    expires_at: dt.datetime | None
-    last_used_at: dt.datetime | None = Field(description="Updated at most once a minute")
-    revoked: bool
-
-
-class ApiTokenCreated(ApiTokenPublic):
-    """A new token's record plus the token itself: shown only this once."""
-
-    token: str = Field(
-        description="Send as 'Authorization: Bearer <token>'. Store it now: it is not shown again"
-    )
-
-
-class ApiTokenCreate(BaseModel):
-    """A new API token."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(
-        min_length=1,
-        max_length=128,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="What the token is for, e.g. 'ci-deploy'",
-    )
-    user_id: int | None = Field(
-        default=None, ge=1, le=auth.MAX_ID, description="Whose token (default: yours)"
-    )
-    expires_in_days: int | None = Field(
-        default=None, ge=1, le=auth.MAX_TOKEN_DAYS, description="Default: never expires"
-    )
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such token (or not yours)"}}

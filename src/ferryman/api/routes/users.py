@@ -8,77 +8,18 @@ refused with 409.
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
-from pydantic import BaseModel, ConfigDict, Field
 
+from ferryman.api.accounts import UserCreate, UserPublic, UserUpdate
 from ferryman.api.deps import Admin, StoreDep
 from ferryman.services import auth
 from ferryman.services.auth import Role
 
 router = APIRouter(tags=["users"])
 
-#: Admins manage users and tokens; operators also run; viewers read.
-RoleName = Literal["admin", "operator", "viewer"]
-
 UserId = Annotated[int, Path(ge=1, le=auth.MAX_ID, description="The user's numeric id")]
-
-
-def _password() -> Any:
-    return Field(
-        default=None,
-        min_length=8,
-        max_length=auth.MAX_PASSWORD_LENGTH,
-        description="At least 8 characters; stored as an Argon2 hash",
-    )
-
-
-def _slack_id() -> Any:
-    return Field(
-        default=None,
-        pattern=f"^{auth.SLACK_ID_PATTERN}$",
-        description="The Slack member id (e.g. U012AB3CD), to act from Slack",
-    )
-
-
-class UserPublic(BaseModel):
-    """A user as the API shows it (never the password hash)."""
-
-    id: int
-    username: str
-    role: RoleName
-    slack_user_id: str | None
-    disabled: bool
-    created_at: dt.datetime
-
-
-class UserCreate(BaseModel):
-    """A new user. Without a password the user can only use API tokens (or Slack)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    username: str = Field(
-        pattern=f"^{auth.USERNAME_PATTERN}$",
-        description="Letters, digits, '_', '.', '@' or '-', starting with a letter or digit",
-    )
-    password: str | None = _password()
-    role: RoleName
-    slack_user_id: str | None = _slack_id()
-
-
-class UserUpdate(BaseModel):
-    """A change to a user: only the fields sent change; ``slack_user_id: null`` unlinks Slack."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    password: str | None = _password()
-    role: RoleName | None = None
-    disabled: bool | None = Field(
-        default=None, description="A disabled user can neither log in nor use tokens"
-    )
-    slack_user_id: str | None = _slack_id()
 
 
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such user"}}
