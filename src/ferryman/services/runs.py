@@ -24,6 +24,7 @@ from ferryman.domain.spec import PipelineSpec
 from ferryman.domain.states import NODE_TERMINAL, NodeState, RunState, node_sources, run_sources
 from ferryman.errors import Conflict, NotFound
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
+from ferryman.services.queries import RUN_FIELDS, run_dict
 from ferryman.store.engine import Store
 from ferryman.store.prepared import Prepared
 from ferryman.store.tables import callbacks, events, new_id, nodes, runs, utcnow
@@ -234,6 +235,8 @@ class Tx:
     _terminal: dict[str, int] = field(default_factory=dict)
     _released: list[dict[str, Any]] = field(default_factory=list)
     woke: bool = False
+    #: runs inserted in this transaction, as ``queries.run_dict`` shows them
+    created_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- the gate -------------------------------------------------------------
 
@@ -553,6 +556,32 @@ class RunService:
         run is returned with ``created=False``. ``reuse`` maps step names to the
         outputs of a previous run (re-run from failed steps).
         """
+        record, created = self.create_run_record(
+            pv,
+            params,
+            labels=labels,
+            idempotency_key=idempotency_key,
+            options=options,
+            rerun_of=rerun_of,
+            reuse=reuse,
+            trigger=trigger,
+        )
+        return str(record["id"]), created
+
+    def create_run_record(
+        self,
+        pv: PipelineVersion,
+        params: dict[str, Any],
+        *,
+        labels: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        options: dict[str, Any] | None = None,
+        rerun_of: str | None = None,
+        reuse: dict[str, Any] | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Like ``create_run``, but returns the run as ``queries.run_dict`` shows
+        it, without reading it back (one transaction in all)."""
         for attempt in range(3):
             try:
                 with self.store.write() as conn:
@@ -574,7 +603,7 @@ class RunService:
                     )
                     tx.flush()
                 self.store.wake_local()
-                return run_id, True
+                return tx.created_runs[run_id], True
             except sa.exc.IntegrityError:
                 if not idempotency_key or attempt == 2:
                     raise
@@ -587,12 +616,10 @@ class RunService:
     @staticmethod
     def _by_key(
         conn: Connection, pv: PipelineVersion, key: str, params: dict[str, Any]
-    ) -> str | None:
+    ) -> dict[str, Any] | None:
         """The run already created with ``key``; a Conflict if it was for other input."""
         row = conn.execute(
-            sa.select(runs.c.id, runs.c.pipeline, runs.c.params).where(
-                runs.c.namespace == pv.namespace, runs.c.idempotency_key == key
-            )
+            sa.select(runs).where(runs.c.namespace == pv.namespace, runs.c.idempotency_key == key)
         ).first()
         if row is None:
             return None
@@ -602,7 +629,7 @@ class RunService:
                 "pipeline or different parameters",
                 {"run_id": row.id},
             )
-        return str(row.id)
+        return run_dict(row)
 
     def _insert_run(
         self,
@@ -622,28 +649,30 @@ class RunService:
         all_labels = {**spec.labels, **labels}
         timeout = options.get("timeout", spec.timeout)
         todo = [s for s in spec.steps if s.name not in reuse]
-        tx.conn.execute(
-            sa.insert(runs).values(
-                id=run_id,
-                namespace=pv.namespace,
-                pipeline=spec.name,
-                pipeline_version_id=pv.id,
-                version=pv.version,
-                state=RunState.QUEUED.value,
-                params=params,
-                labels=all_labels,
-                idempotency_key=key,
-                nodes_total=len(spec.steps),
-                nodes_remaining=len(todo),
-                cancel_requested=False,
-                deadline=(now + dt.timedelta(seconds=timeout)) if timeout else None,
-                rerun_of=rerun_of,
-                trigger=trigger,
-                options=options,
-                created_at=now,
-                updated_at=now,
-            )
+        values: dict[str, Any] = dict(
+            id=run_id,
+            namespace=pv.namespace,
+            pipeline=spec.name,
+            pipeline_version_id=pv.id,
+            version=pv.version,
+            state=RunState.QUEUED.value,
+            params=params,
+            labels=all_labels,
+            idempotency_key=key,
+            nodes_total=len(spec.steps),
+            nodes_remaining=len(todo),
+            cancel_requested=False,
+            deadline=(now + dt.timedelta(seconds=timeout)) if timeout else None,
+            rerun_of=rerun_of,
+            trigger=trigger,
+            options=options,
+            created_at=now,
+            updated_at=now,
         )
+        tx.conn.execute(sa.insert(runs).values(**values))
+        record = {k: values.get(k) for k in RUN_FIELDS}
+        record["duration"] = 0.0
+        tx.created_runs[run_id] = record
         self.cache.put(
             RunInfo(
                 run_id,

@@ -120,7 +120,7 @@ def start_run(
     with store.read() as conn:
         pv = latest(conn, namespace, pipeline)
     params = validate_params(pv.spec, body.params)
-    run_id, created = runs.create_run(
+    row, created = runs.create_run_record(
         pv,
         params,
         labels=body.labels,
@@ -128,8 +128,7 @@ def start_run(
         options=body.options(),
         trigger={"kind": via, "user": principal.username},
     )
-    with store.read() as conn:
-        row = queries.get_run(conn, run_id, with_nodes=False)
+    run_id = row["id"]
     if not created and (row["pipeline"] != pipeline or row["params"] != params):
         raise Conflict(
             f"idempotency key {idempotency_key!r} was already used for run {run_id} "
