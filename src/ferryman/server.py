@@ -280,6 +280,7 @@ def _serve_http(
         log_level=log_level.lower(),
         access_log=access_log,
         server_header=False,
+        ws="none",  # no websocket routes: do not import a websocket library
         timeout_graceful_shutdown=max(int(settings.grace_seconds), 1),
     )
     server = Server(config)

@@ -190,7 +190,7 @@ def test_documented_defaults_are_the_real_ones() -> None:
     """Rows of the settings table look like ``| `FERRYMAN_X` | `default` | meaning |``."""
     text = CONFIGURATION.read_text(encoding="utf-8")
     for env, field_name in setting_names().items():
-        default = Settings.model_fields[field_name].default
+        default = Settings.model_fields[field_name].get_default(call_default_factory=True)
         if default is None or isinstance(default, SecretStr):  # described in words
             continue
         row = re.search(rf"^\|\s*`{env}`\s*\|\s*([^|]*)\|", text, re.M)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ferryman.cli import db, pipelines, run, runs, worker
+from ferryman.cli import db, pipelines, preview, run, runs, worker
 from ferryman.cli import server as server_cli
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app.command("run")(run.run_command)
 app.command("deploy")(pipelines.deploy_command)
 app.command("worker")(worker.worker_command)
 app.command("server")(server_cli.server_command)
+app.command("preview")(preview.preview_command)
 app.add_typer(runs.app, name="runs")
 app.add_typer(pipelines.app, name="pipelines")
 app.add_typer(db.app, name="db")

@@ -9,15 +9,54 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import typer
-from rich.console import Console
 
 from ferryman.settings import Settings
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich ``Console`` built on first use: importing rich costs tens of
+    milliseconds that commands printing nothing rich (``ferryman server``,
+    ``ferryman worker``) should not pay at start-up."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._real: Console | None = None
+
+    @property
+    def real(self) -> Console:
+        if self._real is None:
+            from rich.console import Console
+
+            self._real = Console(**self._kwargs)
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+_console = _LazyConsole(highlight=False)
+_err_console = _LazyConsole(stderr=True, highlight=False)
+console: Console = cast("Console", _console)
+err_console: Console = cast("Console", _err_console)
+
+
+def real_console() -> Console:
+    """The console itself (for rich objects that need one, like ``Live``)."""
+    return _console.real
+
+
+def escape(text: str) -> str:
+    """Escape rich markup in ``text``."""
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.markup import escape
 
-from ferryman.cli.common import EXIT_FAILED, console, fail, settings
+from ferryman.cli.common import EXIT_FAILED, console, escape, fail, settings
 
 CREDENTIALS = "credentials.json"
 

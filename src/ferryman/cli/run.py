@@ -7,12 +7,12 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 from ferryman.cli.common import (
     EXIT_FAILED,
@@ -20,8 +20,10 @@ from ferryman.cli.common import (
     clean_errors,
     console,
     err_console,
+    escape,
     open_store,
     parse_params,
+    real_console,
     settings,
     setup_logging,
     type_params,
@@ -189,7 +191,11 @@ def _follow(store: Any, run_id: str, thread: threading.Thread, watch: bool) -> N
     from ferryman.services.queries import get_events, node_counts, running_nodes
 
     last_seq = 0
-    live = Live(console=console, refresh_per_second=8, transient=True) if watch else None
+    live = None
+    if watch:
+        from rich.live import Live
+
+        live = Live(console=real_console(), refresh_per_second=8, transient=True)
     if live is not None:
         live.start()
     try:
@@ -229,6 +235,8 @@ def _print_event(e: dict[str, Any]) -> None:
 def _progress_table(counts: dict[str, int], running: list[dict[str, Any]]) -> Table:
     total = sum(counts.values())
     done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "cancelled"))
+    from rich.table import Table
+
     t = Table.grid(padding=(0, 2))
     summary = "  ".join(f"{styled(k)} {v}" for k, v in sorted(counts.items()))
     t.add_row(f"[bold]{done}/{total}[/] steps ended", summary)

@@ -73,6 +73,9 @@ class Attempt:
     stop_reason: str | None = None  # "timeout" | "cancel" | "lease" | "shutdown"
     kill_sent: bool = False
     setup_error: str | None = None
+    # set when this worker adopted the attempt from a lost worker (re-attach)
+    reattach: bool = False
+    logs_since: dt.datetime | None = None
 
 
 @dataclass
@@ -340,7 +343,11 @@ class Worker:
                         nodes.c.worker_id == self.id,
                         nodes.c.attempt == a.attempt,
                     )
-                    .values(infra_kind=a.kind, infra_id=a.identifier)
+                    .values(
+                        infra_kind=a.kind,
+                        infra_id=a.identifier,
+                        launch_nonce=a.launch.nonce if a.launch else None,
+                    )
                 )
             for o in buf.done:
                 self._apply(tx, o)
@@ -355,12 +362,13 @@ class Worker:
                 self._heartbeat(tx, beat=False)
                 self._next_cancel_poll = mono + CANCEL_POLL_SECONDS
             if mono >= self._next_sweep or self._deadline_passed(tx.now):
-                self._sweep(tx)
+                claimed.extend(self._sweep(tx))
                 self._next_sweep = mono + self.settings.sweep_seconds
             tx.settle_releases()
             free = self.concurrency - len(self._inflight)
+            free -= len(claimed)  # adopted attempts count too
             if free > 0 and not self._stopping:
-                claimed = self._claim(tx, free)
+                claimed.extend(self._claim(tx, free))
             tx.flush()
         if renewed:
             self._last_lease_renewal = mono
@@ -412,6 +420,7 @@ class Worker:
                 "ended_at": None,
                 "cancel_requested": False,
                 "infra_id": None,
+                "launch_nonce": None,
             },
             sql_values=_NEXT_ATTEMPT,
             data={"worker": self.id},
@@ -440,7 +449,9 @@ class Worker:
             return None
         return time.monotonic() + max((at - utcnow()).total_seconds(), 0.0)
 
-    def _prepare(self, tx: Tx, rows: list[Any]) -> list[Attempt]:
+    def _prepare(
+        self, tx: Tx, rows: list[Any], nonces: dict[int, str] | None = None
+    ) -> list[Attempt]:
         by_run: dict[str, list[Any]] = {}
         for r in rows:
             by_run.setdefault(r.run_id, []).append(r)
@@ -475,7 +486,7 @@ class Worker:
                         step=s,
                         inputs=inputs,
                         params=info.params,
-                        nonce=uuid.uuid4().hex,
+                        nonce=(nonces or {}).get(r.id) or uuid.uuid4().hex,
                         env=dict(s.env),
                         secrets=secrets,
                         labels=info.labels,
@@ -510,12 +521,28 @@ class Worker:
         launch = a.launch
         infra = self.infra.get(a.kind)
         capture = OutputCapture(launch.nonce, lambda s, line: self._log(a, s, line), launch.mask)
-        try:
-            ident = infra.start(launch, capture)
-        except Exception as exc:
-            return Outcome(a, ok=False, error=f"could not start on {a.kind}: {exc}")
-        a.identifier = ident
-        if a.kind != "inline":  # an inline step can be neither re-attached nor killed remotely
+        if a.reattach and a.identifier is not None:
+            ident = a.identifier
+            try:
+                alive = infra.attach(ident, capture, a.logs_since)
+            except Exception as exc:
+                alive = False
+                log.warning("could not re-attach to %s %s: %s", a.kind, ident, exc)
+            if not alive:
+                return Outcome(
+                    a,
+                    ok=False,
+                    error=f"worker lost, and its {a.kind} {ident} is gone: cannot re-attach",
+                )
+            log.warning("re-attached to %s %s (%s#%s)", a.kind, ident, a.name, a.attempt)
+        else:
+            try:
+                ident = infra.start(launch, capture)
+            except Exception as exc:
+                return Outcome(a, ok=False, error=f"could not start on {a.kind}: {exc}")
+            a.identifier = ident
+        # an inline step can be neither re-attached nor killed remotely
+        if a.kind != "inline" and not a.reattach:
             with self._lock:
                 self._buf.started.append(a)
             self._wake.set()
@@ -664,8 +691,15 @@ class Worker:
         ident = a.identifier
         self._killers.submit(_safe_kill, infra, ident, grace)
 
-    def _sweep(self, tx: Tx) -> None:
-        """Recover the steps of dead workers and enforce run deadlines."""
+    def _sweep(self, tx: Tx) -> list[Attempt]:
+        """Recover the steps of dead workers and enforce run deadlines.
+
+        A step whose infrastructure can re-attach (a container, a Kubernetes
+        job) and that had started is *adopted*: this worker takes its lease
+        and watches the same container or job, so nothing runs twice. Other
+        lost steps fail ("worker lost") and are retried by their policy.
+        Returns the adopted attempts."""
+        adopt: list[Any] = []
         q = (
             sa.select(
                 nodes.c.id,
@@ -674,6 +708,10 @@ class Worker:
                 nodes.c.attempt,
                 nodes.c.worker_id,
                 nodes.c.cancel_requested,
+                nodes.c.infra_kind,
+                nodes.c.infra_id,
+                nodes.c.launch_nonce,
+                nodes.c.started_at,
             )
             .where(nodes.c.state == NodeState.RUNNING.value, nodes.c.lease_expires_at < tx.now)
             .limit(500)
@@ -681,6 +719,11 @@ class Worker:
         if self.store.is_postgres:
             q = q.with_for_update(skip_locked=True)
         for r in tx.conn.execute(q).all():
+            if r.id in self._inflight:
+                continue  # ours, still running: the next heartbeat renews the lease
+            if self._adoptable(r) and not self._stopping:
+                adopt.append(r)
+                continue
             info = tx.cache.get(tx.conn, r.run_id)
             step = info.spec.step(r.name)
             msg = f"worker lost: lease of worker {r.worker_id} expired"
@@ -713,6 +756,79 @@ class Worker:
             secs = info.options.get("timeout", info.spec.timeout)
             self.service.request_cancel(tx, o.id, f"run timed out after {secs:g}s", kind="timeout")
             self._cancel_flag.set()
+        return self._adopt(tx, adopt) if adopt else []
+
+    def _adoptable(self, r: Any) -> bool:
+        if not (r.infra_kind and r.infra_id and r.launch_nonce):
+            return False
+        try:
+            return bool(self.infra.get(r.infra_kind).reattachable)
+        except Exception:  # unknown here (not installed on this worker): cannot adopt
+            return False
+
+    def _adopt(self, tx: Tx, rows: list[Any]) -> list[Attempt]:
+        """Take over the leases of lost attempts that are still running elsewhere."""
+        lease = tx.now + _seconds(self.settings.lease_seconds)
+        taken = []
+        for r in rows:
+            res = tx.conn.execute(
+                sa.update(nodes)
+                .where(
+                    nodes.c.id == r.id,
+                    nodes.c.attempt == r.attempt,
+                    nodes.c.worker_id == r.worker_id,
+                    nodes.c.state == NodeState.RUNNING.value,
+                    nodes.c.lease_expires_at < tx.now,
+                )
+                .values(worker_id=self.id, lease_expires_at=lease)
+            )
+            if res.rowcount == 1:
+                taken.append(r)
+        if not taken:
+            return []
+        last = dict(
+            tx.conn.execute(
+                sa.select(nodes.c.id, sa.func.max(logs.c.time))
+                .select_from(
+                    nodes.join(
+                        logs,
+                        sa.and_(
+                            logs.c.run_id == nodes.c.run_id,
+                            logs.c.node == nodes.c.name,
+                            logs.c.attempt == nodes.c.attempt,
+                        ),
+                    )
+                )
+                .where(nodes.c.id.in_([r.id for r in taken]))
+                .group_by(nodes.c.id)
+            ).all()
+        )
+        attempts = self._prepare(tx, taken, {r.id: r.launch_nonce for r in taken})
+        now = utcnow()
+        for a, r in zip(attempts, taken, strict=True):
+            a.kind = r.infra_kind
+            a.identifier = r.infra_id
+            a.reattach = True
+            a.logs_since = last.get(r.id)
+            if a.step.timeout is not None and r.started_at is not None:
+                left = a.step.timeout - (now - r.started_at).total_seconds()
+                a.deadline = time.monotonic() + max(left, 0.0)
+            tx.conn.execute(
+                sa.insert(logs).values(
+                    run_id=r.run_id,
+                    node=r.name,
+                    attempt=r.attempt,
+                    stream="stderr",
+                    line=(
+                        f"ferryman: worker {r.worker_id} was lost; worker {self.id} "
+                        f"re-attached to {r.infra_kind} {r.infra_id}"
+                    ),
+                    time=tx.now,
+                )
+            )
+            if r.cancel_requested:
+                a.stop_reason = "cancel"
+        return attempts
 
 
 def _safe_kill(infra: Any, ident: str, grace: float) -> None:

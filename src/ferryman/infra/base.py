@@ -17,6 +17,7 @@ works the same for a local process, a container or a Kubernetes pod.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -149,12 +150,16 @@ class Infrastructure(ABC):
     #: True when ``attach`` can resume watching a thing a lost worker started.
     reattachable: ClassVar[bool] = False
 
-    def attach(self, identifier: str, sink: LogSink) -> bool:
-        """Resume streaming the output of a running attempt after a worker restart.
+    def attach(self, identifier: str, sink: LogSink, since: dt.datetime | None = None) -> bool:
+        """Resume streaming the output of an attempt that a lost worker started.
 
-        Returns False when the thing no longer exists (the caller then treats
-        the attempt as lost). After a True return, ``watch(identifier)`` works
-        as if this instance had started it. Only called when ``reattachable``.
+        ``since``: the time of the last line already stored for the attempt
+        (``None``: none stored); lines from then on are streamed again (a few
+        may repeat; none may be lost, since a python step's result line can be
+        among them). Returns False when the thing no longer exists (the caller
+        treats the attempt as lost). After a True return, ``watch(identifier)``
+        works as if this instance had started it. Only called when
+        ``reattachable``.
         """
         raise NotImplementedError(f"{self.kind} cannot re-attach")
 

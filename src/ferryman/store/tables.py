@@ -147,6 +147,9 @@ nodes = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("infra_kind", sa.String(64), nullable=True),
     sa.Column("infra_id", sa.String(255), nullable=True),
+    # the attempt's result-line nonce, so a worker re-attaching to a container
+    # or job started by a lost worker can still read the step's result
+    sa.Column("launch_nonce", sa.String(64), nullable=True),
     sa.Column("output", JSONType, nullable=True),
     sa.Column("has_output", sa.Boolean, nullable=False, default=False),
     sa.Column("error", sa.Text, nullable=True),
