@@ -332,7 +332,7 @@ def firings_of(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def triggers_of(conn: Connection, namespace: str, spec: PipelineSpec) -> list[dict[str, Any]]:
+def triggers_of(namespace: str, spec: PipelineSpec) -> list[dict[str, Any]]:
     """``spec``'s triggers for display, with their resolved source namespace."""
     out = []
     for t in spec.triggers:
