@@ -312,3 +312,109 @@ def test_worker_killed_mid_run_then_restarted_fires_once(
     (rb,) = runs_of(store, "after_slow")
     assert rb["params"] == {"rows": 10} and rb["trigger"]["run_id"] == a
     assert len(firings(store, a)) == 1
+
+
+# -- YAML, CLI and API ----------------------------------------------------------------
+
+REPORT_YAML = f"""
+name: yreport
+params:
+  day: string
+  rows: integer
+  source_run: string
+steps:
+  - name: record
+    function: {PIPES}:record
+    inputs:
+      day: "${{params.day}}"
+      rows: "${{params.rows}}"
+      source_run: "${{params.source_run}}"
+triggers:
+  - pipeline: extract
+    state: succeeded
+    params:
+      day: "${{trigger.params.day}}"
+      rows: "${{trigger.steps.load}}"
+      source_run: "${{trigger.run.id}}"
+    labels: {{via: yaml}}
+"""
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ferryman", *args],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_yaml_trigger_through_the_cli(store: Store, settings: Settings, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "FERRYMAN_HOME": str(settings.home),
+        "FERRYMAN_DATABASE_URL": settings.db_url,
+        "COLUMNS": "250",
+    }
+    (tmp_path / "yreport.yaml").write_text(REPORT_YAML)
+    r = cli(env, "deploy", str(tmp_path / "yreport.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert "warning:" in r.stdout and "not registered" in r.stdout  # extract comes later
+    r = cli(env, "pipelines", "describe", "yreport")
+    assert r.returncode == 0, r.stderr
+    assert "default/extract" in r.stdout and "rows = ${trigger.steps.load}" in r.stdout
+    assert "inherited + via=yaml" in r.stdout
+    a = start(store, "extract", day="2024-02-02")
+    drain(store, settings)
+    (b,) = runs_of(store, "yreport")
+    assert b["params"] == {"day": "2024-02-02", "rows": 100, "source_run": a}
+    r = cli(env, "runs", "get", a)
+    assert f"triggered: default/yreport run {b['id']}" in r.stdout
+    r = cli(env, "runs", "get", b["id"])
+    assert f"triggered by: run {a} of default/extract (succeeded" in r.stdout
+    (tmp_path / "bad.yaml").write_text(REPORT_YAML.replace("steps.load", "steps.nope"))
+    r = cli(env, "deploy", str(tmp_path / "bad.yaml"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "'extract' has no step 'nope'" in r.stdout + r.stderr
+
+
+def test_api_shows_triggers_and_refuses_bad_ones(store: Store, settings: Settings) -> None:
+    import warnings
+
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StarletteDeprecationWarning)
+        from fastapi.testclient import TestClient
+
+    from ferryman.api.app import create_app
+    from ferryman.services.auth import Role, create_api_token, create_user
+
+    with store.write() as conn:
+        user = create_user(conn, "op-bot", None, Role.OPERATOR)
+        _, token = create_api_token(conn, user["id"], "tests")
+    h = {"Authorization": f"Bearer {token}"}
+    spec = load_pipeline(f"{PIPES}:report").model_dump(mode="json")
+    with TestClient(create_app(settings, store)) as api:
+        r = api.post("/namespaces/default/pipelines", json=spec, headers=h)
+        assert r.status_code == 201, r.text
+        assert "not registered" in r.json()["warnings"][0]
+        bad = load_pipeline(f"{PIPES}:wrong_step").model_dump(mode="json")
+        deploy(store, "extract")
+        r = api.post("/namespaces/default/pipelines", json=bad, headers=h)
+        assert r.status_code == 422
+        assert "'extract' has no step 'nope'" in r.text
+        unmapped = {**spec, "triggers": [{**spec["triggers"][0], "params": {"day": "x"}}]}
+        r = api.post("/namespaces/default/pipelines", json=unmapped, headers=h)
+        assert r.status_code == 422 and "does not map the required parameter" in r.text
+        r = api.get("/namespaces/default/pipelines/report", headers=h)
+        assert r.status_code == 200
+        (t,) = r.json()["triggers"]
+        assert t["pipeline"] == "extract" and t["namespace"] == "default"
+        assert t["states"] == ["succeeded"] and t["params"]["rows"] == {"$step": "load"}
+        a = start(store, "extract")
+        drain(store, settings)
+        (b,) = runs_of(store, "report")
+        got = api.get(f"/runs/{a}", headers=h).json()
+        assert got["triggered"][0]["run_id"] == b["id"]
+        assert got["triggered"][0]["pipeline"] == "report"
+        got = api.get(f"/runs/{b['id']}", headers=h).json()
+        assert got["trigger"]["run_id"] == a and got["trigger"]["kind"] == "event"

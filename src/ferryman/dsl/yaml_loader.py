@@ -618,7 +618,10 @@ class _Compiler:
         for i, t in enumerate(raw):
             path = f"triggers[{i}]"
             if not isinstance(t, dict):
-                self.problem(path, f"must be a mapping (pipeline, state, params), not {_kind(t)}")
+                self.problem(
+                    path, f"must be a mapping (pipeline, state, params), not {_kind(t)}", graph=True
+                )
+                out.append({"pipeline": "invalid"})  # keeps the indexes of the others
                 continue
             d = dict(t)
             if "state" in d:
