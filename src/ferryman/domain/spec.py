@@ -33,9 +33,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -302,7 +300,9 @@ class PipelineSpec(_Frozen):
     infrastructure: str = "process"
     timeout: float | None = Field(default=None, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
-    triggers: list[TriggerSpec] = Field(default_factory=list)
+    # Added after versions were first hashed: without triggers a pipeline
+    # serialises (and so hashes) exactly as before.
+    triggers: list[TriggerSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
 
     @field_validator("name")
     @classmethod
@@ -381,15 +381,6 @@ class PipelineSpec(_Frozen):
             index = {s.name: s for s in self.steps}
             object.__setattr__(self, "_index", index)  # a cache, not part of the model
         return index[name]
-
-    @model_serializer(mode="wrap")
-    def _drop_no_triggers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # ``triggers`` came after versions were first hashed: a pipeline
-        # without triggers serialises (and so hashes) exactly as before.
-        data: dict[str, Any] = handler(self)
-        if not data.get("triggers"):
-            data.pop("triggers", None)
-        return data
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -80,6 +80,7 @@ def check_sources(conn: Connection, namespace: str, spec: PipelineSpec) -> list[
     that are not registered yet: those are checked when the trigger fires.
     """
     problems: list[str] = []
+    details: list[dict[str, str]] = []
     warnings: list[str] = []
     for i, t in enumerate(spec.triggers):
         ns, name = t.source(namespace)
@@ -94,18 +95,18 @@ def check_sources(conn: Connection, namespace: str, spec: PipelineSpec) -> list[
         params, steps = t.referenced()
         known_p = {p.name for p in src.params}
         known_s = {s.name for s in src.steps}
-        for p in sorted(params - known_p):
-            problems.append(
-                f"{where}: {name!r} has no parameter {p!r} "
-                f"(params: {', '.join(sorted(known_p)) or 'none'})"
-            )
-        for s in sorted(steps - known_s):
-            problems.append(
-                f"{where}: {name!r} has no step {s!r} (steps: {', '.join(sorted(known_s))})"
-            )
+        reasons = [
+            f"{name!r} has no parameter {p!r} (params: {', '.join(sorted(known_p)) or 'none'})"
+            for p in sorted(params - known_p)
+        ] + [
+            f"{name!r} has no step {s!r} (steps: {', '.join(sorted(known_s))})"
+            for s in sorted(steps - known_s)
+        ]
+        problems.extend(f"{where}: {r}" for r in reasons)
+        details.extend({"path": f"triggers[{i}].params", "reason": r} for r in reasons)
     if problems:
         raise InvalidInput(
-            f"invalid trigger(s) in pipeline {spec.name!r}: " + "; ".join(problems), problems
+            f"invalid trigger(s) in pipeline {spec.name!r}: " + "; ".join(problems), details
         )
     return warnings
 
