@@ -29,6 +29,16 @@ from ferryman.store.tables import events, nodes, runs, trigger_firings
 PIPES = Path(__file__).parent.parent / "pipelines" / "chained.py"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_spec_cache() -> None:
+    """Specs are cached per process by version id; every test has a new database
+    whose ids start again at 1, and pipelines registered by a CLI subprocess are
+    not seen by this process's cache."""
+    from ferryman.services import pipelines
+
+    pipelines._SPEC_CACHE.clear()
+
+
 def deploy(store: Store, *names: str, namespace: str = "default") -> list[PipelineVersion]:
     out = []
     for name in names:
