@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     )
     concurrency: int = Field(default=16, ge=1, le=4096, description="Steps a worker runs at once")
     grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace on cancel")
+    trigger_max_depth: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Longest chain of runs started by event triggers (stops trigger loops)",
+    )
     infra_config: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='Per-infrastructure settings (JSON keyed by kind, e.g. {"docker": {...}})',

@@ -169,10 +169,25 @@ class NodePublic(_Out):
     duration: float | None = None
 
 
+class TriggerFiringPublic(_Out):
+    """What one event trigger did when this run ended."""
+
+    namespace: str = Field(description="Namespace of the triggered pipeline")
+    pipeline: str = Field(description="The triggered pipeline")
+    state: str = Field(description="The final state of this run that fired it")
+    event_id: str = Field(description="Id of that state's event")
+    run_id: str | None = Field(default=None, description="The run it started (none: see error)")
+    error: str | None = Field(default=None, description="Why it started no run")
+    time: dt.datetime
+
+
 class RunDetail(RunPublic):
     """A run with its steps."""
 
     nodes: list[NodePublic]
+    triggered: list[TriggerFiringPublic] = Field(
+        default_factory=list, description="Runs that event triggers started when this run ended"
+    )
 
     @classmethod
     def from_row(cls, row: dict[str, Any], base_url: str) -> RunDetail:
@@ -264,6 +279,9 @@ class PipelineRegistered(_Out):
     name: str
     version: str
     created: bool = Field(description="False when this exact definition was already stored")
+    warnings: list[str] = Field(
+        default_factory=list, description="e.g. a trigger on a pipeline not registered yet"
+    )
 
 
 class PipelinePublic(_Out):
@@ -293,6 +311,19 @@ class StepPublic(_Out):
     timeout: float | None = None
 
 
+class TriggerPublic(_Out):
+    """An event trigger: this pipeline runs when a run of ``pipeline`` ends in ``states``."""
+
+    namespace: str = Field(description="Namespace of the triggering pipeline")
+    pipeline: str = Field(description="The triggering pipeline")
+    states: list[str]
+    params: dict[str, Any] = Field(
+        description='Parameter mapping: {"$param": x}, {"$step": y}, {"$run": field} or literals'
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    inherit_labels: bool = True
+
+
 class PipelineDetail(_Out):
     """One version of a pipeline: its parameters (as JSON Schema) and steps."""
 
@@ -306,6 +337,7 @@ class PipelineDetail(_Out):
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = None
     infrastructure: str = "process"
+    triggers: list[TriggerPublic] = Field(default_factory=list)
 
 
 class VersionPublic(_Out):

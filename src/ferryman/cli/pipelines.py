@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from ferryman.cli.common import clean_errors, console, fail, open_store
+
+if TYPE_CHECKING:
+    from ferryman.domain.spec import PipelineSpec
 
 app = typer.Typer(help="Registered pipelines.", no_args_is_help=True)
 
@@ -54,6 +59,8 @@ def deploy_command(
                 pv = register(conn, namespace, spec)
                 what = "new version" if pv.created else "unchanged"
                 console.print(f"{namespace}/{pv.name}: version {pv.version} ({what})")
+                for warning in pv.warnings:
+                    console.print(f"[yellow]warning:[/] {warning}")
 
 
 @app.command("ls")
@@ -79,7 +86,7 @@ def ls(namespace: str = typer.Option(None, "--namespace", "-n")) -> None:
 
 @app.command("describe")
 def describe(name: str, namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
-    """Show a pipeline's parameters (types, defaults) and steps."""
+    """Show a pipeline's parameters (types, defaults), steps and event triggers."""
     with clean_errors():
         from ferryman.services.pipelines import latest
 
@@ -111,3 +118,32 @@ def describe(name: str, namespace: str = typer.Option("default", "--namespace", 
                 f"{st.timeout:g}s" if st.timeout else "",
             )
         console.print(s)
+        print_triggers(namespace, spec)
+
+
+def print_triggers(namespace: str, spec: PipelineSpec) -> None:
+    """The pipeline's event triggers: which runs start it and with what params."""
+    from ferryman.services.triggers import triggers_of
+
+    if not spec.triggers:
+        return
+    t = Table("runs when", "in state", "params", "labels")
+    for tr in triggers_of(namespace, spec):
+        mapping = ", ".join(f"{k} = {show_expr(v)}" for k, v in tr["params"].items())
+        labels = ", ".join(f"{k}={v}" for k, v in tr["labels"].items())
+        if tr["inherit_labels"]:
+            labels = "inherited" + (f" + {labels}" if labels else "")
+        t.add_row(f"{tr['namespace']}/{tr['pipeline']}", " | ".join(tr["states"]), mapping, labels)
+    console.print(t)
+
+
+def show_expr(value: Any) -> str:
+    """A trigger mapping expression as the YAML form users write."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((k, inner),) = value.items()
+        kind = {"$param": "params", "$step": "steps", "$run": "run"}.get(k)
+        if kind:
+            return f"${{trigger.{kind}.{inner}}}"
+        if k == "$value":
+            return json.dumps(inner)
+    return json.dumps(value, default=str)

@@ -110,15 +110,19 @@ def get(run_id: str, server: str = SERVER) -> None:
 
             r = _remote(remote.runs_get, server, run_id)
         else:
+            from ferryman.services.triggers import firings_of
+
             store = open_store()
             with store.read() as conn:
                 r = get_run(conn, find_run_id(conn, run_id))
+                r["triggered"] = firings_of(conn, r["id"])
         console.print(
             f"[bold]run {r['id']}[/]  {r['namespace']}/{r['pipeline']} "
             f"(version {r['version']})  {styled(r['state'])}  "
             f"{fmt_duration(r['duration'])}"
         )
         console.print(f"params: {r['params']}")
+        print_triggers(r)
         if r["error"]:
             console.print(f"[red]error:[/] {r['error']}")
         t = Table("step", "state", "attempt", "duration", "error")
@@ -131,6 +135,22 @@ def get(run_id: str, server: str = SERVER) -> None:
                 (n["error"] or "")[:80],
             )
         console.print(t)
+
+
+def print_triggers(r: dict[str, Any]) -> None:
+    """The event trigger that started this run, and what this run's end triggered."""
+    t = r.get("trigger") or {}
+    if t.get("kind") == "event":
+        console.print(
+            f"triggered by: run {t.get('run_id')} of {t.get('namespace')}/{t.get('pipeline')} "
+            f"({t.get('state')}, event {t.get('event_id')}, chain level {t.get('depth')})"
+        )
+    for f in r.get("triggered") or []:
+        target = f"{f['namespace']}/{f['pipeline']}"
+        if f.get("run_id"):
+            console.print(f"triggered: {target} run {f['run_id']}")
+        else:
+            console.print(f"[yellow]trigger {target} started no run:[/] {f.get('error')}")
 
 
 @app.command("cancel")

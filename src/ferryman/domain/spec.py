@@ -13,6 +13,12 @@ objects are references resolved when the step starts:
 
 Any other list or dict is walked recursively, so fan-in is simply a list of
 ``$step`` references.
+
+A pipeline's *triggers* (``TriggerSpec``) map the parameters of a run started
+by another pipeline's run. Their expressions use the same form, read against
+the *triggering* run: ``{"$param": x}`` is its parameter, ``{"$step": y}`` the
+output of its step ``y``, and ``{"$run": "id"}`` one of its fields (``id``,
+``pipeline``, ``namespace``, ``version``, ``state``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ import re
 from collections import deque
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from ferryman.domain.retry import RetryPolicy
 
@@ -143,6 +155,140 @@ class StepSpec(_Frozen):
         )
 
 
+RunFinalState = Literal["succeeded", "failed", "cancelled"]
+TRIGGER_STATES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+TRIGGER_RUN_FIELDS: tuple[str, ...] = ("id", "pipeline", "namespace", "version", "state")
+
+
+class TriggerMappingError(ValueError):
+    """A trigger's parameter mapping cannot be evaluated against a run."""
+
+
+def _succeeded() -> list[RunFinalState]:
+    return ["succeeded"]
+
+
+class TriggerSpec(_Frozen):
+    """Run this pipeline when a run of ``pipeline`` ends in one of ``states``.
+
+    ``params`` maps parameters of the *triggered* pipeline to expressions read
+    against the *triggering* run (see the module docstring). ``labels`` are
+    added to the triggered run's labels; with ``inherit_labels`` it also gets
+    the triggering run's labels (the stated ones win).
+    """
+
+    pipeline: str
+    namespace: str | None = None  # None: the triggered pipeline's own namespace
+    states: list[RunFinalState] = Field(default_factory=lambda: _succeeded())
+    params: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    inherit_labels: bool = True
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, v: str) -> str:
+        return check_name("pipeline", v)
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str | None) -> str | None:
+        return None if v is None else check_name("namespace", v)
+
+    @model_validator(mode="after")
+    def _check(self) -> TriggerSpec:
+        errors: list[str] = []
+        if not self.states:
+            errors.append("list at least one state (succeeded, failed or cancelled)")
+        if len(set(self.states)) != len(self.states):
+            errors.append("a state is listed twice")
+        for name, expr in self.params.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                errors.append(f"mapped name {name!r} is not a parameter name")
+            errors.extend(f"params.{name}: {e}" for e in trigger_ref_problems(expr))
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def source(self, namespace: str) -> tuple[str, str]:
+        """The triggering pipeline as ``(namespace, name)``."""
+        return (self.namespace or namespace, self.pipeline)
+
+    def referenced(self) -> tuple[set[str], set[str]]:
+        """The parameters and steps of the triggering pipeline this mapping reads."""
+        params: set[str] = set()
+        steps: set[str] = set()
+        for kind, ref in iter_trigger_refs(self.params):
+            if kind == "$param":
+                params.add(ref)
+            elif kind == "$step":
+                steps.add(ref)
+        return params, steps
+
+    def describe(self) -> str:
+        """One line for humans: ``on default/extract succeeded -> day, rows``."""
+        ns = f"{self.namespace}/" if self.namespace else ""
+        mapped = ", ".join(sorted(self.params)) or "no params"
+        return f"on {ns}{self.pipeline} {'|'.join(self.states)} -> {mapped}"
+
+
+def iter_trigger_refs(value: Any) -> list[tuple[str, Any]]:
+    """All ``($param|$step|$run, name)`` references inside a trigger mapping."""
+    found: list[tuple[str, Any]] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if len(v) == 1:
+                ((k, inner),) = v.items()
+                if k in ("$param", "$step", "$run"):
+                    found.append((k, inner))
+                    continue
+                if k == "$value":
+                    continue
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return found
+
+
+def trigger_ref_problems(expr: Any) -> list[str]:
+    """What is wrong with the references of one trigger mapping expression."""
+    problems = []
+    for kind, ref in iter_trigger_refs(expr):
+        if not isinstance(ref, str) or not ref:
+            problems.append(f"{kind} needs a name, not {ref!r}")
+        elif kind == "$run" and ref not in TRIGGER_RUN_FIELDS:
+            problems.append(f"unknown run field {ref!r} (known: {', '.join(TRIGGER_RUN_FIELDS)})")
+    return problems
+
+
+def resolve_trigger(
+    value: Any, params: dict[str, Any], outputs: dict[str, Any], run: dict[str, Any]
+) -> Any:
+    """Evaluate a trigger mapping expression against the triggering run.
+
+    ``outputs`` holds the outputs of the run's steps that produced one; a
+    reference to any other step raises ``TriggerMappingError``.
+    """
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((k, inner),) = value.items()
+            if k == "$param":
+                return params.get(inner)
+            if k == "$step":
+                if inner not in outputs:
+                    raise TriggerMappingError(f"step {inner!r} of the triggering run has no output")
+                return outputs[inner]
+            if k == "$run":
+                return run.get(inner)
+            if k == "$value":
+                return inner
+        return {k: resolve_trigger(v, params, outputs, run) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_trigger(v, params, outputs, run) for v in value]
+    return value
+
+
 class PipelineSpec(_Frozen):
     """A whole pipeline: parameters, validators and a static DAG of steps."""
 
@@ -154,6 +300,9 @@ class PipelineSpec(_Frozen):
     infrastructure: str = "process"
     timeout: float | None = Field(default=None, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
+    # Added after versions were first hashed: without triggers a pipeline
+    # serialises (and so hashes) exactly as before.
+    triggers: list[TriggerSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
 
     @field_validator("name")
     @classmethod
@@ -193,11 +342,37 @@ class PipelineSpec(_Frozen):
             for f in v.fields:
                 if f not in pnames:
                     errors.append(f"validator {v.kind!r} names unknown parameter {f!r}")
+        errors.extend(self._trigger_problems(pnames))
         if errors:
             raise ValueError("; ".join(errors))
         if len(topological_order(self.steps)) != len(self.steps):
             raise ValueError(f"pipeline {self.name!r} has a dependency cycle")
         return self
+
+    def _trigger_problems(self, pnames: list[str]) -> list[str]:
+        errors: list[str] = []
+        seen: dict[tuple[str | None, str, str], int] = {}
+        required = [p.name for p in self.params if p.required]
+        for i, t in enumerate(self.triggers):
+            where = f"trigger {i} (on {t.pipeline!r})"
+            for name in t.params:
+                if name not in pnames:
+                    known = ", ".join(pnames) or "none"
+                    errors.append(
+                        f"{where} maps {name!r}, which is not a parameter of {self.name!r} "
+                        f"(params: {known})"
+                    )
+            missing = [p for p in required if p not in t.params]
+            if missing:
+                errors.append(
+                    f"{where} does not map the required parameter(s) {', '.join(missing)}"
+                )
+            for state in t.states:
+                key = (t.namespace, t.pipeline, state)
+                if key in seen:
+                    errors.append(f"{where} repeats trigger {seen[key]} for state {state!r}")
+                seen.setdefault(key, i)
+        return errors
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name`` (KeyError if none)."""

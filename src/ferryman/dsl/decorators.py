@@ -433,6 +433,7 @@ class Pipeline:
                 infrastructure=self.options.get("infrastructure", "process"),
                 timeout=self.options.get("timeout"),
                 labels=self.options.get("labels") or {},
+                triggers=self._triggers(where),
             )
         except ValidationError as exc:
             problems = "; ".join(
@@ -441,8 +442,31 @@ class Pipeline:
             )
             raise DSLError(f"{where}: {problems}") from None
 
+    def _triggers(self, where: str) -> list[dict[str, Any]]:
+        from ferryman.dsl.triggers import Trigger
 
-_PIPELINE_OPTIONS = {"name", "description", "infrastructure", "timeout", "labels", "validators"}
+        raw = self.options.get("triggers") or []
+        if not isinstance(raw, (list, tuple)):
+            raise DSLError(f"{where}: triggers must be a list of on_run(...) declarations")
+        out = []
+        for i, t in enumerate(raw):
+            if not isinstance(t, Trigger):
+                raise DSLError(
+                    f"{where}: triggers[{i}] is {t!r}; declare triggers with on_run(...)"
+                )
+            out.append(t.to_json())
+        return out
+
+
+_PIPELINE_OPTIONS = {
+    "name",
+    "description",
+    "infrastructure",
+    "timeout",
+    "labels",
+    "validators",
+    "triggers",
+}
 
 
 @overload
@@ -452,7 +476,9 @@ def pipeline(**options: Any) -> Callable[[Callable[..., Any]], Pipeline]: ...
 def pipeline(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a pipeline. Options: ``name``, ``description``, ``infrastructure``
     (default for its steps), ``timeout`` (whole run, seconds), ``labels``,
-    ``validators`` (e.g. ``[required_together("start", "end")]``)."""
+    ``validators`` (e.g. ``[required_together("start", "end")]``), ``triggers``
+    (e.g. ``[on_run("extract", params={"day": param("day")})]``, see
+    ``ferryman.dsl.triggers``)."""
     unknown = set(options) - _PIPELINE_OPTIONS
     if unknown:
         raise DSLError(

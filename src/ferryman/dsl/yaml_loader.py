@@ -35,6 +35,16 @@ Format (JSON files use the same keys)::
         kind: container
         image: busybox
         command: ["echo", "${params.source}"]   # rendered when the step starts
+    triggers:                      # run this pipeline when another one's run ends
+      - pipeline: ingest           # the triggering pipeline
+        namespace: default         # optional; default: this pipeline's namespace
+        state: succeeded           # or states: [succeeded, failed, cancelled]
+        params:                    # this pipeline's params, from the triggering run
+          source: "${trigger.params.path}"      # its parameter
+          limit: "${trigger.steps.count}"       # the output of its step
+          upstream: "${trigger.run.id}"         # id, pipeline, namespace, version, state
+        labels: {chained: "yes"}   # added; its labels are inherited unless
+        inherit_labels: true       # inherit_labels: false
 
 Rules:
 
@@ -58,6 +68,9 @@ Rules:
 - A ``custom`` validator's ``ref`` may also name a ``.py`` file relative to
   the pipeline file.
 - Unquoted YAML dates (``2024-05-01``) are read as the string ``"2024-05-01"``.
+- In a trigger's ``params``, a string that is exactly ``${trigger.params.x}``,
+  ``${trigger.steps.y}`` or ``${trigger.run.f}`` reads the triggering run;
+  every other value is a literal.
 
 Any problem raises ``PipelineFileError`` naming the file and listing every
 problem with its path, e.g. ``steps[1].retries: Input should be greater than
@@ -83,6 +96,7 @@ from ferryman.domain.spec import (
     ParamSpec,
     PipelineSpec,
     StepSpec,
+    TriggerSpec,
     ValidatorSpec,
 )
 from ferryman.domain.validators import check_validator_spec
@@ -104,6 +118,9 @@ TYPE_ALIASES = {
 _WHOLE_REF = re.compile(r"\$\{\s*(params|steps)\.([^{}\s]+)\s*\}")
 _EMBEDDED_REF = re.compile(r"(?<!\$)\$\{\s*(?:params|steps)\.")
 _TEMPLATE_REF = re.compile(r"(?<!\$)\$\{\s*(params|steps)\.([^{}\s]+)\s*\}")
+_TRIGGER_REF = re.compile(r"\$\{\s*trigger\.(params|steps|run)\.([^{}\s]+)\s*\}")
+_TRIGGER_EMBEDDED = re.compile(r"(?<!\$)\$\{\s*trigger\.")
+_TRIGGER_KIND = {"params": "$param", "steps": "$step", "run": "$run"}
 _QUALNAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _INVALID_FUNCTION = {"module": "invalid", "qualname": "invalid"}
 
@@ -277,13 +294,17 @@ class _Compiler:
 
     def compile(self, raw: Mapping[str, Any]) -> PipelineSpec | None:
         data = self.plain(raw, "")
-        out = {k: v for k, v in data.items() if k not in ("params", "validators", "steps")}
+        out = {
+            k: v for k, v in data.items() if k not in ("params", "validators", "steps", "triggers")
+        }
         if "params" in data:
             out["params"] = self.params(data["params"])
         if "validators" in data:
             out["validators"] = self.validators(data["validators"])
         if "steps" in data:
             out["steps"] = self.steps(data["steps"])
+        if "triggers" in data:
+            out["triggers"] = self.triggers(data["triggers"])
         try:
             spec = PipelineSpec.model_validate(out)
         except ValidationError as exc:
@@ -585,6 +606,61 @@ class _Compiler:
             if self.check_step_ref(known, step, path) and ref not in deps:
                 deps.append(ref)
 
+    # ---------------------------------------------------------------- triggers
+
+    def triggers(self, raw: Any) -> Any:
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.problem("triggers", f"must be a list of triggers, not {_kind(raw)}")
+            return []
+        out: list[Any] = []
+        for i, t in enumerate(raw):
+            path = f"triggers[{i}]"
+            if not isinstance(t, dict):
+                self.problem(
+                    path, f"must be a mapping (pipeline, state, params), not {_kind(t)}", graph=True
+                )
+                out.append({"pipeline": "invalid"})  # keeps the indexes of the others
+                continue
+            d = dict(t)
+            if "state" in d:
+                if "states" in d:
+                    self.problem(path, "give either state or states, not both")
+                state = d.pop("state")
+                d["states"] = state if isinstance(state, list) else [state]
+            params = d.get("params")
+            if isinstance(params, dict):
+                d["params"] = {
+                    k: self.trigger_binding(v, f"{path}.params.{k}") for k, v in params.items()
+                }
+            out.append(d)
+        return out
+
+    def trigger_binding(self, value: Any, path: str) -> Any:
+        """Turn ``${trigger.params|steps|run.x}`` strings into trigger references."""
+        if isinstance(value, str):
+            if value.startswith("$${") and _TRIGGER_REF.fullmatch(value[1:]):
+                return value[1:]
+            match = _TRIGGER_REF.fullmatch(value)
+            if match:
+                kind, ref = match.groups()
+                return {_TRIGGER_KIND[kind]: ref}  # run fields are checked by TriggerSpec
+            if _TRIGGER_EMBEDDED.search(value):
+                self.problem(
+                    path,
+                    f"{value!r}: a ${{trigger...}} reference must be the whole value "
+                    "(write $${...} for literal text)",
+                )
+            return value
+        if isinstance(value, dict):
+            if len(value) == 1 and next(iter(value)) in (*REF_KEYS, "$run"):
+                return {"$value": value}
+            return {k: self.trigger_binding(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.trigger_binding(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
     def check_cycle(self, steps: list[dict[str, Any]]) -> None:
         deps = {
             s["name"]: [d for d in s.get("depends_on", []) if isinstance(d, str)]
@@ -654,6 +730,8 @@ def _suggest(loc: tuple[int | str, ...]) -> str:
         model = StepSpec
     elif len(loc) == 3 and loc[0] == "params":
         model = ParamSpec
+    elif len(loc) == 3 and loc[0] == "triggers":
+        model = TriggerSpec
     elif len(loc) != 1:
         return ""
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 
 from ferryman.domain.spec import PipelineSpec
 from ferryman.errors import NotFound
+from ferryman.services import triggers
 from ferryman.store.tables import pipeline_versions, pipelines, utcnow
 
 
@@ -23,6 +24,7 @@ class PipelineVersion:
     version: str
     spec: PipelineSpec
     created: bool = False
+    warnings: tuple[str, ...] = ()  # e.g. a trigger on a pipeline not registered yet
 
 
 def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:
@@ -37,7 +39,13 @@ def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) ->
 
 
 def register(conn: Connection, namespace: str, spec: PipelineSpec) -> PipelineVersion:
-    """Store ``spec`` under ``namespace``; a new version only when it changed."""
+    """Store ``spec`` under ``namespace``; a new version only when it changed.
+
+    The triggers of the newest version become the pipeline's active triggers;
+    a trigger reading a parameter or step its (registered) source lacks is an
+    ``InvalidInput`` error and nothing is stored.
+    """
+    warnings = triggers.check_sources(conn, namespace, spec) if spec.triggers else []
     now = utcnow()
     _insert_ignore(
         conn,
@@ -74,8 +82,13 @@ def register(conn: Connection, namespace: str, spec: PipelineSpec) -> PipelineVe
         ).scalar_one()
         conn.execute(sa.update(pipelines).where(pipelines.c.id == pid).values(updated_at=now))
         created = True
+    newest = conn.execute(
+        sa.select(sa.func.max(pipeline_versions.c.id)).where(pipeline_versions.c.pipeline_id == pid)
+    ).scalar()
+    if newest == existing:  # re-registering an older version does not change what runs
+        triggers.sync(conn, namespace, spec)
     _SPEC_CACHE[existing] = spec
-    return PipelineVersion(existing, namespace, spec.name, version, spec, created)
+    return PipelineVersion(existing, namespace, spec.name, version, spec, created, tuple(warnings))
 
 
 _SPEC_CACHE: dict[int, PipelineSpec] = {}

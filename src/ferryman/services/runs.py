@@ -23,6 +23,7 @@ from ferryman.domain.events import NODE_EVENT, RUN_EVENT
 from ferryman.domain.spec import PipelineSpec
 from ferryman.domain.states import NODE_TERMINAL, NodeState, RunState, node_sources, run_sources
 from ferryman.errors import Conflict, NotFound
+from ferryman.services import triggers
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
 from ferryman.services.queries import RUN_FIELDS, run_dict
 from ferryman.store.engine import Store
@@ -32,6 +33,7 @@ from ferryman.store.tables import callbacks, events, new_id, nodes, runs, utcnow
 log = logging.getLogger(__name__)
 
 _CHUNK = 2000  # bound on IN (...) list sizes
+RUN_EVENT_STATE = {RUN_EVENT[s].value: s.value for s in RUN_EVENT}
 
 
 @dataclass(frozen=True)
@@ -399,6 +401,18 @@ class Tx:
             moved = self.move_run(run_id, RunState.SUCCEEDED)
         if moved:
             self._enqueue_callbacks(run_id)
+            self._fire_triggers(run_id)
+
+    def _fire_triggers(self, run_id: str) -> None:
+        """Start the runs other pipelines declared on this one's final state, in
+        this transaction: the guarded move above succeeds once per run, so each
+        trigger fires exactly once (see services/triggers.py)."""
+        event = self._events[-1]  # the run's final-state event, just queued by move_run
+        state = RUN_EVENT_STATE[event["type"]]
+        info = self.cache.get(self.conn, run_id)
+        if triggers.has_triggers(self.conn, info.namespace, info.pipeline, state):
+            limit = self.store.trigger_max_depth if self.store else triggers.DEFAULT_MAX_DEPTH
+            triggers.fire(self, run_id, state, event["id"], limit)
 
     def _enqueue_callbacks(self, run_id: str) -> None:
         """Completion callbacks are recorded with the run's final state (outbox),

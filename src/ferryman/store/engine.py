@@ -56,12 +56,14 @@ class Store:
         self._listeners: list[threading.Event] = []
         self._lock = threading.Lock()
         self.cancel_generation = 0
+        self.trigger_max_depth = 10  # FERRYMAN_TRIGGER_MAX_DEPTH, read where runs end
         if self.is_sqlite:
             self._tune_sqlite(synchronous)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
+        store.trigger_max_depth = settings.trigger_max_depth
         if settings.auto_migrate:
             rev = store.schema_revision()
             if rev != HEAD_REVISION and not (rev is None and store.create_schema()):

@@ -256,3 +256,49 @@ callbacks = sa.Table(
     sa.Index("ix_callbacks_due", "state", "next_attempt_at"),
     sa.Index("ix_callbacks_run", "run_id"),
 )
+
+# Event triggers: one row per (triggered pipeline, trigger, state), written when
+# the triggered pipeline is registered; looked up by source when a run ends.
+pipeline_triggers = sa.Table(
+    "pipeline_triggers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("target_namespace", sa.String(128), nullable=False),
+    sa.Column("target_pipeline", sa.String(128), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("source_namespace", sa.String(128), nullable=False),
+    sa.Column("source_pipeline", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("spec", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint(
+        "target_namespace", "target_pipeline", "position", "state", name="uq_pipeline_triggers"
+    ),
+    sa.Index("ix_pipeline_triggers_source", "source_namespace", "source_pipeline", "state"),
+)
+
+# What each trigger did for each triggering run: the run it created, or why
+# it created none. Unique per (triggering run, trigger): exactly once.
+trigger_firings = sa.Table(
+    "trigger_firings",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "source_run_id", sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("event_id", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("target_namespace", sa.String(128), nullable=False),
+    sa.Column("target_pipeline", sa.String(128), nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint(
+        "source_run_id",
+        "target_namespace",
+        "target_pipeline",
+        "position",
+        name="uq_trigger_firings",
+    ),
+)

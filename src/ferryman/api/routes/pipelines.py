@@ -14,13 +14,14 @@ from ferryman.api.schemas import (
     PipelinePublic,
     PipelineRegistered,
     StepPublic,
+    TriggerPublic,
     VersionList,
     VersionPublic,
 )
 from ferryman.domain.params import json_schema
 from ferryman.domain.spec import NAME_RE, PipelineSpec
 from ferryman.errors import InvalidInput
-from ferryman.services import queries
+from ferryman.services import queries, triggers
 from ferryman.services.pipelines import list_pipelines, register
 
 router = APIRouter(tags=["pipelines"])
@@ -105,7 +106,13 @@ def register_pipeline(ns: Namespace, spec: PipelineSpec, store: StoreDep, _: Ope
     _check_validators(spec)
     with store.write() as conn:
         pv = register(conn, ns, spec)
-    out = PipelineRegistered(namespace=ns, name=pv.name, version=pv.version, created=pv.created)
+    out = PipelineRegistered(
+        namespace=ns,
+        name=pv.name,
+        version=pv.version,
+        created=pv.created,
+        warnings=list(pv.warnings),
+    )
     return respond(out, 201 if pv.created else 200)
 
 
@@ -158,6 +165,7 @@ def get_pipeline(
         labels=dict(spec.labels),
         timeout=spec.timeout,
         infrastructure=spec.infrastructure,
+        triggers=[TriggerPublic.model_validate(t) for t in triggers.triggers_of(ns, spec)],
     )
     return respond(detail)
 

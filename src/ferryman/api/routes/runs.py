@@ -45,7 +45,7 @@ from ferryman.api.schemas import (
 from ferryman.domain.params import ParamError, ParamsInvalid, validate_params
 from ferryman.domain.states import RunState
 from ferryman.errors import Conflict, InvalidInput, NotFound
-from ferryman.services import queries
+from ferryman.services import queries, triggers
 from ferryman.services.auth import Principal
 from ferryman.services.pipelines import latest
 from ferryman.services.runs import RunService
@@ -253,6 +253,7 @@ def get_run(run_id: RunId, store: StoreDep, settings: SettingsDep, _: Viewer) ->
     """The run with every step's state, attempts, errors and durations."""
     with store.read() as conn:
         row = queries.get_run(conn, queries.resolve_run_id(conn, run_id))
+        row["triggered"] = triggers.firings_of(conn, row["id"])
     return respond(RunDetail.from_row(row, settings.base_url))
 
 
