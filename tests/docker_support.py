@@ -68,7 +68,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
-def _rootfs_tar(busybox: str) -> bytes:
+def rootfs_tar(busybox: str) -> bytes:
     """A root filesystem: static busybox + applet links + merged-/usr links."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -109,7 +109,7 @@ def busybox_image(docker_client: docker.DockerClient) -> str:
         _unavailable("busybox-static is not installed (scripts/ensure-docker.sh installs it)")
     repo, tag = BUSYBOX_IMAGE.split(":")
     docker_client.api.import_image_from_data(
-        _rootfs_tar(busybox), repository=repo, tag=tag, changes=['CMD ["/bin/sh"]']
+        rootfs_tar(busybox), repository=repo, tag=tag, changes=['CMD ["/bin/sh"]']
     )
     docker_client.images.get(BUSYBOX_IMAGE)
     return BUSYBOX_IMAGE

@@ -283,16 +283,21 @@ def test_volume_is_mounted(
             box(
                 "read",
                 busybox_image,
-                "cat /data/hello.txt; touch /data/new 2>/dev/null || echo read-only",
-                infra_overrides={"volumes": [f"{data}:/data:ro"]},
+                "cat /data/hello.txt; touch /data/new 2>/dev/null || echo read-only; "
+                "echo mode=$MODE",
+                infra_overrides={"env": {"MODE": "step"}},
             )
         ],
     )
-    run = run_spec(store, dsettings, spec)
+    # per-run overrides (the run's ``infra_overrides`` option) win over the step's
+    overrides = {"read": {"volumes": [f"{data}:/data:ro"], "env": {"MODE": "run"}}}
+    run = run_spec(store, dsettings, spec, options={"infra_overrides": overrides})
     assert run["state"] == "succeeded", node(run, "read")["error"]
     lines = logs(store, run["id"], "read")
     assert ("stdout", "hello from the host") in lines
     assert ("stdout", "read-only") in lines
+    assert ("stdout", "mode=run") in lines
+    assert not (data / "new").exists()
 
 
 def test_bad_volume_spec_is_a_clear_step_error(
