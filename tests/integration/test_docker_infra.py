@@ -423,6 +423,60 @@ def test_kill_of_a_container_started_elsewhere(busybox_image: str, docker_client
         remove_labelled(docker_client, RUN_LABEL, launch.run_id)
 
 
+def test_silence_longer_than_the_api_timeout_is_fine(
+    busybox_image: str, docker_client: Any
+) -> None:
+    """The API timeout bounds API calls, never a quiet step or its log streams."""
+    infra = DockerInfrastructure(DockerConfig(network_mode="none", api_timeout=1))
+    seen: list[tuple[str, str]] = []
+    launch = _launch(busybox_image, "echo a; sleep 3; echo b", run_id="quietstep0000001")
+    try:
+        cid = infra.start(launch, lambda s, line: seen.append((s, line)))
+        assert infra.watch(cid).status_code == 0
+        assert seen == [("stdout", "a"), ("stdout", "b")]
+    finally:
+        infra.close()
+        remove_labelled(docker_client, RUN_LABEL, launch.run_id)
+
+
+def test_failed_pull_is_a_clear_error_without_the_password(
+    busybox_image: str, docker_client: Any
+) -> None:
+    """``always`` pulls even a present-or-not image; a registry that does not
+    answer (a closed loopback port) fails the start, credentials masked."""
+    infra = DockerInfrastructure(
+        DockerConfig(
+            network_mode="none",
+            pull_policy="always",
+            registry={"username": "bot", "password": "hunter2", "registry": "127.0.0.1:1"},  # type: ignore[arg-type]
+        )
+    )
+    launch = _launch(busybox_image, "true", run_id="pullfails0000001")
+    launch.step = StepSpec(name="s", kind="container", image="127.0.0.1:1/ferryman/absent:1")
+    try:
+        with pytest.raises(RuntimeError) as exc:
+            infra.start(launch, lambda s, line: None)
+        msg = str(exc.value)
+        assert msg.startswith("could not pull image '127.0.0.1:1/ferryman/absent:1' (always)")
+        assert "hunter2" not in msg
+        assert "hunter2" not in repr(infra.preview(launch))
+    finally:
+        infra.close()
+
+
+def test_missing_executable_is_a_clear_start_error(busybox_image: str, docker_client: Any) -> None:
+    infra = DockerInfrastructure(DockerConfig(network_mode="none"))
+    launch = _launch(busybox_image, "true", run_id="noexec0000000001")
+    launch.step = StepSpec(name="s", kind="container", image=busybox_image, command=["/nope"])
+    try:
+        with pytest.raises(RuntimeError, match=r"could not start the container: .*nope"):
+            infra.start(launch, lambda s, line: None)
+        assert leftovers(docker_client, launch.run_id) == []  # not left behind
+    finally:
+        infra.close()
+        remove_labelled(docker_client, RUN_LABEL, launch.run_id)
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="mounts this Linux host's Python")
 def test_python_step_runs_inside_a_container(
     store: Store, dsettings: Settings, busybox_image: str

@@ -100,6 +100,9 @@ class DockerConfig(InfraConfig):
     default: ``DOCKER_HOST`` or the local socket."""
     api_timeout: float = Field(default=60.0, gt=0)
     """Timeout of one Docker API call in seconds (never applies to waiting for a step)."""
+    max_pool_size: int = Field(default=64, ge=1)
+    """Connections kept to the daemon (each running step holds three: two log
+    streams and its wait)."""
     pull_policy: PullPolicy | None = None
     """``always``, ``if_not_present`` or ``never``; default: by the image's tag."""
     registry: RegistryAuth | None = None
@@ -265,10 +268,14 @@ class DockerInfrastructure(Infrastructure):
                 try:
                     if cfg.base_url:
                         client = docker.DockerClient(
-                            base_url=cfg.base_url, timeout=math.ceil(cfg.api_timeout)
+                            base_url=cfg.base_url,
+                            timeout=math.ceil(cfg.api_timeout),
+                            max_pool_size=cfg.max_pool_size,
                         )
                     else:
-                        client = docker.from_env(timeout=math.ceil(cfg.api_timeout))
+                        client = docker.from_env(
+                            timeout=math.ceil(cfg.api_timeout), max_pool_size=cfg.max_pool_size
+                        )
                 except DockerException as exc:
                     where = cfg.base_url or "DOCKER_HOST or the local socket"
                     raise RuntimeError(f"cannot reach the Docker daemon ({where}): {exc}") from None
