@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -30,15 +31,33 @@ APPLETS = ["sh", "echo", "cat", "true", "false", "sleep", "env", "ls", "test", "
 
 
 def _ping() -> str | None:
+    """``None`` when a daemon answers ``GET /_ping`` at ``DOCKER_HOST``, else why not.
+
+    A raw socket (not the SDK, which leaks a socket when the daemon is absent).
+    """
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
-        client = docker.from_env(timeout=10)
-        try:
-            client.ping()
-        finally:
-            client.close()
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            try:
+                sock.connect(host.removeprefix("unix://"))
+            except OSError:
+                sock.close()
+                raise
+        elif host.startswith("tcp://"):
+            name, _, port = host.removeprefix("tcp://").partition(":")
+            sock = socket.create_connection((name, int(port or 2375)), timeout=10)
+        else:
+            return f"unsupported DOCKER_HOST {host!r}"
+        with sock:
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            status = sock.recv(1024).split(b"\r\n", 1)[0]
+    except OSError as exc:
+        return f"{host}: {exc}"
+    if b" 200" not in status:
+        return f"{host} answered {status.decode(errors='replace')!r}"
+    return None
 
 
 def _unavailable(reason: str) -> None:

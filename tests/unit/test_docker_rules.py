@@ -209,6 +209,23 @@ def test_config_lists_every_problem() -> None:
         assert fragment in msg
 
 
+def test_registry_needs_exactly_one_password_source() -> None:
+    for registry in ({"username": "u"}, {"username": "u", "password": "p", "password_env": "E"}):
+        with pytest.raises(ValueError, match="exactly one of password and password_env"):
+            DockerConfig.model_validate({"registry": registry})
+    cfg = DockerConfig.model_validate({"registry": {"username": "u", "password_env": "REG_PW"}})
+    assert cfg.registry is not None and cfg.registry.password is None
+
+
+def test_overrides_keep_the_configured_registry_password() -> None:
+    step = StepSpec(name="s", kind="container", image="busybox")
+    infra = DockerInfrastructure(
+        DockerConfig.model_validate({"registry": {"username": "u", "password": "pw"}})
+    )
+    plan = infra.plan(_launch(step, overrides={"network_mode": "none"}))
+    assert plan.config.registry is not None and plan.config.registry.secret() == "pw"
+
+
 def test_network_mode_and_networks_exclude_each_other() -> None:
     with pytest.raises(ValueError, match="either network_mode or networks"):
         DockerConfig(network_mode="host", networks=["n1"])

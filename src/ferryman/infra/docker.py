@@ -33,6 +33,7 @@ import codecs
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -85,9 +86,30 @@ class RegistryAuth(InfraConfig):
     """Credentials for pulling from a private registry (never shown)."""
 
     username: str
-    password: SecretStr
+    password: SecretStr | None = None
+    """The password itself (prefer ``password_env``: settings may be printed)."""
+    password_env: str | None = None
+    """Name of a variable of the worker's environment holding the password."""
     registry: str | None = None
     """Server address; default: the image's own registry."""
+
+    @model_validator(mode="after")
+    def _one_password(self) -> RegistryAuth:
+        if (self.password is None) == (self.password_env is None):
+            raise ValueError("give exactly one of password and password_env")
+        return self
+
+    def secret(self) -> str:
+        """The password (from the environment for ``password_env``)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        assert self.password_env is not None
+        value = os.environ.get(self.password_env)
+        if not value:
+            raise RuntimeError(
+                f"registry password variable {self.password_env!r} is not set for the worker"
+            )
+        return value
 
 
 class DockerConfig(InfraConfig):
@@ -176,8 +198,9 @@ def merge_config(base: DockerConfig, overrides: dict[str, Any], where: str) -> D
     if not overrides:
         return base
     data: dict[str, Any] = base.model_dump(exclude_unset=True)
-    if isinstance(data.get("registry"), dict) and base.registry is not None:
-        data["registry"]["password"] = base.registry.password.get_secret_value()
+    reg = base.registry
+    if isinstance(data.get("registry"), dict) and reg is not None and reg.password is not None:
+        data["registry"]["password"] = reg.password.get_secret_value()
     for key, value in overrides.items():
         if key in ("env", "labels") and isinstance(value, dict):
             data[key] = {**data.get(key, {}), **value}
@@ -357,8 +380,10 @@ class DockerInfrastructure(Infrastructure):
         repo, tag, digest = split_image(image)
         auth = None
         reg = plan.config.registry
+        password = ""
         if reg is not None:
-            auth = {"username": reg.username, "password": reg.password.get_secret_value()}
+            password = reg.secret()
+            auth = {"username": reg.username, "password": password}
             if reg.registry:
                 auth["serveraddress"] = reg.registry
         try:
@@ -367,8 +392,8 @@ class DockerInfrastructure(Infrastructure):
             )
         except (APIError, requests.RequestException) as exc:
             msg = _api_message(exc)
-            if reg is not None:
-                msg = msg.replace(reg.password.get_secret_value(), MASK)
+            if password:
+                msg = msg.replace(password, MASK)
             raise RuntimeError(f"could not pull image {image!r} ({policy}): {msg}") from None
 
     def _create(self, client: docker.DockerClient, plan: Plan) -> Container:
@@ -526,7 +551,8 @@ class DockerInfrastructure(Infrastructure):
         if plan.config.registry is not None:
             out["registry"] = {
                 "username": plan.config.registry.username,
-                "password": MASK,
+                "password": MASK if plan.config.registry.password else None,
+                "password_env": plan.config.registry.password_env,
                 "registry": plan.config.registry.registry,
             }
         return out
