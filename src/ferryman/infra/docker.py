@@ -652,8 +652,8 @@ def _pump(
     try:
         if replay_result and since is not None:
             # the result line may have been written while no worker watched
-            old = api.logs(cid, stdout=True, stderr=False, stream=False, until=since)
-            for line in _lines(iter([old])):
+            old = api.logs(cid, stdout=True, stderr=False, stream=True, follow=False, until=since)
+            for line in _lines(old):
                 if line.startswith(RESULT_MARKER):
                     _deliver(sink, stream, line, cid)
         chunks = api.logs(
