@@ -170,6 +170,36 @@ def test_pipeline_env_labels_templates_and_logs(
         remove_labelled(docker_client, RUN_LABEL, run_id)
 
 
+def test_yaml_pipeline_with_dollar_placeholders(
+    store: Store, dsettings: Settings, busybox_image: str, tmp_path: Path
+) -> None:
+    from ferryman.dsl.loader import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        f"""
+name: docker-yaml
+infrastructure: docker
+params:
+  source: {{type: string, default: db}}
+steps:
+  - name: make
+    function: {BASIC}:ok
+    infrastructure: inline
+    inputs: {{tag: "${{params.source}}"}}
+  - name: report
+    kind: container
+    image: {busybox_image}
+    inputs: {{make: "${{steps.make}}"}}
+    command: ["echo", "made ${{steps.make}} from ${{params.source}}"]
+"""
+    )
+    spec = load_pipeline(str(path))
+    run = run_spec(store, dsettings, spec, params={"source": "files"})
+    assert run["state"] == "succeeded", node(run, "report")["error"]
+    assert ("stdout", "made files from files") in logs(store, run["id"], "report")
+
+
 def test_non_zero_exit_fails_the_step_with_its_code(
     store: Store, dsettings: Settings, busybox_image: str, docker_client: Any
 ) -> None:

@@ -323,3 +323,49 @@ def test_bad_resources_are_a_clear_error() -> None:
     step = StepSpec(name="s", kind="container", image="busybox", resources={"memory": "lots"})
     with pytest.raises(DockerConfigError, match="step 's' resources: memory 'lots'"):
         DockerInfrastructure().plan(_launch(step))
+
+
+# -- the YAML loader's ${...} placeholders in container commands -----------------
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("from ${params.who}", "from world"),
+        ("${steps.load} rows", '{"n":3,"tags":["a"]} rows'),
+        ("${steps.load.n} rows", "3 rows"),
+        ("$${params.who} ${HOME}", "${params.who} ${HOME}"),
+        ("{{ params.who }}/${ params.who }", "world/world"),
+    ],
+)
+def test_dollar_placeholders_render(template: str, expected: str) -> None:
+    from ferryman.infra.container import render
+
+    step = StepSpec(name="s", kind="container", image="b")
+    launch = _launch(step, inputs={"load": {"n": 3, "tags": ["a"]}})
+    assert render(template, launch) == expected
+
+
+@pytest.mark.parametrize(
+    ("template", "fragment"),
+    [
+        ("${params.nope}", "params: who"),
+        ("${steps.extract}", "the output of step 'extract' is not an input of this step"),
+        ("${steps.load.zz}", "has no field 'zz'"),
+    ],
+)
+def test_dollar_placeholder_errors_say_what_is_wrong(template: str, fragment: str) -> None:
+    from ferryman.infra.container import TemplateError, render
+
+    step = StepSpec(name="s", kind="container", image="b")
+    with pytest.raises(TemplateError) as exc:
+        render(template, _launch(step, inputs={"load": {"n": 3}}))
+    assert fragment in str(exc.value)
+
+
+def test_inserted_values_are_not_rendered_again() -> None:
+    from ferryman.infra.container import render
+
+    step = StepSpec(name="s", kind="container", image="b")
+    launch = _launch(step, params={"who": "${params.who} {{ step }}"})
+    assert render("{{ params.who }}", launch) == "${params.who} {{ step }}"
