@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/ensure-postgres.sh
+bash scripts/ensure-docker.sh
 export FERRYMAN_TEST_PG_URL=${FERRYMAN_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}
 echo "== ruff"; .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check src tests bench examples

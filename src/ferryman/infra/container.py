@@ -10,6 +10,12 @@ strings may use placeholders that are filled in for each attempt:
 Strings are inserted as they are; other values as compact JSON. An unknown
 placeholder is an error that names it (the attempt fails with that message).
 
+The YAML loader's forms are understood too: ``${params.NAME}`` is the run
+parameter, ``${steps.NAME}`` (or ``${steps.NAME.FIELD}``) the output of an
+upstream step *declared as an input of the same name* (e.g.
+``inputs: {load: "${steps.load}"}``); otherwise the attempt fails with a
+message saying so. ``$${...}`` stands for the literal text ``${...}``.
+
 A ``python`` step on a container infrastructure runs the runtime entry point
 inside the image (``python -m ferryman.runtime``); the image must have
 ferryman and the pipeline's code installed.
@@ -34,8 +40,39 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+_DOLLAR = re.compile(r"\$(\$?)\{\s*(params|steps)\.([^{}\s]+)\s*\}")
+_ANY = re.compile(f"{_PLACEHOLDER.pattern}|{_DOLLAR.pattern}")
+
+
+def _dollar(m: re.Match[str], launch: StepLaunch) -> str:
+    if m.group(1):  # $${...}: the literal text ${...}
+        return m.group(0)[1:]
+    kind, token = m.group(2), m.group(3)
+    if kind == "params":
+        if token not in launch.params:
+            known = ", ".join(sorted(launch.params)) or "none"
+            raise TemplateError(f"unknown placeholder {m.group(0)!r} (params: {known})")
+        return _text(launch.params[token])
+    name, fields = token, list[str]()
+    while name not in launch.inputs and "." in name:
+        name, _, last = name.rpartition(".")
+        fields.insert(0, last)
+    if name not in launch.inputs:
+        raise TemplateError(
+            f"placeholder {m.group(0)!r}: the output of step {token.split('.')[0]!r} is not an "
+            f'input of this step; declare it (inputs: {{{name}: "${{steps.{name}}}"}}) '
+            f"or use {{{{ inputs.NAME }}}}"
+        )
+    value: Any = launch.inputs[name]
+    for f in fields:
+        if not isinstance(value, dict) or f not in value:
+            raise TemplateError(f"placeholder {m.group(0)!r}: the output has no field {f!r}")
+        value = value[f]
+    return _text(value)
+
+
 def render(template: str, launch: StepLaunch) -> str:
-    """Fill the ``{{ … }}`` placeholders of one string."""
+    """Fill the ``{{ … }}`` (and ``${params.…}``/``${steps.…}``) placeholders of one string."""
     scalars = {
         "run_id": launch.run_id,
         "step": launch.node,
@@ -46,6 +83,9 @@ def render(template: str, launch: StepLaunch) -> str:
     maps = {"params": launch.params, "inputs": launch.inputs}
 
     def one(m: re.Match[str]) -> str:
+        dollar = _DOLLAR.fullmatch(m.group(0))
+        if dollar is not None:
+            return _dollar(dollar, launch)
         head, key = m.group(1), m.group(2)
         if key is None and head in scalars:
             return _text(scalars[head])
@@ -59,7 +99,7 @@ def render(template: str, launch: StepLaunch) -> str:
             "step, attempt, pipeline or namespace"
         )
 
-    return _PLACEHOLDER.sub(one, template)
+    return _ANY.sub(one, template)  # one pass: inserted values are never rendered again
 
 
 def container_command(
