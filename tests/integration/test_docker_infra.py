@@ -8,6 +8,7 @@ Containers use ``network_mode: none`` (the test daemon has no bridge).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import threading
@@ -421,11 +422,13 @@ def test_attach_after_worker_loss_streams_and_returns_the_exit_code(
         second = DockerInfrastructure(cfg)
         assert second.attach("0" * 64, lambda s, line: None) is False
         seen2: list[tuple[str, str]] = []
-        assert second.attach(cid, lambda s, line: seen2.append((s, line))) is True
+        time.sleep(1.2)  # the lost worker stored "before" more than a second ago
+        since = dt.datetime.now(dt.UTC)
+        assert second.attach(cid, lambda s, line: seen2.append((s, line)), since) is True
         result = second.watch(cid)
         assert result.status_code == 4 and result.identifier == cid
         assert ("stdout", "after") in seen2 and ("stderr", "late-err") in seen2
-        assert ("stdout", "before") not in seen2  # not streamed twice
+        assert ("stdout", "before") not in seen2  # not streamed twice: older than since
         assert ("stdout", RESULT_MARKER + 'n1 {"ok":true}') in seen2  # recovered
         with pytest.raises(docker.errors.NotFound):
             docker_client.containers.get(cid)  # auto_remove after the watch
@@ -556,3 +559,54 @@ def test_python_step_runs_inside_a_container(
             sa.select(nodes.c.output).where(nodes.c.run_id == run["id"], nodes.c.name == "square")
         ).scalar_one()
     assert out == 1 + 9 + 25  # odd squares below 7
+
+
+def test_a_lost_workers_container_is_adopted_through_the_engine(
+    store: Store, dsettings: Settings, busybox_image: str, docker_client: Any
+) -> None:
+    """Worker A starts the container and is lost (no more turns, lease
+    expired); worker B re-attaches to the same container: one container,
+    one attempt, every line stored."""
+    import datetime as _dt
+
+    import sqlalchemy as sa
+
+    from ferryman.store.tables import nodes, utcnow
+
+    spec = PipelineSpec(
+        name="docker-adopt",
+        steps=[box("job", busybox_image, "echo first; sleep 3; echo second; exit 0")],
+    )
+    run_id = create(store, spec)
+    a = Worker(store, dsettings, worker_id="worker-a")
+    deadline = time.monotonic() + 60
+    while True:
+        a.turn()
+        with store.read() as conn:
+            n = node(get_run(conn, run_id), "job")
+        if n["infra_id"]:
+            break
+        assert time.monotonic() < deadline, "worker A never started the container"
+        time.sleep(0.05)
+    cid = n["infra_id"]
+    with store.write() as conn:
+        conn.execute(
+            sa.update(nodes)
+            .where(nodes.c.run_id == run_id)
+            .values(lease_expires_at=utcnow() - _dt.timedelta(seconds=1))
+        )
+    try:
+        Worker(store, dsettings, worker_id="worker-b").run_until({run_id}, timeout=120)
+        with store.read() as conn:
+            run = get_run(conn, run_id)
+        job = node(run, "job")
+        assert run["state"] == "succeeded", run
+        assert (job["attempt"], job["worker_id"], job["infra_id"]) == (1, "worker-b", cid)
+        lines = [line for _, line in logs(store, run_id, "job")]
+        assert "second" in lines
+        assert any("re-attached to docker" in line for line in lines)
+        assert len(leftovers(docker_client, run_id)) <= 1  # no second container
+    finally:
+        a.infra.close()
+        for c in leftovers(docker_client, run_id):
+            c.remove(force=True)

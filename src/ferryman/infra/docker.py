@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import datetime as dt
 import logging
 import math
 import os
@@ -454,15 +455,15 @@ class DockerInfrastructure(Infrastructure):
             self._handles[cid] = handle
         return cid
 
-    def attach(self, identifier: str, sink: LogSink) -> bool:
+    def attach(self, identifier: str, sink: LogSink, since: dt.datetime | None = None) -> bool:
         """Resume following a container that a lost worker started.
 
-        Lines the container wrote *before* the re-attach are not passed to the
-        sink again (the lost worker stored some of them; all of them stay in
-        ``docker logs``), except the runtime's result line, which is always
-        recovered from the container's whole stdout so a python step that
-        finished in the gap still reports its value. Returns False when the
-        container no longer exists.
+        Lines are streamed again from ``since`` (the time of the last line the
+        lost worker stored; the whole log when ``None``): lines of that same
+        instant may repeat, none are lost. The runtime's result line is also
+        looked for in the output before ``since``, so a python step that
+        finished while nobody watched still reports its value. Returns False
+        when the container no longer exists.
         """
         client = self._client()
         try:
@@ -470,7 +471,8 @@ class DockerInfrastructure(Infrastructure):
         except NotFound:
             return False
         handle = _Handle(identifier, client, self.config.auto_remove)
-        self._follow(handle, sink, since=time.time(), replay_result=True)
+        start = since.timestamp() if since is not None else None
+        self._follow(handle, sink, since=start, replay_result=start is not None)
         with self._lock:
             self._handles[identifier] = handle
         return True
