@@ -206,6 +206,10 @@ def serve(
     """
     stream = out or sys.stdout
     settings.check_production()
+    if settings.infra_config and not no_worker:
+        from ferryman.infra.registry import InfraPool
+
+        InfraPool(settings.infra_config).validate()  # ValueError: refuse to start
     from ferryman.notify.signing import load_or_create_secret, secret_path
     from ferryman.store.engine import Store
 

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     )
     infra_config: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
+        repr=False,  # may hold registry credentials
         description='Per-infrastructure settings (JSON keyed by kind, e.g. {"docker": {...}})',
     )
 

@@ -79,3 +79,13 @@ def test_env_merge_layers_and_none_unsets() -> None:
     assert env["FERRYMAN_STEP"] == "s" and env["FERRYMAN_RUN_ID"] == "r1"
     assert PAYLOAD_ENV not in env
     assert "PATH" not in env  # the worker's environment is not copied
+
+
+def test_infra_config_is_checked_at_start() -> None:
+    from ferryman.infra.registry import InfraPool
+
+    InfraPool({"process": {}}).validate()
+    with pytest.raises(ValueError, match="teleport"):
+        InfraPool({"teleport": {}}).validate()
+    with pytest.raises(ValueError, match=r"(?s)\[.docker.\].*bogus"):
+        InfraPool({"docker": {"bogus": 1}}).validate()

@@ -114,7 +114,10 @@ class Worker:
         self.only_runs = only_runs
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = concurrency or settings.concurrency
-        self.infra = infra or InfraPool(settings.infra_config)
+        if infra is None:
+            infra = InfraPool(settings.infra_config)
+            infra.validate()  # a bad configuration stops the worker at start
+        self.infra = infra
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="ferryman-step")
         self._killers = ThreadPoolExecutor(4, thread_name_prefix="ferryman-kill")
         self._lock = threading.Lock()

@@ -60,6 +60,19 @@ class InfraPool:
             self._instances[kind] = inst
         return inst
 
+    def validate(self) -> None:
+        """Check every configured kind's settings now (at start), not at the
+        first step: ``ValueError`` naming the kind and each problem."""
+        for kind, cfg in self._configs.items():
+            try:
+                cls = infrastructure_class(kind)
+            except UnknownInfrastructure as exc:
+                raise ValueError(f"FERRYMAN_INFRA_CONFIG: {exc}") from None
+            try:
+                cls.config_model.model_validate(cfg)
+            except Exception as exc:  # pydantic's ValidationError lists every problem
+                raise ValueError(f"FERRYMAN_INFRA_CONFIG[{kind!r}]: {exc}") from None
+
     def close(self) -> None:
         for inst in self._instances.values():
             inst.close()
