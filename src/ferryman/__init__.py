@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Param",
     "__version__",
+    "container",
     "date_string",
     "language_code",
     "pipeline",
@@ -24,6 +25,7 @@ __all__ = [
 _LAZY = {
     "pipeline": "ferryman.dsl.decorators",
     "step": "ferryman.dsl.decorators",
+    "container": "ferryman.dsl.decorators",
     "Param": "ferryman.dsl.decorators",
     "language_code": "ferryman.domain.markers",
     "date_string": "ferryman.domain.markers",

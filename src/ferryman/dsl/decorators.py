@@ -229,6 +229,72 @@ class Step(Generic[P, R]):
         return NodeRef(builder, name)  # type: ignore[return-value]
 
 
+def _template(value: Any, inputs: dict[str, Any], deps: list[str], where: str) -> str:
+    """A command/arg of a container step: text, a parameter or a step output
+    (the latter two become ``{{ params.X }}`` / ``{{ inputs.X }}`` placeholders)."""
+    if isinstance(value, ParamRef):
+        return "{{ params." + value.name + " }}"
+    if isinstance(value, NodeRef):
+        key = value.name.replace("-", "_")
+        inputs.setdefault(key, _encode(value, deps, where))
+        return "{{ inputs." + key + " }}"
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DSLError(
+        f"{where}: command and args take text, numbers, parameters or step outputs, got {value!r}"
+    )
+
+
+def container(
+    name: str,
+    image: str,
+    *,
+    command: list[Any] | None = None,
+    args: list[Any] | None = None,
+    inputs: dict[str, Any] | None = None,
+    wait_for: Any = None,
+    **options: Any,
+) -> Any:
+    """A ``container`` step, inside a ``@pipeline`` function: runs ``image``
+    (with ``command``/``args``) on the docker or kubernetes infrastructure.
+
+    ``command``/``args`` items are text (``{{ params.X }}``, ``{{ inputs.X }}``,
+    ``{{ run_id }}`` … placeholders are filled in per attempt), pipeline
+    parameters, or other steps' outputs (passed as placeholders). ``inputs``
+    names more values for the placeholders. The step's output is ``None``;
+    use ``wait_for`` (or its return value with ``.after``) to order steps.
+    Other options as for ``@step`` (``infrastructure``, ``env``, ``secrets``,
+    ``retries``, ``timeout``, ``resources``, ``infra_overrides`` …).
+    """
+    builder = _BUILDER.get()
+    if builder is None:
+        raise DSLError(f"container step {name!r} must be declared inside a @pipeline function")
+    _check_step_options({**options, "name": name}, f"container step {name!r}: ")
+    node_name = builder.unique(name)
+    where = f"container step {node_name!r}"
+    deps: list[str] = []
+    encoded = {str(k): _encode(v, deps, where) for k, v in (inputs or {}).items()}
+    cmd = [_template(c, encoded, deps, where) for c in command] if command is not None else None
+    arg = [_template(a, encoded, deps, where) for a in args] if args is not None else None
+    if wait_for is not None:
+        for r in wait_for if isinstance(wait_for, (list, tuple)) else [wait_for]:
+            if not isinstance(r, NodeRef):
+                raise DSLError(f"{where}: wait_for takes step outputs, got {r!r}")
+            if r.name not in deps:
+                deps.append(r.name)
+    builder.nodes[node_name] = {
+        "name": node_name,
+        "kind": "container",
+        "image": image,
+        "command": cmd,
+        "args": arg,
+        "inputs": encoded,
+        "depends_on": deps,
+        **options,
+    }
+    return NodeRef(builder, node_name)
+
+
 _STEP_OPTIONS = {
     "name",
     "retries",
