@@ -17,6 +17,7 @@ from ferryman.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 
 class _LazyConsole:
@@ -49,6 +50,13 @@ err_console: Console = cast("Console", _err_console)
 def real_console() -> Console:
     """The console itself (for rich objects that need one, like ``Live``)."""
     return _console.real
+
+
+def table(*columns: str, **kwargs: Any) -> Table:
+    """A rich ``Table`` (rich is imported on first use)."""
+    from rich.table import Table
+
+    return Table(*columns, **kwargs)
 
 
 def escape(text: str) -> str:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
 
-from ferryman.cli.common import clean_errors, console, fail, open_store
+from ferryman.cli.common import clean_errors, console, fail, open_store, table
 
 if TYPE_CHECKING:
     from ferryman.domain.spec import PipelineSpec
@@ -72,7 +71,7 @@ def ls(namespace: str = typer.Option(None, "--namespace", "-n")) -> None:
         store = open_store()
         with store.read() as conn:
             rows = list_pipelines(conn, namespace)
-        t = Table("namespace", "name", "latest version", "versions", "updated")
+        t = table("namespace", "name", "latest version", "versions", "updated")
         for r in rows:
             t.add_row(
                 r["namespace"],
@@ -97,7 +96,7 @@ def describe(name: str, namespace: str = typer.Option("default", "--namespace", 
         console.print(f"[bold]{namespace}/{spec.name}[/] version {pv.version}")
         if spec.description:
             console.print(spec.description)
-        t = Table("parameter", "type", "required", "default", "description")
+        t = table("parameter", "type", "required", "default", "description")
         for p in spec.params:
             t.add_row(
                 p.name,
@@ -107,7 +106,7 @@ def describe(name: str, namespace: str = typer.Option("default", "--namespace", 
                 p.description,
             )
         console.print(t)
-        s = Table("step", "kind", "depends on", "infrastructure", "retries", "timeout")
+        s = table("step", "kind", "depends on", "infrastructure", "retries", "timeout")
         for st in spec.steps:
             s.add_row(
                 st.name,
@@ -127,7 +126,7 @@ def print_triggers(namespace: str, spec: PipelineSpec) -> None:
 
     if not spec.triggers:
         return
-    t = Table("runs when", "in state", "params", "labels")
+    t = table("runs when", "in state", "params", "labels")
     for tr in triggers_of(namespace, spec):
         mapping = ", ".join(f"{k} = {show_expr(v)}" for k, v in tr["params"].items())
         labels = ", ".join(f"{k}={v}" for k, v in tr["labels"].items())

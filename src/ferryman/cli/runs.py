@@ -6,10 +6,8 @@ import time
 from typing import Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ferryman.cli.common import clean_errors, console, open_store
+from ferryman.cli.common import clean_errors, console, escape, open_store, table
 
 app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 
@@ -84,7 +82,7 @@ def ls(
                 rows = list_runs(
                     conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit
                 )
-        t = Table("pipeline", "state", "steps", "created", "duration")
+        t = table("pipeline", "state", "steps", "created", "duration")
         t.add_column("run", no_wrap=True, min_width=32)
         for r in rows:
             done = r["nodes_total"] - r["nodes_remaining"]
@@ -125,7 +123,7 @@ def get(run_id: str, server: str = SERVER) -> None:
         print_triggers(r)
         if r["error"]:
             console.print(f"[red]error:[/] {r['error']}")
-        t = Table("step", "state", "attempt", "duration", "error")
+        t = table("step", "state", "attempt", "duration", "error")
         for n in r["nodes"]:
             t.add_row(
                 n["name"],
