@@ -56,7 +56,7 @@ from ferryman.errors import NotFound
 from ferryman.notify.report import build_report, excerpt, slack_text
 from ferryman.notify.signing import load_or_create_secret, secret_key, signed_headers
 from ferryman.settings import Settings
-from ferryman.store.engine import WAKE_CHANNEL, Store
+from ferryman.store.engine import CALLBACK_CHANNEL, Store
 from ferryman.store.tables import callbacks, utcnow
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ferryman-callback")
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
-        self._wake = store.subscribe()
+        self._wake = store.subscribe(CALLBACK_CHANNEL)
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
         self._next_due: float | None = None
@@ -208,7 +208,7 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    conn.execute(f"LISTEN {CALLBACK_CHANNEL}")
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0):
                             self._wake.set()

@@ -26,7 +26,7 @@ from ferryman.errors import Conflict, NotFound
 from ferryman.services import triggers
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
 from ferryman.services.queries import RUN_FIELDS, run_dict
-from ferryman.store.engine import Store
+from ferryman.store.engine import CALLBACK_CHANNEL, WAKE_CHANNEL, Store
 from ferryman.store.prepared import Prepared
 from ferryman.store.tables import callbacks, events, new_id, nodes, runs, utcnow
 
@@ -237,6 +237,7 @@ class Tx:
     _terminal: dict[str, int] = field(default_factory=dict)
     _released: list[dict[str, Any]] = field(default_factory=list)
     woke: bool = False
+    _woken: set[str] = field(default_factory=set)
     #: runs inserted in this transaction, as ``queries.run_dict`` shows them
     created_runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -367,10 +368,17 @@ class Tx:
             }
         )
 
-    def wake(self) -> None:
-        if not self.woke and self.store is not None:
-            self.store.notify(self.conn)
-            self.woke = True
+    def wake(self, channel: str = WAKE_CHANNEL) -> None:
+        """Wake the loops of ``channel`` once this transaction commits."""
+        if self.store is None:
+            return
+        if channel == WAKE_CHANNEL:
+            if not self.woke:
+                self.store.notify(self.conn)
+                self.woke = True
+        elif channel not in self._woken:
+            self.store.notify(self.conn, channel)
+            self._woken.add(channel)
 
     # -- end of transaction ---------------------------------------------------
 
@@ -433,7 +441,7 @@ class Tx:
                 )
             )  # fmt: skip
         if rows:
-            self.wake()
+            self.wake(CALLBACK_CHANNEL)
 
     # -- node outcomes --------------------------------------------------------
 

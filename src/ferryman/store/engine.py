@@ -25,7 +25,9 @@ from ferryman.settings import Settings
 # The newest migration; a unit test checks it against the Alembic scripts.
 HEAD_REVISION = "0006"
 MIGRATION_LOCK_KEY = 0x66657272  # advisory lock id ("ferr") serialising schema changes
-WAKE_CHANNEL = "ferryman_wake"
+WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
+CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
+DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
 CANCEL_CHANNEL = "ferryman_cancel"
 
 
@@ -54,6 +56,8 @@ class Store:
         # In-process wake-up for embedded mode; PostgreSQL adds LISTEN/NOTIFY.
         self.local_wake = threading.Event()
         self._listeners: list[threading.Event] = []
+        self._channel_listeners: dict[str, list[threading.Event]] = {}
+        self._wakers: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self.cancel_generation = 0
         self.trigger_max_depth = 10  # FERRYMAN_TRIGGER_MAX_DEPTH, read where runs end
@@ -145,15 +149,34 @@ class Store:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
-    def notify(self, conn: Connection | None = None) -> None:
-        """Wake up workers: in this process at once, elsewhere via NOTIFY.
+    def notify(self, conn: Connection | None = None, channel: str = WAKE_CHANNEL) -> None:
+        """Wake up the loops listening on ``channel`` (workers by default): in
+        this process at once, elsewhere via NOTIFY.
 
         With ``conn``, the NOTIFY is part of that transaction and is delivered
-        when it commits (so nobody wakes up before the work is visible).
+        when it commits (so nobody wakes up before the work is visible). Each
+        loop listens only to its own channel: a new run does not wake the
+        callback dispatcher, a queued callback does not wake workers.
         """
         if self.is_postgres and conn is not None:
-            conn.exec_driver_sql(f"NOTIFY {WAKE_CHANNEL}")
-        self._after_commit(conn, self.wake_local)
+            conn.exec_driver_sql(f"NOTIFY {channel}")
+        if channel == WAKE_CHANNEL:
+            self._after_commit(conn, self.wake_local)
+        else:
+            self._after_commit(conn, self._waker(channel))
+
+    def _waker(self, channel: str) -> Callable[[], None]:
+        with self._lock:
+            hook = self._wakers.get(channel)
+            if hook is None:
+
+                def hook() -> None:
+                    with self._lock:
+                        for ev in self._channel_listeners.get(channel, ()):
+                            ev.set()
+
+                self._wakers[channel] = hook
+        return hook
 
     def _after_commit(self, conn: Connection | None, hook: Callable[[], None]) -> None:
         """Run ``hook`` once ``conn``'s transaction has committed (at once without one):
@@ -181,17 +204,24 @@ class Store:
             for ev in self._listeners:
                 ev.set()
 
-    def subscribe(self) -> threading.Event:
-        """An event set whenever this process is told there is new work."""
+    def subscribe(self, channel: str = WAKE_CHANNEL) -> threading.Event:
+        """An event set whenever this process is told there is new work on
+        ``channel`` (the workers' channel by default)."""
         ev = threading.Event()
         with self._lock:
-            self._listeners.append(ev)
+            if channel == WAKE_CHANNEL:
+                self._listeners.append(ev)
+            else:
+                self._channel_listeners.setdefault(channel, []).append(ev)
         return ev
 
     def unsubscribe(self, ev: threading.Event) -> None:
         with self._lock:
             if ev in self._listeners:
                 self._listeners.remove(ev)
+            for evs in self._channel_listeners.values():
+                if ev in evs:
+                    evs.remove(ev)
 
     def ping(self) -> bool:
         try:
