@@ -36,7 +36,9 @@ from rich.table import Table
 from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
 
 HERE = Path(__file__).resolve().parent
-PG_URL = os.environ.get("FERRYMAN_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "FERRYMAN_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/ferryman_api_bench"
+)
 PASSWORD = "bench-password-123"
 
 
@@ -57,11 +59,18 @@ def spec() -> PipelineSpec:
 def reset_pg() -> None:
     import sqlalchemy as sa
 
-    eng = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-    with eng.begin() as c:
-        for t in ("callbacks", "api_tokens", "users", "logs", "events", "nodes", "runs",
-                  "pipeline_versions", "pipelines", "workers", "alembic_version"):  # fmt: skip
-            c.exec_driver_sql(f"DROP TABLE IF EXISTS {t} CASCADE")
+    url = sa.make_url(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:  # a database of its own, created on first use
+        if not c.exec_driver_sql(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)
+        ).first():
+            c.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
+    admin.dispose()
+    eng = sa.create_engine(url)
+    with eng.begin() as c:  # every table, whatever the schema revision
+        c.exec_driver_sql("DROP SCHEMA public CASCADE")
+        c.exec_driver_sql("CREATE SCHEMA public")
     eng.dispose()
 
 
