@@ -14,6 +14,7 @@ GROUP = "ferryman.infrastructure"
 BUILTIN = {
     "process": "ferryman.infra.process:ProcessInfrastructure",
     "inline": "ferryman.infra.inline:InlineInfrastructure",
+    "kubernetes": "ferryman.infra.kubernetes:KubernetesInfrastructure",
 }
 
 
