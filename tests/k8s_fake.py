@@ -25,6 +25,7 @@ watchers see the changes as watch events, as in a cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -448,18 +449,14 @@ async def _log_stream(pod: _Pod, follow: bool, stamps: bool) -> AsyncIterator[by
             yield (f"{ts} {line}\n" if stamps else f"{line}\n").encode()
         if not follow or pod.ended.is_set() or pod.deleted:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(pod.changed.wait(), 0.2)
-        except TimeoutError:
-            pass
 
 
 def _terminate(pod: _Pod) -> None:
     if pod.proc is not None and pod.proc.returncode is None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pod.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     pod.changed.set()
 
 
