@@ -91,6 +91,7 @@ _STARTING = ("ContainerCreating", "PodInitializing")
 LOG_DRAIN_SECONDS = 30.0
 #: A log stream silent this long is reopened (lines are de-duplicated).
 LOG_READ_TIMEOUT = 300.0
+_CLOSED = "the kubernetes infrastructure was closed while watching (the job may still run)"
 #: Fields a step's or run's ``infra_overrides`` may not change.
 _CREDENTIAL_FIELDS = (
     "in_cluster",
@@ -649,6 +650,8 @@ class KubernetesInfrastructure(Infrastructure):
         while True:
             if h.kill_reason is not None:
                 return Result(EXIT_KILLED, h.identifier, reason=h.kill_reason)
+            if self._closed.is_set():
+                return Result(EXIT_LOST, h.identifier, reason=_CLOSED)
             try:
                 if relist:
                     job = self._read_job(h.namespace, h.name)
@@ -714,13 +717,12 @@ class KubernetesInfrastructure(Infrastructure):
             self._delete_job(h.namespace, h.name, 0)
         except RuntimeError as exc:
             log.warning("%s", exc)
-        what = f"pod {pod['metadata']['name']}" if pod else "no pod"
         why = f": {h.mask(reason)}" if reason else " (no reason given by Kubernetes)"
-        return Result(
-            EXIT_LOST,
-            h.identifier,
-            reason=f"{what} did not start within {timeout:g}s{why}",
-        )
+        if pod is None:
+            text = f"no pod was created for job {h.identifier} within {timeout:g}s{why}"
+        else:
+            text = f"pod {pod['metadata']['name']} did not start within {timeout:g}s{why}"
+        return Result(EXIT_LOST, h.identifier, reason=text)
 
     def _gone(self, h: _Job, when: str) -> Result:
         if h.kill_reason is not None:
@@ -736,6 +738,8 @@ class KubernetesInfrastructure(Infrastructure):
         relist = True
         failures = 0
         while True:
+            if self._closed.is_set():
+                return Result(EXIT_LOST, h.identifier, reason=_CLOSED)
             try:
                 if relist:
                     resp = self._batch().list_namespaced_job(
