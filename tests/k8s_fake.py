@@ -98,6 +98,9 @@ class FakeCluster:
         self.unpullable: set[str] = set()
         self.unschedulable: set[str] = set()
         self.start_delay = 0.05
+        #: each following log request pops a number N and ends after N lines
+        #: (as when a kubelet connection breaks)
+        self.log_cuts: list[int] = []
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._k: Any = None
@@ -435,15 +438,20 @@ class FakeCluster:
             )
         follow = request.params.get("follow") == "true"
         stamps = request.params.get("timestamps") == "true"
-        return _log_stream(pod, follow, stamps)
+        cut = self.log_cuts.pop(0) if follow and self.log_cuts else None
+        return _log_stream(pod, follow, stamps, cut)
 
 
-async def _log_stream(pod: _Pod, follow: bool, stamps: bool) -> AsyncIterator[bytes]:
+async def _log_stream(
+    pod: _Pod, follow: bool, stamps: bool, cut: int | None
+) -> AsyncIterator[bytes]:
     yield b""
     sent = 0
     while True:
         pod.changed.clear()
         while sent < len(pod.lines):
+            if cut is not None and sent >= cut:
+                return
             ts, line = pod.lines[sent]
             sent += 1
             yield (f"{ts} {line}\n" if stamps else f"{line}\n").encode()

@@ -20,6 +20,8 @@ from typing import Any
 import kmock
 import kubernetes_validate
 import pytest
+import sqlalchemy as sa
+from kubernetes.client import BatchV1Api, CoreV1Api
 
 from ferryman.domain.params import validate_params
 from ferryman.domain.spec import FunctionRef, ParamSpec, PipelineSpec, StepSpec
@@ -32,6 +34,7 @@ from ferryman.services.queries import get_logs, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
+from ferryman.store.tables import nodes
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from k8s_fake import JOBS, PODS, FakeCluster
@@ -209,6 +212,23 @@ def test_watch_that_expires_or_answers_410_resumes(cluster: FakeCluster) -> None
     assert len(lists) >= 2  # the 410 made it list again
     assert all(w.params.get("timeoutSeconds") == "1" for w in watches)
     assert "resourceVersion" in watches[1].params  # resumed where it was
+
+
+def test_a_broken_log_stream_is_reopened_without_duplicates(cluster: FakeCluster) -> None:
+    # the first two log connections break after 3 and 5 lines
+    cluster.log_cuts.extend([3, 5])
+    script = (
+        "import time\n"
+        "for i in range(4): print(f'early {i}', flush=True)\n"
+        "time.sleep(1)\n"
+        "for i in range(4): print(f'late {i}', flush=True)\n"
+    )
+    _, result, sink = run_step(make_infra(cluster), launch_of(container(script)))
+    assert result.status_code == 0
+    assert sink.lines == [f"early {i}" for i in range(4)] + [f"late {i}" for i in range(4)]
+    logs = [r for r in cluster.requests() if r.subresource == "log"]
+    assert len(logs) >= 3
+    assert all(r.params.get("timestamps") == "true" for r in logs)
 
 
 def test_job_deleted_from_outside_fails_the_step(cluster: FakeCluster) -> None:
@@ -454,3 +474,43 @@ def test_pipeline_on_kubernetes_through_the_engine(
     main = python_job["spec"]["template"]["spec"]["containers"][0]
     assert main["image"] == "ferryman-runtime:1"
     assert main["command"] == ["python", "-m", "ferryman.runtime"]
+
+
+def test_step_timeout_deletes_the_job_through_the_engine(
+    cluster: FakeCluster, store: Store, settings: Settings
+) -> None:
+    assert BatchV1Api and CoreV1Api  # imported up front: the import is slow, the timeout short
+    spec = PipelineSpec(
+        name="slow",
+        infrastructure="kubernetes",
+        steps=[
+            StepSpec(
+                name="sleepy",
+                kind="container",
+                image="python:3.12",
+                timeout=3,
+                command=["python", "-c", "import time; print('zz', flush=True); time.sleep(60)"],
+            )
+        ],
+    )
+    with store.write() as conn:
+        pv = register(conn, "default", spec)
+    run_id, _ = RunService(store).create_run(pv, {})
+    pool = InfraPool({"kubernetes": {"api_server": cluster.url, "token": TOKEN}})
+    t0 = time.monotonic()
+    Worker(store, settings, infra=pool).run_until({run_id}, timeout=60)
+    assert time.monotonic() - t0 < 30
+    with store.read() as conn:
+        run = get_run(conn, run_id)
+        ident = conn.execute(
+            sa.select(nodes.c.infra_kind, nodes.c.infra_id).where(nodes.c.run_id == run_id)
+        ).one()
+        lines = [r["line"] for r in get_logs(conn, run_id, node="sleepy")]
+    (node,) = run["nodes"]
+    assert node["state"] == "failed" and "timed out after 3s" in node["error"]
+    assert lines == ["zz"]
+    (delete,) = requests_of(cluster, kmock.action.DELETE, JOBS)
+    assert delete.params["propagationPolicy"] == "Foreground"
+    assert ident.infra_kind == "kubernetes"
+    assert ident.infra_id == f"default/{delete.name}"  # stored as soon as the job existed
+    assert cluster.objects(JOBS) == [] and cluster.objects(PODS) == []
