@@ -76,6 +76,25 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 data.setdefault("metadata", {})["resourceVersion"] = str(next(self._rv))
         return await super()._handle(request)
 
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        """kmock's watch, ended after ``timeoutSeconds`` as a real API server does."""
+        stream = super()._serve_watch(request)
+        timeout = float(request.params.get("timeoutSeconds") or 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        try:
+            while True:
+                wait = None if deadline is None else deadline - loop.time()
+                if wait is not None and wait <= 0:
+                    return
+                try:
+                    item = await asyncio.wait_for(stream.__anext__(), wait)
+                except (TimeoutError, StopAsyncIteration):
+                    return
+                yield item
+        finally:
+            await stream.aclose()
+
 
 @dataclass
 class _Pod:
@@ -439,11 +458,16 @@ class FakeCluster:
         follow = request.params.get("follow") == "true"
         stamps = request.params.get("timestamps") == "true"
         cut = self.log_cuts.pop(0) if follow and self.log_cuts else None
-        return _log_stream(pod, follow, stamps, cut)
+        since = request.params.get("sinceSeconds")
+        cutoff = ""
+        if since:
+            then = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(since))
+            cutoff = then.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+        return _log_stream(pod, follow, stamps, cut, cutoff)
 
 
 async def _log_stream(
-    pod: _Pod, follow: bool, stamps: bool, cut: int | None
+    pod: _Pod, follow: bool, stamps: bool, cut: int | None, cutoff: str
 ) -> AsyncIterator[bytes]:
     yield b""
     sent = 0
@@ -454,6 +478,8 @@ async def _log_stream(
                 return
             ts, line = pod.lines[sent]
             sent += 1
+            if ts < cutoff:
+                continue
             yield (f"{ts} {line}\n" if stamps else f"{line}\n").encode()
         if not follow or pod.ended.is_set() or pod.deleted:
             return

@@ -52,6 +52,7 @@ def cluster() -> Iterator[FakeCluster]:
 
 def make_infra(cluster: FakeCluster, **cfg: Any) -> KubernetesInfrastructure:
     cfg.setdefault("namespace", "ferry")
+    cfg.setdefault("watch_seconds", 2)  # the emulator ends watches after this, as servers do
     config = KubernetesConfig(api_server=cluster.url, token=TOKEN, **cfg)
     return KubernetesInfrastructure(config)
 
@@ -102,6 +103,35 @@ class Lines:
 
 def requests_of(cluster: FakeCluster, action: Any, resource: Any) -> list[Any]:
     return [r for r in cluster.requests() if r.action == action and r.resource == resource]
+
+
+def stacks() -> str:
+    """Every thread's stack (shown when a watch hangs)."""
+    import traceback
+
+    frames = sys._current_frames()
+    return "\n".join(
+        f"--- {t.name}\n" + "".join(traceback.format_stack(frames[t.ident]))
+        for t in threading.enumerate()
+        if t.ident in frames and "ferryman" in "".join(traceback.format_stack(frames[t.ident]))
+    )
+
+
+def watch_in_thread(
+    infra: KubernetesInfrastructure, ident: str
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """``infra.watch(ident)`` in a thread; the box gets ``r`` (the Result) or ``exc``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["r"] = infra.watch(ident)
+        except BaseException as exc:
+            box["exc"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
 
 
 def run_step(
@@ -182,7 +212,7 @@ def test_pod_that_never_starts_fails_with_its_reason(
     assert cluster.objects(JOBS) == []
 
 
-def test_watch_that_expires_or_answers_410_resumes(cluster: FakeCluster) -> None:
+def test_watch_that_expires_or_answers_410_resumes(cluster: FakeCluster, tmp_path: Path) -> None:
     gone = {
         "type": "ERROR",
         "object": {
@@ -202,13 +232,28 @@ def test_watch_that_expires_or_answers_410_resumes(cluster: FakeCluster) -> None
         k[kmock.action.WATCH, JOBS] << iter([b"", gone])
 
     cluster.call(inject)
-    script = "import time\nprint('a', flush=True)\ntime.sleep(1.5)\nprint('b')\nraise SystemExit(4)"
-    _, result, sink = run_step(make_infra(cluster, watch_seconds=1), launch_of(container(script)))
+    go = tmp_path / "go"
+    script = (
+        f"import os, time\nprint('a', flush=True)\nwhile not os.path.exists({str(go)!r}): "
+        "time.sleep(0.05)\nprint('b')\nraise SystemExit(4)"
+    )
+    infra = make_infra(cluster, watch_seconds=1)
+    ident = infra.start(launch_of(container(script)), sink := Lines())
+    t, box = watch_in_thread(infra, ident)
+    # the step runs until the ended watch and the 410 have both happened
+    deadline = time.monotonic() + 30
+    while len(requests_of(cluster, kmock.action.WATCH, JOBS)) < 3:
+        assert time.monotonic() < deadline, "the watch was not resumed"
+        time.sleep(0.05)
+    go.touch()
+    t.join(60)
+    assert "exc" not in box and not t.is_alive(), (box, stacks())
+    infra.close()
+    result = box["r"]
     assert result.status_code == 4
     assert sink.lines == ["a", "b"]
     watches = requests_of(cluster, kmock.action.WATCH, JOBS)
     lists = requests_of(cluster, kmock.action.LIST, JOBS)
-    assert len(watches) >= 3
     assert len(lists) >= 2  # the 410 made it list again
     assert all(w.params.get("timeoutSeconds") == "1" for w in watches)
     assert "resourceVersion" in watches[1].params  # resumed where it was
@@ -237,13 +282,12 @@ def test_job_deleted_from_outside_fails_the_step(cluster: FakeCluster) -> None:
     ident = infra.start(
         launch_of(container("import time; print('up', flush=True); time.sleep(60)")), sink
     )
-    box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", infra.watch(ident)))
-    t.start()
+    t, box = watch_in_thread(infra, ident)
     sink.wait_for("up")
     ns, name = ident.split("/")
     assert cluster.delete(JOBS, ns, name) == 200
-    t.join(30)
+    t.join(60)
+    assert "exc" not in box and not t.is_alive(), (box, stacks())
     infra.close()
     result = box["r"]
     assert result.status_code == EXIT_LOST
@@ -257,13 +301,12 @@ def test_pod_deleted_from_outside_fails_the_step(cluster: FakeCluster) -> None:
     ident = infra.start(
         launch_of(container("import time; print('up', flush=True); time.sleep(60)")), sink
     )
-    box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", infra.watch(ident)))
-    t.start()
+    t, box = watch_in_thread(infra, ident)
     sink.wait_for("up")
     (pod,) = cluster.objects(PODS)
     assert cluster.delete(PODS, "ferry", pod["metadata"]["name"]) == 200
-    t.join(30)
+    t.join(60)
+    assert "exc" not in box and not t.is_alive(), (box, stacks())
     infra.close()
     result = box["r"]
     assert result.status_code == EXIT_LOST
@@ -277,12 +320,11 @@ def test_kill_deletes_the_job_with_foreground_propagation(cluster: FakeCluster) 
     ident = infra.start(
         launch_of(container("import time; print('up', flush=True); time.sleep(60)")), sink
     )
-    box: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: box.setdefault("r", infra.watch(ident)))
-    t.start()
+    t, box = watch_in_thread(infra, ident)
     sink.wait_for("up")
     infra.kill(ident, 3)
-    t.join(30)
+    t.join(60)
+    assert "exc" not in box and not t.is_alive(), (box, stacks())
     infra.kill(ident, 3)  # idempotent: already gone
     infra.close()
     assert box["r"].status_code == EXIT_KILLED

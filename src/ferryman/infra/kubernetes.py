@@ -33,207 +33,54 @@ them out of the Job object altogether.
 
 from __future__ import annotations
 
-import copy
+import datetime as dt
 import json
 import logging
+import math
 import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import urllib3
-import yaml
-from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ferryman.infra.base import (
     EXIT_KILLED,
     EXIT_LOST,
     MASK,
-    InfraConfig,
     Infrastructure,
     LogSink,
     Result,
     StepLaunch,
 )
-from ferryman.infra.container import container_command, container_env
 from ferryman.infra.k8s_manifest import (
     DEFAULT_CONTAINER,
-    LABEL_PREFIX,
+    KubernetesConfig,
     ManifestError,
-    apply_customizations,
-    check_base_manifest,
-    default_manifest,
+    build_job,
     is_dns_label,
-    job_name_prefix,
-    make_labels,
-    merge_resources,
-    missing_paths,
-    parse_patch,
+    load_customizations,
 )
+
+__all__ = [
+    "KubernetesConfig",
+    "KubernetesInfrastructure",
+    "ManifestError",
+    "load_customizations",
+    "parse_identifier",
+]
 
 log = logging.getLogger(__name__)
 
-#: Waiting reasons that mean "this pod is not going to start by itself".
-_STUCK = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "ErrImageNeverPull",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-}
 _STARTING = ("ContainerCreating", "PodInitializing")
 #: How long ``watch`` waits for the last log lines once the Job has ended.
 LOG_DRAIN_SECONDS = 30.0
 #: A log stream silent this long is reopened (lines are de-duplicated).
 LOG_READ_TIMEOUT = 300.0
 _CLOSED = "the kubernetes infrastructure was closed while watching (the job may still run)"
-#: Fields a step's or run's ``infra_overrides`` may not change.
-_CREDENTIAL_FIELDS = (
-    "in_cluster",
-    "kubeconfig",
-    "context",
-    "api_server",
-    "token",
-    "ca_cert",
-    "verify_ssl",
-)
-
-
-class KubernetesConfig(InfraConfig):
-    """Configuration of the kubernetes infrastructure (``FERRYMAN_INFRA_CONFIG["kubernetes"]``)."""
-
-    namespace: str = "default"
-    """Namespace the Jobs are created in."""
-    image: str | None = None
-    """Image of python steps (it must have ferryman and the pipeline's code installed)."""
-    python: str = "python"
-    """Interpreter inside the image that runs python steps."""
-    service_account_name: str | None = None
-    """``spec.template.spec.serviceAccountName`` of the pods."""
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    """``imagePullPolicy`` of the step's container (default: Kubernetes' rule)."""
-    env: dict[str, str | None] = Field(default_factory=dict)
-    """Env of every step's container (a step's env wins; ``None`` removes a variable)."""
-    labels: dict[str, str] = Field(default_factory=dict)
-    """Extra labels on Jobs and pods (keys and values made valid)."""
-    resources: dict[str, Any] = Field(default_factory=dict)
-    """Container resources: ``{"requests": {...}, "limits": {...}}`` (a step's win)."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
-    """``ttlSecondsAfterFinished``: Kubernetes deletes finished Jobs after this."""
-    job_manifest: dict[str, Any] | None = None
-    """Base Job manifest (with apiVersion, kind, metadata, spec.template.spec.containers)."""
-    customizations: list[dict[str, Any]] | str | None = None
-    """RFC 6902 JSON patch applied last: a list of operations or a path to a YAML/JSON file."""
-    pod_watch_timeout_seconds: float = Field(default=300.0, gt=0)
-    """How long a pod may stay Pending before the step fails with the pod's reason."""
-    watch_seconds: int = Field(default=60, ge=1, le=3600)
-    """Length of one watch request before it is renewed (never a step timeout)."""
-    in_cluster: bool = False
-    """Use the pod's service account (when ferryman itself runs in the cluster)."""
-    kubeconfig: str | None = None
-    """Path of a kubeconfig file (default: ``$KUBECONFIG`` or ``~/.kube/config``)."""
-    context: str | None = None
-    """Context of the kubeconfig to use (default: its current context)."""
-    api_server: str | None = None
-    """URL of the API server, for explicit credentials (with ``token``)."""
-    token: SecretStr | None = None
-    """Bearer token for ``api_server`` (never shown)."""
-    ca_cert: str | None = None
-    """CA certificate file that signs ``api_server``'s certificate."""
-    verify_ssl: bool = True
-    """Verify ``api_server``'s certificate (turn off only for tests)."""
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, v: str) -> str:
-        if not is_dns_label(v):
-            raise ValueError(
-                f"namespace {v!r} is not a valid Kubernetes namespace (lower-case letters, "
-                "digits and '-', at most 63 characters, starting and ending alphanumeric)"
-            )
-        return v
-
-    @field_validator("job_manifest")
-    @classmethod
-    def _manifest(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            check_base_manifest(v)
-        return v
-
-    @field_validator("customizations")
-    @classmethod
-    def _customizations(
-        cls, v: list[dict[str, Any]] | str | None
-    ) -> list[dict[str, Any]] | str | None:
-        if v is not None:
-            parse_patch(load_customizations(v), source=_patch_source(v))
-        return v
-
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, v: dict[str, Any]) -> dict[str, Any]:
-        merge_resources(v)
-        return v
-
-    @model_validator(mode="after")
-    def _credentials(self) -> KubernetesConfig:
-        problems = []
-        if self.api_server and self.in_cluster:
-            problems.append("api_server and in_cluster exclude each other")
-        if self.api_server and (self.kubeconfig or self.context):
-            problems.append("api_server excludes kubeconfig and context")
-        if self.in_cluster and (self.kubeconfig or self.context):
-            problems.append("in_cluster excludes kubeconfig and context")
-        if not self.api_server and (self.token is not None or self.ca_cert):
-            problems.append("token and ca_cert need api_server")
-        if problems:
-            raise ValueError("kubernetes credentials: " + "; ".join(problems))
-        return self
-
-    def patch(self) -> Any:
-        """The customizations as a ``jsonpatch.JsonPatch`` (or None)."""
-        if self.customizations is None:
-            return None
-        return parse_patch(
-            load_customizations(self.customizations), _patch_source(self.customizations)
-        )
-
-    def with_overrides(self, overrides: dict[str, Any]) -> KubernetesConfig:
-        """This configuration with a step's or run's ``infra_overrides`` applied."""
-        if not overrides:
-            return self
-        bad = sorted(set(overrides) & set(_CREDENTIAL_FIELDS))
-        if bad:
-            raise ValueError(
-                f"infra_overrides may not change the kubernetes credentials ({', '.join(bad)})"
-            )
-        data = self.model_dump()
-        data.update(overrides)
-        return KubernetesConfig.model_validate(data)
-
-
-def _patch_source(v: list[dict[str, Any]] | str) -> str:
-    return f"customizations file {v}" if isinstance(v, str) else "customizations"
-
-
-def load_customizations(v: list[dict[str, Any]] | str) -> Any:
-    """The operations of an inline patch, or those read from a YAML/JSON file."""
-    if not isinstance(v, str):
-        return v
-    path = Path(v).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"cannot read customizations file {v}: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"customizations file {v} is not valid YAML/JSON: {exc}") from None
 
 
 # -- identifiers and API helpers --------------------------------------------------
@@ -385,76 +232,7 @@ class KubernetesInfrastructure(Infrastructure):
 
     def manifest(self, launch: StepLaunch) -> dict[str, Any]:
         """The Job manifest for one attempt (with real secret values)."""
-        cfg = self.config.with_overrides(launch.overrides)
-        step = launch.step
-        if step.kind == "container":
-            image = step.image
-        elif step.kind == "python" and step.function is not None:
-            image = cfg.image
-            if not image:
-                raise ManifestError(
-                    f"python step {launch.node!r} needs an image with ferryman installed: set "
-                    '"image" in the kubernetes infrastructure config or the step\'s infra_overrides'
-                )
-        else:
-            raise ManifestError(f"the kubernetes infrastructure cannot run {step.kind!r} steps")
-        job = copy.deepcopy(cfg.job_manifest) if cfg.job_manifest else default_manifest()
-        meta = job.setdefault("metadata", {})
-        meta.pop("name", None)  # every attempt gets a fresh name
-        meta["generateName"] = job_name_prefix(launch.pipeline, launch.node)
-        meta["namespace"] = cfg.namespace
-        own = {
-            LABEL_PREFIX + "run-id": launch.run_id,
-            LABEL_PREFIX + "step": launch.node,
-            LABEL_PREFIX + "attempt": str(launch.attempt),
-            LABEL_PREFIX + "pipeline": launch.pipeline,
-            LABEL_PREFIX + "namespace": launch.namespace,
-        }
-        meta["labels"] = make_labels(meta.get("labels") or {}, cfg.labels, launch.labels, own)
-        spec = job["spec"]
-        spec["backoffLimit"] = 0
-        if cfg.ttl_seconds_after_finished is not None:
-            spec["ttlSecondsAfterFinished"] = cfg.ttl_seconds_after_finished
-        template = spec["template"]
-        tmeta = template.get("metadata") or {}
-        template["metadata"] = tmeta
-        tmeta["labels"] = make_labels(tmeta.get("labels") or {}, cfg.labels, launch.labels, own)
-        pod = template["spec"]
-        pod.setdefault("restartPolicy", "Never")
-        if cfg.service_account_name:
-            pod["serviceAccountName"] = cfg.service_account_name
-        container = pod["containers"][0]
-        container.setdefault("name", DEFAULT_CONTAINER)
-        container["image"] = image
-        if cfg.image_pull_policy:
-            container["imagePullPolicy"] = cfg.image_pull_policy
-        command, args = container_command(launch, python=cfg.python)
-        if command is not None:
-            container["command"] = command
-        if args is not None:
-            container["args"] = args
-        env = container_env(launch, cfg.env)
-        removed = {k for k, v in {**cfg.env, **launch.env}.items() if v is None}
-        kept = [
-            e
-            for e in container.get("env") or []
-            if isinstance(e, dict) and e.get("name") not in env and e.get("name") not in removed
-        ]
-        container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
-        resources = merge_resources(container.get("resources") or {}, cfg.resources, step.resources)
-        if resources:
-            container["resources"] = resources
-        patch = cfg.patch()
-        if patch is not None:
-            job = apply_customizations(job, patch)
-            missing = missing_paths(job)
-            if missing:
-                raise ManifestError(
-                    "the customizations removed required paths: " + ", ".join(missing)
-                )
-            if job.get("apiVersion") != "batch/v1" or job.get("kind") != "Job":
-                raise ManifestError("the customizations must keep apiVersion batch/v1, kind Job")
-        return job
+        return build_job(self.config, launch)
 
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
         job = self.manifest(launch)
@@ -674,7 +452,6 @@ class KubernetesInfrastructure(Infrastructure):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return self._not_started(h, timeout, reason, newest)
-                deleted = False
                 for ev in self._events(
                     self._core().list_namespaced_pod,
                     h.namespace,
@@ -689,7 +466,6 @@ class KubernetesInfrastructure(Infrastructure):
                     pname = obj["metadata"]["name"]
                     if ev.get("type") == "DELETED":
                         pods.pop(pname, None)
-                        deleted = True
                         break
                     pods[pname] = obj
                     if _started(obj) or h.kill_reason is not None:
@@ -698,8 +474,9 @@ class KubernetesInfrastructure(Infrastructure):
                     if time.monotonic() >= deadline:
                         break
                 failures = 0
-                if deleted:
-                    relist = True  # was it the job too?
+                # a pod was deleted (the job too?), the pod started, or the watch
+                # request ended: look again rather than trust a possibly missed event
+                relist = True
             except (urllib3.exceptions.HTTPError, OSError):
                 relist = True  # watch request ended by the read timeout or the network
             except Exception as exc:
@@ -736,6 +513,7 @@ class KubernetesInfrastructure(Infrastructure):
     def _watch_job(self, h: _Job) -> Result:
         rv: str | None = None
         relist = True
+        verify = False
         failures = 0
         while True:
             if self._closed.is_set():
@@ -757,7 +535,15 @@ class KubernetesInfrastructure(Infrastructure):
                     done = self._finished(h, jobs[0])
                     if done is not None:
                         return done
-                    relist = False
+                    relist = verify = False
+                elif verify:
+                    job = self._read_job(h.namespace, h.name)
+                    if job is None:
+                        return self._gone(h, "while its pod ran")
+                    done = self._finished(h, job)
+                    if done is not None:
+                        return done
+                    verify = False
                 for ev in self._events(
                     self._batch().list_namespaced_job,
                     h.namespace,
@@ -776,8 +562,12 @@ class KubernetesInfrastructure(Infrastructure):
                     if done is not None:
                         return done
                 failures = 0
+                # between two watch requests, read the job once: an end that a
+                # watch failed to deliver is never waited for forever
+                verify = True
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 # the watch ended by the read timeout or the network: resume from rv
+                verify = True
                 failures += 1
                 if failures > 1:
                     log.info("watch of %s interrupted (%s); resuming", h.identifier, exc)
@@ -854,11 +644,21 @@ class KubernetesInfrastructure(Infrastructure):
         """Stream the pod's log into the sink until the container ends.
 
         A log stream that breaks while the container still runs is reopened;
-        lines already delivered are skipped by their timestamps.
+        lines already delivered are skipped by their timestamps. Once the
+        container has ended the log is read one last time (from shortly
+        before the last line seen), so a stream that broke just as the
+        container ended loses nothing.
         """
         failures = 0
+        first = True
         while not h.stop_logs.is_set() and not self._closed.is_set():
+            ended = not first and self._container_done(h)
+            first = False
             try:
+                kwargs: dict[str, Any] = {}
+                since = _since_seconds(h.last_ts) if ended else None
+                if since is not None:
+                    kwargs["since_seconds"] = since
                 resp = self._core().read_namespaced_pod_log(
                     h.pod,
                     h.namespace,
@@ -867,6 +667,7 @@ class KubernetesInfrastructure(Infrastructure):
                     timestamps=True,
                     _preload_content=False,
                     _request_timeout=(10, LOG_READ_TIMEOUT),
+                    **kwargs,
                 )
                 try:
                     self._pump(h, resp)
@@ -876,17 +677,15 @@ class KubernetesInfrastructure(Infrastructure):
                 status = _status(exc)
                 if status == 404:
                     return  # the pod is gone
-                if status == 400:
-                    # "container is waiting to start": not running yet
-                    failures += 1
-                    self._retry_pause(min(failures, 3))
-                    continue
                 failures += 1
-                log.info("log stream of %s broke: %s", h.identifier, _api_error(exc))
-                self._retry_pause(failures)
-            if h.stop_logs.is_set() or self._container_done(h):
-                return
-            self._retry_pause(1)  # the stream ended early: reopen it shortly
+                if status != 400:  # 400: "container is waiting to start"
+                    log.info("log stream of %s broke: %s", h.identifier, _api_error(exc))
+                self._retry_pause(min(failures, 5))
+                continue
+            if ended:
+                return  # that read began after the container ended: it held everything
+            if not self._container_done(h):
+                self._retry_pause(1)  # the stream ended early: reopen it shortly
 
     def _container_done(self, h: _Job) -> bool:
         """Whether the step container has terminated (or the pod is gone)."""
@@ -939,6 +738,21 @@ class KubernetesInfrastructure(Infrastructure):
         except Exception:
             log.exception("log sink failed for %s", h.identifier)
         return skip
+
+
+def _since_seconds(last_ts: str | None) -> int | None:
+    """``sinceSeconds`` that surely covers everything after ``last_ts``.
+
+    A minute of margin absorbs clock skew between this host and the node;
+    the lines read twice are dropped by their timestamps.
+    """
+    if not last_ts:
+        return None
+    try:
+        seen = dt.datetime.fromisoformat(last_ts[:26]).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    return max(1, math.ceil((dt.datetime.now(dt.UTC) - seen).total_seconds()) + 60)
 
 
 def _pod_of(pod: dict[str, Any], job: str) -> bool:
