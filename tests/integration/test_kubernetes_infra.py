@@ -337,6 +337,25 @@ def test_kill_deletes_the_job_with_foreground_propagation(cluster: FakeCluster) 
     assert cluster.objects(JOBS) == [] and cluster.objects(PODS) == []
 
 
+def test_kill_while_the_pod_is_pending(cluster: FakeCluster) -> None:
+    cluster.unpullable.add("private/img:1")
+    infra = make_infra(cluster, pod_watch_timeout_seconds=120)
+    ident = infra.start(launch_of(container("print(1)", image="private/img:1")), Lines())
+    t, box = watch_in_thread(infra, ident)
+    deadline = time.monotonic() + 20
+    while not requests_of(cluster, kmock.action.WATCH, PODS):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    infra.kill(ident, 0)
+    t.join(30)
+    assert "exc" not in box and not t.is_alive(), (box, stacks())
+    infra.close()
+    assert time.monotonic() - t0 < 10  # not the 120 s pending timeout
+    assert box["r"].status_code == EXIT_KILLED
+    assert cluster.objects(JOBS) == []
+
+
 def test_attach_after_a_worker_restart_replays_the_log(cluster: FakeCluster) -> None:
     script = "import time\nprint('one', flush=True)\ntime.sleep(1)\nprint('two')"
     first = make_infra(cluster)

@@ -307,7 +307,9 @@ class KubernetesInfrastructure(Infrastructure):
             result = self._watch_job(handle)
             thread = handle.log_thread
             if thread is not None:
-                thread.join(LOG_DRAIN_SECONDS)
+                # a killed or lost pod's log may never end by itself: wait less
+                lost = result.status_code in (EXIT_KILLED, EXIT_LOST)
+                thread.join(2.0 if lost else LOG_DRAIN_SECONDS)
             return result
         finally:
             handle.stop_logs.set()
