@@ -575,3 +575,21 @@ def test_step_timeout_deletes_the_job_through_the_engine(
     assert ident.infra_kind == "kubernetes"
     assert ident.infra_id == f"default/{delete.name}"  # stored as soon as the job existed
     assert cluster.objects(JOBS) == [] and cluster.objects(PODS) == []
+
+
+def test_another_process_can_watch_a_job_with_a_named_container(cluster: FakeCluster) -> None:
+    base = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {},
+        "spec": {"template": {"spec": {"containers": [{"name": "step"}]}}},
+    }
+    starter = make_infra(cluster, job_manifest=base)
+    ident = starter.start(launch_of(container("raise SystemExit(5)")), Lines())
+    starter.close()
+    watcher = make_infra(cluster)  # e.g. a server asked about it: no logs, same outcome
+    result = watcher.watch(ident)
+    watcher.close()
+    assert result.status_code == 5 and "exit code 5" in result.reason
+    (create,) = requests_of(cluster, kmock.action.CREATE, JOBS)
+    validate_strict(json.loads(create.body))

@@ -272,16 +272,16 @@ class KubernetesInfrastructure(Infrastructure):
             ns, name = parse_identifier(identifier)
         except ValueError:
             return False
-        job = self._read_job(ns, name)
-        if job is None:
-            return False
-        containers = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
-            "containers"
-        ) or [{}]
-        handle = _Job(ns, name, containers[0].get("name") or DEFAULT_CONTAINER, sink)
+        try:
+            job = self._read_job(ns, name)
+            if job is None:
+                return False
+            pods = self._pods(ns, name)[0]
+        except Exception as exc:
+            raise RuntimeError(f"could not read job {identifier}: {_api_error(exc)}") from None
+        handle = _Job(ns, name, _container_name(job), sink)
         with self._lock:
             self._jobs[identifier] = handle
-        pods = self._pods(ns, name)[0]
         pod = _newest(pods)
         if pod is not None and _started(pod):
             handle.pod = pod["metadata"]["name"]
@@ -296,7 +296,11 @@ class KubernetesInfrastructure(Infrastructure):
         with self._lock:
             handle = self._jobs.get(identifier)
         if handle is None:  # not ours: watch it, without logs
-            handle = _Job(ns, name, DEFAULT_CONTAINER, None)
+            try:
+                job = self._read_job(ns, name)
+            except Exception:
+                job = None  # the watch below retries and tells what happened
+            handle = _Job(ns, name, _container_name(job) if job else DEFAULT_CONTAINER, None)
             with self._lock:
                 self._jobs[identifier] = handle
         try:
@@ -325,13 +329,15 @@ class KubernetesInfrastructure(Infrastructure):
             ns, name = parse_identifier(identifier)
         except ValueError:
             return
-        grace = max(0, round(grace_seconds or 0))
+        # None: the pods' own terminationGracePeriodSeconds
+        grace = None if grace_seconds is None else max(0, round(grace_seconds))
         with self._lock:
             handle = self._jobs.get(identifier)
         if handle is not None and handle.kill_reason is None:
-            handle.kill_reason = f"killed: job deleted (foreground, {grace}s grace)"
+            shown = "the pods' default" if grace is None else f"{grace}s"
+            handle.kill_reason = f"killed: job deleted (foreground, {shown} grace)"
             handle.kill_at = time.monotonic()
-            handle.grace = grace
+            handle.grace = 30 if grace is None else grace
         self._delete_job(ns, name, grace)
 
     def close(self) -> None:
@@ -350,7 +356,7 @@ class KubernetesInfrastructure(Infrastructure):
 
     # -- API helpers ---------------------------------------------------------------
 
-    def _delete_job(self, ns: str, name: str, grace: int) -> None:
+    def _delete_job(self, ns: str, name: str, grace: int | None) -> None:
         for attempt in range(5):
             try:
                 self._batch().delete_namespaced_job(
@@ -755,6 +761,13 @@ def _since_seconds(last_ts: str | None) -> int | None:
     except ValueError:
         return None
     return max(1, math.ceil((dt.datetime.now(dt.UTC) - seen).total_seconds()) + 60)
+
+
+def _container_name(job: dict[str, Any]) -> str:
+    """Name of the step's container (the first one) in a Job object."""
+    spec = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = spec.get("containers") or [{}]
+    return str(containers[0].get("name") or DEFAULT_CONTAINER)
 
 
 def _pod_of(pod: dict[str, Any], job: str) -> bool:
