@@ -413,9 +413,9 @@ def test_secrets_reach_the_container_but_never_the_preview(cluster: FakeCluster)
     preview = infra.preview(launch)
     text = json.dumps(preview)
     assert "hunter2" not in text and TOKEN not in text
-    env = preview["manifest"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    env = preview["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "API_KEY", "value": MASK} in env
-    validate_strict(preview["manifest"])
+    validate_strict(preview)
     _, result, sink = run_step(infra, launch)
     assert result.status_code == 0 and sink.lines == ["15"]
     assert TOKEN not in repr(infra.config) and TOKEN not in str(infra.config.model_dump())

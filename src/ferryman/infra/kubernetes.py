@@ -235,13 +235,15 @@ class KubernetesInfrastructure(Infrastructure):
         return build_job(self.config, launch)
 
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
+        """The exact Job manifest ``start`` would send, secret values masked."""
         job = self.manifest(launch)
         secret_names = set(launch.secrets)
         for c in job["spec"]["template"]["spec"].get("containers") or []:
             for e in c.get("env") or []:
                 if e.get("name") in secret_names and "value" in e:
                     e["value"] = MASK
-        return {"kind": self.kind, "manifest": _mask_deep(job, launch.mask)}
+        masked: dict[str, Any] = _mask_deep(job, launch.mask)
+        return masked
 
     # -- Infrastructure ------------------------------------------------------------
 
