@@ -488,7 +488,11 @@ class KubernetesInfrastructure(Infrastructure):
                 # request ended: look again rather than trust a possibly missed event
                 relist = True
             except (urllib3.exceptions.HTTPError, OSError):
-                relist = True  # watch request ended by the read timeout or the network
+                # the watch request ended by the read timeout, or the network failed
+                relist = True
+                failures += 1
+                if failures > 1:
+                    self._retry_pause(min(failures, 3))
             except Exception as exc:
                 relist = True
                 if _status(exc) != 410:
