@@ -89,3 +89,48 @@ def test_preview_pipeline_function() -> None:
         assert "steps: a" in str(exc)
     else:
         raise AssertionError("an unknown step must be refused")
+
+
+CONTAINER_YAML = """
+name: kdemo
+params:
+  day:
+    type: str
+    default: "2024-01-01"
+steps:
+  - name: hello
+    kind: container
+    image: busybox:1.36
+    command: ["sh", "-c"]
+    args: ["echo {{ params.day }}"]
+    infrastructure: INFRA
+    secrets: [FERRYMAN_TEST_SECRET]
+"""
+
+
+def test_preview_prints_the_kubernetes_job_manifest(tmp_path: Path) -> None:
+    from kubernetes_validate import validate
+
+    f = tmp_path / "k.yaml"
+    f.write_text(CONTAINER_YAML.replace("INFRA", "kubernetes"))
+    r = ferryman(tmp_path, "preview", str(f), "-p", "day=2024-05-01")
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout
+    (job,) = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["echo 2024-05-01"]
+    assert {"name": "FERRYMAN_TEST_SECRET", "value": MASK} in c["env"]
+    validate(job, "1.30", strict=True)  # the real schema (raises if invalid)
+
+
+def test_preview_prints_the_docker_container_settings(tmp_path: Path) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text(CONTAINER_YAML.replace("INFRA", "docker"))
+    r = ferryman(tmp_path, "preview", str(f))
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout
+    (box,) = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert box["kind"] == "docker" and box["image"] == "busybox:1.36"
+    assert box["command"] == ["echo 2024-01-01"] and box["env"]["FERRYMAN_TEST_SECRET"] == MASK
+    assert box["labels"]["io.ferryman.step"] == "hello"

@@ -15,6 +15,7 @@ BUILTIN = {
     "process": "ferryman.infra.process:ProcessInfrastructure",
     "inline": "ferryman.infra.inline:InlineInfrastructure",
     "docker": "ferryman.infra.docker:DockerInfrastructure",
+    "kubernetes": "ferryman.infra.kubernetes:KubernetesInfrastructure",
 }
 
 
