@@ -12,3 +12,7 @@ if ! .venv/bin/python -c "import ferryman, pytest, mypy, ruff" 2>/dev/null \
   .venv/bin/python -m pip install -q -e ".[dev]"
   touch .venv/.ferryman-installed
 fi
+# Byte-compile ferryman's own sources (pip does it for installed packages, not
+# for an editable install): with PYTHONDONTWRITEBYTECODE set, every start of
+# `ferryman` would otherwise recompile them.
+.venv/bin/python -m compileall -q src >/dev/null
