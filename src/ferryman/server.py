@@ -95,7 +95,47 @@ class LoopThread:
         return not self.thread.is_alive()
 
 
-def bootstrap_admin(store: Any, settings: Settings, out: TextIO | None = None) -> bool:
+class AdminSeed:
+    """The first admin's password and its hash, computed in a background thread
+    (Argon2 is slow on purpose and releases the GIL) while the server imports
+    and builds the API; ``bootstrap_admin`` writes it before HTTP is served."""
+
+    def __init__(self, settings: Settings) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ferryman.errors import InvalidInput
+        from ferryman.services.auth import hash_password, validate_password
+
+        configured = settings.admin_password
+        self.generated = configured is None
+        self.password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
+        try:
+            validate_password(self.password)
+        except InvalidInput as exc:
+            raise ValueError(f"FERRYMAN_ADMIN_PASSWORD: {exc.message}") from None
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ferryman-admin-hash")
+        self._hash = pool.submit(hash_password, self.password)
+        pool.shutdown(wait=False)
+
+    def hashed(self) -> str:
+        return self._hash.result()
+
+
+def seed_admin(store: Any, settings: Settings) -> AdminSeed | None:
+    """An ``AdminSeed`` when the database has no user yet, else None."""
+    import sqlalchemy as sa
+
+    from ferryman.store.tables import users
+
+    with store.read() as conn:
+        if conn.execute(sa.select(users.c.id).limit(1)).first() is not None:
+            return None
+    return AdminSeed(settings)
+
+
+def bootstrap_admin(
+    store: Any, settings: Settings, out: TextIO | None = None, seed: AdminSeed | None = None
+) -> bool:
     """Create the first admin when there is no user at all; True if created.
 
     The password is ``FERRYMAN_ADMIN_PASSWORD`` or, when unset, generated and
@@ -112,16 +152,18 @@ def bootstrap_admin(store: Any, settings: Settings, out: TextIO | None = None) -
     def any_user(conn: Any) -> bool:
         return conn.execute(sa.select(users.c.id).limit(1)).first() is not None
 
-    with store.read() as conn:
-        if any_user(conn):
+    if seed is None:
+        seed = seed_admin(store, settings)
+        if seed is None:
             return False
     configured = settings.admin_password
-    password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
+    password = seed.password
     try:
+        hashed = seed.hashed()  # hashed outside the write transaction
         with store.write() as conn:
             if any_user(conn):
                 return False
-            create_user(conn, ADMIN_USERNAME, password, Role.ADMIN)
+            create_user(conn, ADMIN_USERNAME, None, Role.ADMIN, password_hash=hashed)
     except InvalidInput as exc:
         raise ValueError(f"FERRYMAN_ADMIN_PASSWORD: {exc.message}") from None
     except (Conflict, sa.exc.IntegrityError):
@@ -226,14 +268,14 @@ def serve(
     with stop.installed():
         store = Store.from_settings(settings)
         try:
-            bootstrap_admin(store, settings, stream)
+            seed = seed_admin(store, settings)  # hashing runs while the API is built
             if not no_worker:
                 loops.append(LoopThread("worker", lambda: _worker(store, settings)))
             loops.append(LoopThread("dispatcher", lambda: _dispatcher(store, settings)))
             # The loops start once HTTP answers (``_serve_http``): importing and
             # building them first would only delay the first /health.
             if not stop.stopping:
-                _serve_http(settings, store, stop, log_level, access_log, stream, no_worker)
+                _serve_http(settings, store, stop, log_level, access_log, stream, no_worker, seed)
         finally:
             # The loops finish their in-flight work (bounded by their grace).
             for loop in loops:
@@ -265,6 +307,7 @@ def _serve_http(
     access_log: bool,
     out: TextIO,
     no_worker: bool,
+    seed: AdminSeed | None = None,
 ) -> None:
     import uvicorn
 
@@ -276,6 +319,8 @@ def _serve_http(
             yield  # signals are ours (_Shutdown)
 
     app = create_app(settings, store)
+    if seed is not None:  # the first admin exists before anybody can log in
+        bootstrap_admin(store, settings, out, seed)
     config = uvicorn.Config(
         app,
         host=settings.host,
