@@ -24,6 +24,7 @@ from ferryman.domain.spec import PipelineSpec
 from ferryman.domain.states import NODE_TERMINAL, NodeState, RunState, node_sources, run_sources
 from ferryman.errors import Conflict, NotFound
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
+from ferryman.services.subscriptions import enqueue_deliveries
 from ferryman.store.engine import Store
 from ferryman.store.prepared import Prepared
 from ferryman.store.tables import callbacks, events, new_id, nodes, runs, utcnow
@@ -380,6 +381,9 @@ class Tx:
                     self._finish_run(run_id, row)
         if self._events:
             _INSERT_EVENTS.run_many(self.conn, self._events)
+            # Subscribers' deliveries: queued with their events (outbox, SPEC §4).
+            if enqueue_deliveries(self.conn, self._events, self.now):
+                self.wake()
             self._events = []
 
     def _finish_run(self, run_id: str, row: Row[Any]) -> None:

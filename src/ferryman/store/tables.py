@@ -236,3 +236,81 @@ callbacks = sa.Table(
     sa.Index("ix_callbacks_due", "state", "next_attempt_at"),
     sa.Index("ix_callbacks_run", "run_id"),
 )
+
+# -- issue 4: event subscriptions and their durable deliveries -----------------------
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("format", sa.String(64), nullable=False),
+    sa.Column("event_types", JSONType, nullable=False),
+    sa.Column("namespaces", JSONType, nullable=False),
+    sa.Column("pipelines", JSONType, nullable=False),
+    sa.Column("labels", JSONType, nullable=False),
+    # The HMAC key must be readable to sign; it is never returned or logged.
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("headers", JSONType, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row (id 1): bumped by every change of ``subscriptions``, so a process can
+# keep the enabled subscriptions in memory and know for certain when to reload.
+subscription_generation = sa.Table(
+    "subscription_generation",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    # Insertion order = event order: the per (subscription, run) delivery order.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "subscription_id",
+        sa.String(32),
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("event_id", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_sub_event"),
+    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+    sa.Index("ix_deliveries_order", "subscription_id", "run_id", "state", "id"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "delivery_id",
+        sa.Integer,
+        sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("status", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("response", sa.Text, nullable=True),
+    sa.Index("ix_delivery_attempts_delivery", "delivery_id", "id"),
+)
