@@ -77,6 +77,8 @@ DELIVERY_STATES = (PENDING, DELIVERED, DEAD)
 
 
 def _check_url(url: str) -> str:
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise ValueError("must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises on a malformed port
