@@ -577,3 +577,32 @@ def test_subscriptions_file_is_loaded_and_reloaded(
         assert set(names()) == {"from-file", "second"}
         path.write_text("[]\n")
         wait_for("removal", lambda: not names())
+
+
+def test_formats_are_pluggable_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from ferryman.notify import formats as registry
+
+    class Upper:
+        name = "upper"
+
+        def accepts(self, event_type: str) -> bool:
+            return event_type.startswith("Run")
+
+        def render(self, event: dict[str, Any], ctx: registry.FormatContext) -> dict[str, Any]:
+            return {"TYPE": event["type"].upper()}
+
+    monkeypatch.setattr(f"{__name__}.Upper", Upper, raising=False)
+    ep = EntryPoint("upper", f"{__name__}:Upper", registry.ENTRY_POINT_GROUP)
+    broken = EntryPoint("broken", "no_such_module_xyz:Thing", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep, broken])
+    monkeypatch.setattr(registry, "_formats", None)
+    known = registry.formats()
+    assert {"ferryman", "kfp", "slack", "teams", "upper"} <= set(known)
+    assert "broken" not in known
+    fmt = registry.get_format("upper")
+    assert fmt.render({"type": "RunFailed"}, registry.FormatContext()) == {"TYPE": "RUNFAILED"}
+    spec = subs.SubscriptionCreate(name="u", url="http://127.0.0.1:1/", format="upper")
+    assert spec.format == "upper"
+    monkeypatch.setattr(registry, "_formats", None)

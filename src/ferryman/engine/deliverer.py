@@ -6,12 +6,16 @@ lost by a crash or restart. This loop claims due rows, renders each in its
 subscriber's format, signs it (Standard Webhooks, the event id as the stable
 ``webhook-id``) and POSTs it; then it records the attempt.
 
-Why asyncio (one event loop in one thread, ``httpx.AsyncClient``): a request
-waiting on a slow receiver costs a coroutine, not a thread, so hundreds can be
-in flight at once and a hanging subscriber only ever holds its own
-``delivery_per_subscriber`` slots (out of ``delivery_concurrency``) for at
-most its timeout. Database work (claims, recording results in batches) runs
-in worker threads so the loop never blocks on a lock.
+Why asyncio (one event loop in one thread, one aiohttp session per
+subscription): a request waiting on a slow receiver costs a coroutine, not a
+thread, so hundreds can be in flight at once and a hanging subscriber only
+ever holds its own ``delivery_per_subscriber`` slots (out of
+``delivery_concurrency``) and connections for at most its timeout. aiohttp
+rather than httpx here: on this hot path httpx's async stack cost ~3 ms of
+CPU per request against ~0.35 ms for aiohttp (C HTTP parser), a tenfold
+difference in deliveries per second on a 2-core machine. Database work
+(claims, recording results in batches) runs in worker threads so the loop
+never blocks on a lock.
 
 Ordering: a delivery is claimed only if no older delivery of the same
 (subscription, run) is still pending (in flight or waiting for a retry), so
@@ -49,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ferryman.domain.retry import RetryPolicy
-from ferryman.engine.dispatcher import _redact_httpx_urls, _retry_after, _user_agent
+from ferryman.engine.dispatcher import _retry_after, _user_agent
 from ferryman.notify.formats import FormatContext
 from ferryman.services import subscriptions as subs
 from ferryman.settings import Settings
@@ -63,7 +67,7 @@ from ferryman.store.tables import (
 )
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +120,6 @@ class Deliverer:
         self,
         store: Store,
         settings: Settings,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -125,7 +127,6 @@ class Deliverer:
         self.per_subscriber = settings.delivery_per_subscriber
         self.ctx = FormatContext(settings.base_url)
         self.lease_seconds = 2 * settings.delivery_timeout + 10.0
-        self._transport = transport
         self._policy = RetryPolicy(
             retries=max(settings.delivery_max_attempts - 1, 0),
             delay=settings.delivery_backoff,
@@ -169,9 +170,7 @@ class Deliverer:
                 loop.call_soon_threadsafe(kick.set)
 
     async def _main(self, *, idle_exit: bool, timeout: float | None) -> None:
-        import httpx
 
-        _redact_httpx_urls()
         self._loop = asyncio.get_running_loop()
         self._kick = asyncio.Event()
         threads = [threading.Thread(target=self._bridge, name="ferryman-deliver-wake", daemon=True)]
@@ -183,15 +182,7 @@ class Deliverer:
             )
         for th in threads:
             th.start()
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.settings.delivery_timeout),
-            limits=httpx.Limits(
-                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
-            ),
-            follow_redirects=False,
-            trust_env=False,
-            transport=self._transport,
-        )
+        client = _Clients(self.settings, self.per_subscriber)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self._stop.is_set():
@@ -209,7 +200,7 @@ class Deliverer:
             for th in threads:
                 await asyncio.to_thread(th.join, 3.0)
 
-    async def _shutdown(self, client: httpx.AsyncClient) -> None:
+    async def _shutdown(self, client: _Clients) -> None:
         """Let in-flight attempts finish (bounded), record what finished; the
         rest stays leased and is retried once the lease runs out."""
         self._stop.set()
@@ -270,7 +261,7 @@ class Deliverer:
 
     # -- one turn ---------------------------------------------------------------------
 
-    async def _safe_turn(self, client: httpx.AsyncClient) -> None:
+    async def _safe_turn(self, client: _Clients) -> None:
         try:
             await self._turn(client)
         except Exception as exc:  # the database is down, or a bug: never end the loop
@@ -278,7 +269,7 @@ class Deliverer:
             self._next_due = time.monotonic() + min(self.settings.poll_seconds, 1.0)
             await asyncio.sleep(min(self.settings.poll_seconds, 1.0))
 
-    async def _turn(self, client: httpx.AsyncClient) -> None:
+    async def _turn(self, client: _Clients) -> None:
         await self._check_file()
         await self._record_results()
         free = self.concurrency - len(self._inflight)
@@ -389,8 +380,8 @@ class Deliverer:
 
     # -- one attempt ------------------------------------------------------------------
 
-    async def _attempt(self, client: httpx.AsyncClient, c: Claimed) -> None:
-        import httpx
+    async def _attempt(self, client: _Clients, c: Claimed) -> None:
+        import aiohttp
 
         now = utcnow()
         started = time.monotonic()
@@ -415,8 +406,8 @@ class Deliverer:
                     await self._post(client, c, body, headers, res)
         except asyncio.CancelledError:
             raise
-        except httpx.HTTPError as exc:
-            res.error = subs.describe_error(exc, self.settings.delivery_timeout)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            res.error, res.permanent = _describe(exc, self.settings.delivery_timeout)
         except Exception as exc:  # a bug must not lose the delivery: it is retried
             log.exception("delivery %d: attempt %d crashed", c.id, c.attempts)
             res.error = f"internal error: {type(exc).__name__}: {exc}"
@@ -428,21 +419,18 @@ class Deliverer:
 
     async def _post(
         self,
-        client: httpx.AsyncClient,
+        clients: _Clients,
         c: Claimed,
         body: bytes,
         headers: dict[str, str],
         res: Result,
     ) -> None:
-        async with client.stream("POST", c.url, content=body, headers=headers) as resp:
-            res.status = resp.status_code
-            got = b""
-            async for chunk in resp.aiter_bytes():
-                got += chunk
-                if len(got) >= subs.RESPONSE_EXCERPT * 4:
-                    break
+        session = clients.get(c.subscription_id)
+        async with session.post(c.url, data=body, headers=headers, allow_redirects=False) as resp:
+            res.status = resp.status
+            got = await resp.content.read(subs.RESPONSE_EXCERPT * 4)
             res.response = subs.excerpt_text(got.decode("utf-8", "replace"))
-            if resp.status_code in (429, 503):
+            if resp.status in (429, 503):
                 res.retry_after = _retry_after(resp.headers.get("retry-after"))
         if not res.ok:
             res.error = f"HTTP {res.status}"
@@ -532,7 +520,15 @@ class Deliverer:
                     ),
                     failed,
                 )
-            conn.execute(sa.insert(delivery_attempts), attempts)
+            # A subscription deleted meanwhile took its deliveries along.
+            alive = set(
+                conn.execute(
+                    sa.select(d.c.id).where(d.c.id.in_([a["delivery_id"] for a in attempts]))
+                ).scalars()
+            )
+            attempts = [a for a in attempts if a["delivery_id"] in alive]
+            if attempts:
+                conn.execute(sa.insert(delivery_attempts), attempts)
             for sid, reason in gone.items():
                 subs.disable(conn, sid, reason)
         self.attempts_total += len(batch)
@@ -574,6 +570,8 @@ class Deliverer:
             sig = (0, 0, 0)  # missing: every file subscription goes
         if sig == self._file_sig:
             return
+        if sig == (0, 0, 0):
+            log.warning("subscriptions file %s not found: no file subscriptions", path)
         try:
             changes = await asyncio.to_thread(self._reload_file, sig)
         except subs.FileError as exc:
@@ -590,3 +588,49 @@ class Deliverer:
         specs = [] if sig == (0, 0, 0) else subs.read_file(path)
         with self.store.write() as conn:
             return subs.reconcile_file(conn, specs)
+
+
+class _Clients:
+    """One aiohttp session per subscription, each with a pool of at most
+    ``per_subscriber`` connections: a hanging receiver's connections never
+    crowd anybody else's pool."""
+
+    def __init__(self, settings: Settings, per_subscriber: int) -> None:
+        self._settings = settings
+        self._per_subscriber = per_subscriber
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def get(self, subscription_id: str) -> aiohttp.ClientSession:
+        import aiohttp
+
+        session = self._sessions.get(subscription_id)
+        if session is None:
+            session = self._sessions[subscription_id] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._per_subscriber, ttl_dns_cache=60),
+                timeout=aiohttp.ClientTimeout(total=self._settings.delivery_timeout),
+                trust_env=False,
+                auto_decompress=False,
+            )
+        return session
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+def _describe(exc: BaseException, timeout: float) -> tuple[str, bool]:
+    """An attempt's transport error (without the URL's path: it may hold a
+    token) and whether retrying can never help."""
+    import aiohttp
+
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout:g}s", False
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL", True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return (
+            f"ClientConnectorError: cannot connect to {exc.host}:{exc.port} ({exc.os_error})",
+            False,
+        )
+    return f"{type(exc).__name__}: {str(exc)[:300]}", False
