@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 PENDING, DELIVERED, DEAD = subs.PENDING, subs.DELIVERED, subs.DEAD
 _MIN_TURN = 0.005  # batch completions and wake-ups for at most 5 ms
 _FILE_CHECK_SECONDS = 1.0
+_WINDOW = 200  # due rows looked at per subscription and claim
 
 
 @dataclass(frozen=True)
@@ -285,10 +286,31 @@ class Deliverer:
             task.add_done_callback(self._tasks.discard)
 
     def _claim(self, free: int, per_sub: dict[str, int], busy: list[int]) -> list[Claimed]:
-        d, s = deliveries, subscriptions
+        """Lease up to ``free`` due deliveries, at most ``per_subscriber`` in
+        flight per subscription, each the oldest pending one of its
+        (subscription, run).
+
+        Each subscription is looked at through its own window of its oldest
+        due rows (an index range scan), so the cost of a claim does not grow
+        with the backlog, and a dead subscriber's backlog never hides anybody
+        else's deliveries.
+        """
+        d = deliveries
         p = deliveries.alias("p")
         now = utcnow()
-        saturated = [k for k, n in per_sub.items() if n >= self.per_subscriber]
+        with self.store.read() as conn:
+            subs_on = list(
+                conn.execute(
+                    sa.select(subscriptions.c.id).where(subscriptions.c.enabled.is_(True))
+                ).scalars()
+            )
+        room = {
+            sid: self.per_subscriber - per_sub.get(sid, 0)
+            for sid in subs_on
+            if per_sub.get(sid, 0) < self.per_subscriber
+        }
+        if not room:
+            return []
         # The oldest pending delivery of its (subscription, run) only: ordering.
         head = ~sa.exists().where(
             p.c.subscription_id == d.c.subscription_id,
@@ -296,36 +318,44 @@ class Deliverer:
             p.c.state == PENDING,
             p.c.id < d.c.id,
         )
-        q = (
-            sa.select(d.c.id, d.c.subscription_id)
-            .join(s, s.c.id == d.c.subscription_id)
-            .where(d.c.state == PENDING, d.c.next_attempt_at <= now, s.c.enabled.is_(True), head)
+        sid_param = sa.bindparam("sid", type_=d.c.subscription_id.type)
+        window = (
+            sa.select(d.c.id)
+            .where(
+                d.c.subscription_id == sid_param, d.c.state == PENDING, d.c.next_attempt_at <= now
+            )
             .order_by(d.c.next_attempt_at, d.c.id)
-            .limit(min(free * 2, 2000))
+            .limit(_WINDOW)
         )
-        if saturated:
-            q = q.where(d.c.subscription_id.notin_(saturated))
+        q = (
+            sa.select(d.c.id)
+            .where(d.c.id.in_(window.scalar_subquery()), head)
+            .order_by(d.c.next_attempt_at, d.c.id)
+            .limit(sa.bindparam("take"))
+        )
         if busy:
             q = q.where(d.c.id.notin_(busy))
         if self.store.is_postgres:
             q = q.with_for_update(skip_locked=True, of=d)
-        else:
+
+        def pick(conn: sa.Connection) -> list[int]:
+            picked: list[int] = []
+            for sid, n in room.items():
+                take = min(n, free - len(picked))
+                if take <= 0:
+                    break
+                picked.extend(conn.execute(q, {"sid": sid, "take": take}).scalars())
+            return picked
+
+        if not self.store.is_postgres:
             # SQLite: look in a read transaction first; a claim is a write
             # transaction, not to be taken when there is nothing to claim.
             with self.store.read() as conn:
-                if not conn.execute(q).first():
+                if not pick(conn):
                     return []
         lease_until = now + dt.timedelta(seconds=self.lease_seconds)
         with self.store.write() as conn:
-            picked: list[int] = []
-            counts = dict(per_sub)
-            for r in conn.execute(q):
-                if counts.get(r.subscription_id, 0) >= self.per_subscriber:
-                    continue
-                counts[r.subscription_id] = counts.get(r.subscription_id, 0) + 1
-                picked.append(r.id)
-                if len(picked) >= free:
-                    break
+            picked = pick(conn)
             if not picked:
                 return []
             rows = conn.execute(
@@ -345,7 +375,9 @@ class Deliverer:
             sub_rows = {
                 x.id: x
                 for x in conn.execute(
-                    sa.select(s).where(s.c.id.in_({r.subscription_id for r in rows}))
+                    sa.select(subscriptions).where(
+                        subscriptions.c.id.in_({r.subscription_id for r in rows})
+                    )
                 )
             }
         out = []

@@ -292,7 +292,8 @@ deliveries = sa.Table(
     sa.Column("last_status", sa.Integer, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_sub_event"),
-    sa.Index("ix_deliveries_due", "state", "next_attempt_at"),
+    # A claim reads each subscription's oldest due rows: an index range scan.
+    sa.Index("ix_deliveries_due", "subscription_id", "state", "next_attempt_at", "id"),
     sa.Index("ix_deliveries_order", "subscription_id", "run_id", "state", "id"),
 )
 

@@ -65,7 +65,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_sub_event"),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.create_index("ix_deliveries_due", ["state", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_deliveries_due",
+            ["subscription_id", "state", "next_attempt_at", "id"],
+            unique=False,
+        )
         batch_op.create_index(
             "ix_deliveries_order", ["subscription_id", "run_id", "state", "id"], unique=False
         )
