@@ -83,6 +83,7 @@ class Claimed:
 
     id: int
     subscription_id: str
+    run_id: str
     attempts: int  # including this one
     queued_at: dt.datetime
     url: str
@@ -362,7 +363,14 @@ class Deliverer:
                 sa.update(d)
                 .where(d.c.id.in_(picked), d.c.state == PENDING, d.c.next_attempt_at <= now)
                 .values(attempts=d.c.attempts + 1, next_attempt_at=lease_until)
-                .returning(d.c.id, d.c.subscription_id, d.c.event_id, d.c.attempts, d.c.queued_at)
+                .returning(
+                    d.c.id,
+                    d.c.subscription_id,
+                    d.c.run_id,
+                    d.c.event_id,
+                    d.c.attempts,
+                    d.c.queued_at,
+                )
             ).all()
             if not rows:
                 return []
@@ -387,6 +395,7 @@ class Deliverer:
                 Claimed(
                     id=r.id,
                     subscription_id=r.subscription_id,
+                    run_id=r.run_id,
                     attempts=int(r.attempts),
                     queued_at=r.queued_at,
                     url=sub.url,
@@ -487,6 +496,7 @@ class Deliverer:
         failed: list[dict[str, Any]] = []
         gone: dict[str, str] = {}
         attempts: list[dict[str, Any]] = []
+        ended: list[dict[str, Any]] = []
         for r in batch:
             c = r.claimed
             attempts.append(
@@ -502,6 +512,7 @@ class Deliverer:
             )
             if r.ok:
                 done.append({"b_id": c.id, "b_status": r.status, "b_at": now})
+                ended.append({"e_id": c.id, "e_sub": c.subscription_id, "e_run": c.run_id})
                 continue
             values: dict[str, Any] = {"b_id": c.id, "b_attempts": c.attempts, "b_status": r.status}
             if r.status == 410:
@@ -515,6 +526,7 @@ class Deliverer:
                 or (now - c.queued_at).total_seconds() >= self.settings.delivery_max_age
             ):
                 values.update(b_state=DEAD, b_next=now, b_error=r.error)
+                ended.append({"e_id": c.id, "e_sub": c.subscription_id, "e_run": c.run_id})
             else:
                 delay = self._delay(c.attempts, r.retry_after)
                 values.update(
@@ -551,6 +563,26 @@ class Deliverer:
                         last_error=sa.bindparam("b_error"),
                     ),
                     failed,
+                )
+            if ended:
+                # The next delivery of each (subscription, run) is due now, if it
+                # was waiting (not when it is already due or leased: redelivery).
+                p = deliveries.alias("p")
+                nxt = (
+                    sa.select(sa.func.min(p.c.id))
+                    .where(
+                        p.c.subscription_id == sa.bindparam("e_sub"),
+                        p.c.run_id == sa.bindparam("e_run"),
+                        p.c.state == PENDING,
+                        p.c.id > sa.bindparam("e_id"),
+                    )
+                    .scalar_subquery()
+                )
+                conn.execute(
+                    sa.update(d)
+                    .where(d.c.id == nxt, d.c.next_attempt_at == subs.WAITING)
+                    .values(next_attempt_at=now),
+                    ended,
                 )
             # A subscription deleted meanwhile took its deliveries along.
             alive = set(

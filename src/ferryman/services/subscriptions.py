@@ -70,6 +70,10 @@ _HEADER_VALUE = re.compile(r"^[^\x00-\x1f\x7f]{0,2048}$")
 RESPONSE_EXCERPT = 500  # characters of a receiver's answer kept per attempt
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+# ``next_attempt_at`` of a delivery queued behind another one of the same
+# (subscription, run) in the same transaction: never due by itself; the
+# deliverer makes it due when the one before it is delivered or dead.
+WAITING = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 DELIVERY_STATES = (PENDING, DELIVERED, DEAD)
 
 
@@ -483,25 +487,33 @@ def enqueue_deliveries(conn: Connection, evs: Sequence[Mapping[str, Any]], now: 
     matchers = _matchers(conn)
     if not matchers:
         return 0
-    rows = [
-        {
-            "subscription_id": m.id,
-            "event_id": ev["id"],
-            "run_id": ev["run_id"],
-            "event_type": ev["type"],
-            "state": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "queued_at": now,
-            "delivered_at": None,
-            "last_status": None,
-            "last_error": None,
-        }
-        for ev in evs
-        for m in matchers
-        if m.matches(ev)
-    ]
+    rows = []
+    first: set[tuple[str, str]] = set()
+    for ev in evs:
+        for m in matchers:
+            if not m.matches(ev):
+                continue
+            key = (m.id, ev["run_id"])
+            # Only the first of a (subscription, run) in this batch can be due
+            # now; the others wait for it (ordering), out of the claim's sight.
+            due = now if key not in first else WAITING
+            first.add(key)
+            rows.append(
+                {
+                    "subscription_id": m.id,
+                    "event_id": ev["id"],
+                    "run_id": ev["run_id"],
+                    "event_type": ev["type"],
+                    "state": PENDING,
+                    "attempts": 0,
+                    "next_attempt_at": due,
+                    "created_at": now,
+                    "queued_at": now,
+                    "delivered_at": None,
+                    "last_status": None,
+                    "last_error": None,
+                }
+            )
     if rows:
         _INSERT_DELIVERIES.run_many(conn, rows)
     return len(rows)
@@ -671,7 +683,9 @@ def _delivery_public(r: Any) -> dict[str, Any]:
         "run_id": r.run_id,
         "state": r.state,
         "attempts": r.attempts,
-        "next_attempt_at": r.next_attempt_at if r.state == PENDING else None,
+        "next_attempt_at": (
+            r.next_attempt_at if r.state == PENDING and r.next_attempt_at != WAITING else None
+        ),
         "created_at": r.created_at,
         "delivered_at": r.delivered_at,
         "last_status": r.last_status,
