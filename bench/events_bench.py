@@ -274,6 +274,11 @@ def bench_fanout(sqlite: bool, runs: int, latency_runs: int, latency_rate: float
     rows = []
     for hanging in (False, True):
         with Scenario(sqlite, hanging) as sc:
+            # warm-up (sessions, connections), not measured
+            sc.create_runs(5, None, sc.pv1)
+            sc.wait_count(5 * 2 * sc.healthy(), 60)
+            sc.arrivals()
+            sc.clear_events()
             # latency: a sub-saturating stream of one-step runs (RunQueued +
             # NodeQueued per transaction, like the engine's transitions)
             n_lat = latency_runs * 2 * sc.healthy()

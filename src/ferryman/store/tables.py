@@ -294,7 +294,9 @@ deliveries = sa.Table(
     sa.UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_sub_event"),
     # A claim reads each subscription's oldest due rows: an index range scan.
     sa.Index("ix_deliveries_due", "subscription_id", "state", "next_attempt_at", "id"),
-    sa.Index("ix_deliveries_order", "subscription_id", "run_id", "state", "id"),
+    # Ordering checks (an older pending one of the same subscription and run?):
+    # run_id first, so no planner, whatever its statistics, prefers another index.
+    sa.Index("ix_deliveries_order", "run_id", "subscription_id", "state", "id"),
 )
 
 delivery_attempts = sa.Table(

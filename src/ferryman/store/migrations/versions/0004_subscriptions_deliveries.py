@@ -71,7 +71,7 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.create_index(
-            "ix_deliveries_order", ["subscription_id", "run_id", "state", "id"], unique=False
+            "ix_deliveries_order", ["run_id", "subscription_id", "state", "id"], unique=False
         )
     op.create_table(
         "delivery_attempts",
