@@ -75,6 +75,7 @@ PENDING, DELIVERED, DEAD = subs.PENDING, subs.DELIVERED, subs.DEAD
 _MIN_TURN = 0.005  # batch completions and wake-ups for at most 5 ms
 _FILE_CHECK_SECONDS = 1.0
 _WINDOW = 200  # due rows looked at per subscription and claim
+_ANALYZE_SECONDS = 15.0  # PostgreSQL: ANALYZE deliveries at most this often while busy
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class Deliverer:
         self._next_due: float | None = None
         self._file_sig: tuple[int, int, int] | None = None
         self._file_checked = 0.0
+        self._analyzed_at = time.monotonic()
         self.delivered_total = 0
         self.attempts_total = 0
 
@@ -298,6 +300,7 @@ class Deliverer:
         """
         d = deliveries
         p = deliveries.alias("p")
+        self._analyze()
         now = utcnow()
         with self.store.read() as conn:
             subs_on = list(
@@ -409,6 +412,21 @@ class Deliverer:
                 )
             )
         return out
+
+    def _analyze(self) -> None:
+        """Keep PostgreSQL's statistics of ``deliveries`` fresh while busy.
+
+        A burst can grow the table from nothing to 100,000s of rows within a
+        minute, long before autovacuum analyzes it; planned on the stale
+        statistics, the claim's ordering check probes the wrong index and a
+        claim takes seconds instead of milliseconds.
+        """
+        now = time.monotonic()
+        if not self.store.is_postgres or now - self._analyzed_at < _ANALYZE_SECONDS:
+            return
+        self._analyzed_at = now
+        with self.store.write() as conn:
+            conn.exec_driver_sql("ANALYZE deliveries")
 
     def _pending(self) -> bool:
         """Is any delivery of an enabled subscription still pending?"""
