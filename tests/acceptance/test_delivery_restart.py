@@ -129,7 +129,8 @@ def _scenario(make: Callable[..., Server], tmp_path: Path, db_url: str) -> None:
         )
         status, page = http("GET", f"{srv.url}/deliveries?state=pending", token=token)
         assert status == 200 and len(page["items"]) == len(evs)
-        tried = next(i for i in page["items"] if i["attempts"] >= 1)
+        # one whose failed attempt is recorded (``attempts`` also counts one in flight)
+        tried = next(i for i in page["items"] if i["last_error"])
         status, detail = http("GET", f"{srv.url}/deliveries/{tried['id']}", token=token)
         assert status == 200 and "cannot connect" in detail["attempt_log"][0]["error"]
 
