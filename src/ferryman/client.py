@@ -54,6 +54,15 @@ from ferryman.api.schemas import (
     RunPublic,
     VersionList,
 )
+from ferryman.api.subscription_schemas import (
+    DeliveryDetail,
+    DeliveryList,
+    Redelivered,
+    SubscriptionCreated,
+    SubscriptionList,
+    SubscriptionPublic,
+    TestResult,
+)
 from ferryman.domain.spec import PipelineSpec
 from ferryman.domain.states import RunState
 
@@ -386,6 +395,62 @@ class _Unset:
 UNSET: Any = _Unset()
 
 
+class _SubCalls:
+    """The requests of the subscriptions and deliveries API."""
+
+    @staticmethod
+    def create(body: dict[str, Any]) -> _Call[SubscriptionCreated]:
+        return _Call("POST", "/subscriptions", SubscriptionCreated, json=body)
+
+    @staticmethod
+    def update(ref: str, body: dict[str, Any]) -> _Call[SubscriptionPublic]:
+        return _Call("PATCH", f"/subscriptions/{_seg(ref)}", SubscriptionPublic, json=body)
+
+    @staticmethod
+    def test(ref: str, event_type: str) -> _Call[TestResult]:
+        return _Call(
+            "POST", f"/subscriptions/{_seg(ref)}/test", TestResult, json={"event_type": event_type}
+        )
+
+    @staticmethod
+    def deliveries(
+        subscription: str | None, state: str | None, run_id: str | None, before: int | None,
+        limit: int,
+    ) -> _Call[DeliveryList]:  # fmt: skip
+        return _Call(
+            "GET",
+            "/deliveries",
+            DeliveryList,
+            params=_q(
+                subscription=subscription, state=state, run_id=run_id, before=before, limit=limit
+            ),
+        )
+
+
+def _sub_body(
+    name: str | None,
+    url: str | None,
+    format: str | None,
+    event_types: Iterable[str] | None,
+    namespaces: Iterable[str] | None,
+    pipelines: Iterable[str] | None,
+    labels: Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+    secret: str | None,
+    enabled: bool | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": name, "url": url, "format": format,
+        "event_types": list(event_types) if event_types is not None else None,
+        "namespaces": list(namespaces) if namespaces is not None else None,
+        "pipelines": list(pipelines) if pipelines is not None else None,
+        "labels": dict(labels) if labels is not None else None,
+        "headers": dict(headers) if headers is not None else None,
+        "secret": secret, "enabled": enabled,
+    }  # fmt: skip
+    return {k: v for k, v in body.items() if v is not None}
+
+
 def _run_create(
     params: Mapping[str, Any] | None,
     labels: Mapping[str, str] | None,
@@ -676,6 +741,92 @@ class Client(_Base):
     def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
         """Lifecycle events of a run after sequence number ``after``."""
         return self._send(_Calls.events(run_id, after, limit))
+
+    # -- subscriptions and deliveries ------------------------------------------
+
+    def create_subscription(
+        self,
+        name: str,
+        url: str,
+        *,
+        format: str = "ferryman",
+        event_types: Iterable[str] | None = None,
+        namespaces: Iterable[str] | None = None,
+        pipelines: Iterable[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        secret: str | None = None,
+        enabled: bool = True,
+    ) -> SubscriptionCreated:
+        """Subscribe ``url`` to events (admins). The answer holds the signing
+        secret: it is shown only this once."""
+        body = _sub_body(name, url, format, event_types, namespaces, pipelines, labels, headers,
+                         secret, enabled)  # fmt: skip
+        return self._send(_SubCalls.create(body))
+
+    def list_subscriptions(self) -> SubscriptionList:
+        """Every subscription (without secrets)."""
+        return self._send(_Call("GET", "/subscriptions", SubscriptionList))
+
+    def get_subscription(self, ref: str) -> SubscriptionPublic:
+        """A subscription by id or name."""
+        return self._send(_Call("GET", f"/subscriptions/{_seg(ref)}", SubscriptionPublic))
+
+    def update_subscription(
+        self,
+        ref: str,
+        *,
+        url: str | None = None,
+        format: str | None = None,
+        event_types: Iterable[str] | None = None,
+        namespaces: Iterable[str] | None = None,
+        pipelines: Iterable[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        secret: str | None = None,
+        enabled: bool | None = None,
+    ) -> SubscriptionPublic:
+        """Change a subscription (admins); only the arguments given change."""
+        body = _sub_body(None, url, format, event_types, namespaces, pipelines, labels, headers,
+                         secret, enabled)  # fmt: skip
+        return self._send(_SubCalls.update(ref, body))
+
+    def delete_subscription(self, ref: str) -> None:
+        """Delete a subscription and its deliveries (admins)."""
+        self._request(_Call("DELETE", f"/subscriptions/{_seg(ref)}", BaseModel))
+
+    def test_subscription(self, ref: str, event_type: str = "RunSucceeded") -> TestResult:
+        """Send a sample event now and return the receiver's answer (admins)."""
+        return self._send(_SubCalls.test(ref, event_type))
+
+    def list_deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        state: str | None = None,
+        run_id: str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> DeliveryList:
+        """Deliveries, newest first (``state``: pending, delivered or dead)."""
+        return self._send(_SubCalls.deliveries(subscription, state, run_id, before, limit))
+
+    def get_delivery(self, delivery_id: int) -> DeliveryDetail:
+        """A delivery and every attempt of it."""
+        return self._send(_Call("GET", f"/deliveries/{int(delivery_id)}", DeliveryDetail))
+
+    def redeliver(self, delivery_id: int) -> Redelivered:
+        """Queue a dead-lettered delivery again (operators)."""
+        call: _Call[Redelivered] = _Call(
+            "POST", f"/deliveries/{int(delivery_id)}/redeliver", Redelivered
+        )
+        return self._send(call)
+
+    def redeliver_dead(self, subscription: str) -> Redelivered:
+        """Queue every dead-lettered delivery of a subscription again (operators)."""
+        return self._send(
+            _Call("POST", f"/subscriptions/{_seg(subscription)}/redeliver", Redelivered)
+        )
 
     def wait(self, run_id: str, *, timeout: float | None = None, poll: float = 1.0) -> RunDetail:
         """Poll until the run has ended; ``TimeoutError`` after ``timeout`` seconds."""
@@ -1004,6 +1155,91 @@ class AsyncClient(_Base):
     async def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
         """Lifecycle events of a run after sequence number ``after``."""
         return await self._send(_Calls.events(run_id, after, limit))
+
+    # -- subscriptions and deliveries ------------------------------------------
+
+    async def create_subscription(
+        self,
+        name: str,
+        url: str,
+        *,
+        format: str = "ferryman",
+        event_types: Iterable[str] | None = None,
+        namespaces: Iterable[str] | None = None,
+        pipelines: Iterable[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        secret: str | None = None,
+        enabled: bool = True,
+    ) -> SubscriptionCreated:
+        """Subscribe ``url`` to events (admins). The answer holds the signing
+        secret: it is shown only this once."""
+        body = _sub_body(name, url, format, event_types, namespaces, pipelines, labels, headers,
+                         secret, enabled)  # fmt: skip
+        return await self._send(_SubCalls.create(body))
+
+    async def list_subscriptions(self) -> SubscriptionList:
+        """Every subscription (without secrets)."""
+        return await self._send(_Call("GET", "/subscriptions", SubscriptionList))
+
+    async def get_subscription(self, ref: str) -> SubscriptionPublic:
+        """A subscription by id or name."""
+        return await self._send(_Call("GET", f"/subscriptions/{_seg(ref)}", SubscriptionPublic))
+
+    async def update_subscription(
+        self,
+        ref: str,
+        *,
+        url: str | None = None,
+        format: str | None = None,
+        event_types: Iterable[str] | None = None,
+        namespaces: Iterable[str] | None = None,
+        pipelines: Iterable[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        secret: str | None = None,
+        enabled: bool | None = None,
+    ) -> SubscriptionPublic:
+        """Change a subscription (admins); only the arguments given change."""
+        body = _sub_body(None, url, format, event_types, namespaces, pipelines, labels, headers,
+                         secret, enabled)  # fmt: skip
+        return await self._send(_SubCalls.update(ref, body))
+
+    async def delete_subscription(self, ref: str) -> None:
+        """Delete a subscription and its deliveries (admins)."""
+        await self._request(_Call("DELETE", f"/subscriptions/{_seg(ref)}", BaseModel))
+
+    async def test_subscription(self, ref: str, event_type: str = "RunSucceeded") -> TestResult:
+        """Send a sample event now and return the receiver's answer (admins)."""
+        return await self._send(_SubCalls.test(ref, event_type))
+
+    async def list_deliveries(
+        self,
+        *,
+        subscription: str | None = None,
+        state: str | None = None,
+        run_id: str | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> DeliveryList:
+        """Deliveries, newest first (``state``: pending, delivered or dead)."""
+        return await self._send(_SubCalls.deliveries(subscription, state, run_id, before, limit))
+
+    async def get_delivery(self, delivery_id: int) -> DeliveryDetail:
+        """A delivery and every attempt of it."""
+        return await self._send(_Call("GET", f"/deliveries/{int(delivery_id)}", DeliveryDetail))
+
+    async def redeliver(self, delivery_id: int) -> Redelivered:
+        """Queue a dead-lettered delivery again (operators)."""
+        return await self._send(
+            _Call("POST", f"/deliveries/{int(delivery_id)}/redeliver", Redelivered)
+        )
+
+    async def redeliver_dead(self, subscription: str) -> Redelivered:
+        """Queue every dead-lettered delivery of a subscription again (operators)."""
+        return await self._send(
+            _Call("POST", f"/subscriptions/{_seg(subscription)}/redeliver", Redelivered)
+        )
 
     async def wait(
         self, run_id: str, *, timeout: float | None = None, poll: float = 1.0

@@ -272,6 +272,7 @@ def serve(
             if not no_worker:
                 loops.append(LoopThread("worker", lambda: _worker(store, settings)))
             loops.append(LoopThread("dispatcher", lambda: _dispatcher(store, settings)))
+            loops.append(LoopThread("deliverer", lambda: _deliverer(store, settings)))
             # The loops start once HTTP answers (``_serve_http``): importing and
             # building them first would only delay the first /health.
             if not stop.stopping:
@@ -297,6 +298,12 @@ def _dispatcher(store: Any, settings: Settings) -> _Runnable:
     from ferryman.engine.dispatcher import Dispatcher
 
     return Dispatcher(store, settings)
+
+
+def _deliverer(store: Any, settings: Settings) -> _Runnable:
+    from ferryman.engine.deliverer import Deliverer
+
+    return Deliverer(store, settings)
 
 
 def _serve_http(

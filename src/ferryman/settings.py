@@ -75,6 +75,23 @@ class Settings(BaseSettings):
     slack_api_url: str = Field(
         default="https://slack.com/api/", description="Slack Web API base URL"
     )
+    # -- event subscriptions (issue 4) --
+    subscriptions_file: Path | None = Field(
+        default=None, description="YAML/JSON file of subscriptions, re-read when it changes"
+    )
+    delivery_timeout: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout")
+    delivery_max_attempts: int = Field(default=15, ge=1, description="Attempts before dead-letter")
+    delivery_max_age: float = Field(
+        default=86400.0, gt=0, description="Seconds of retrying before dead-letter"
+    )
+    delivery_backoff: float = Field(default=1.0, gt=0, description="First retry delay (s)")
+    delivery_max_backoff: float = Field(default=300.0, gt=0, description="Retry delay cap (s)")
+    delivery_concurrency: int = Field(
+        default=256, ge=1, le=10000, description="Event deliveries in flight per server"
+    )
+    delivery_per_subscriber: int = Field(
+        default=16, ge=1, le=1000, description="Deliveries in flight per subscriber"
+    )
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:

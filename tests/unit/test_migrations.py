@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from ferryman.store.engine import HEAD_REVISION, Store
 from ferryman.store.migrate import current_revision, head_revision, upgrade
-from ferryman.store.tables import exists_on, metadata
+from ferryman.store.tables import SEED_ROWS, exists_on, metadata
 
 
 def _diff(conn: Any) -> list[Any]:
@@ -60,6 +61,9 @@ def _fresh_schema_matches(store: Store) -> None:
     assert upgrade(store) is False  # Alembic agrees the schema is at head
     with store.engine.connect() as conn:
         assert _diff(conn) == []
+        for table, rows in SEED_ROWS:  # the data rows the migrations insert
+            got = [dict(r._mapping) for r in conn.execute(sa.select(table))]
+            assert got == rows, table.name
 
 
 def test_first_start_creates_the_migrated_schema_without_alembic(tmp_path: Path) -> None:
@@ -99,3 +103,12 @@ def test_first_start_on_postgres(pg_database: str) -> None:
         with admin.connect() as c:
             c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
+
+
+def test_migrations_insert_the_seed_rows(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    upgrade(store)
+    with store.engine.connect() as conn:
+        for table, rows in SEED_ROWS:
+            assert [dict(r._mapping) for r in conn.execute(sa.select(table))] == rows
+    store.dispose()

@@ -37,7 +37,7 @@ def _optional_routers() -> list[Any]:
     import importlib
 
     found: list[Any] = []
-    for name in ("pipelines", "runs", "compat", "users", "tokens"):
+    for name in ("pipelines", "runs", "compat", "users", "tokens", "subscriptions"):
         try:
             found.append(importlib.import_module(f"ferryman.api.routes.{name}"))
         except ModuleNotFoundError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ferryman.cli import db, pipelines, preview, run, runs, worker
+from ferryman.cli import db, pipelines, preview, run, runs, subscriptions, worker
 from ferryman.cli import server as server_cli
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("preview")(preview.preview_command)
 app.add_typer(runs.app, name="runs")
 app.add_typer(pipelines.app, name="pipelines")
 app.add_typer(db.app, name="db")
+app.add_typer(subscriptions.app, name="subscriptions")
 
 
 @app.command("login")

@@ -26,7 +26,8 @@ from ferryman.errors import Conflict, NotFound
 from ferryman.services import triggers
 from ferryman.services.pipelines import PipelineVersion, spec_of_version
 from ferryman.services.queries import RUN_FIELDS, run_dict
-from ferryman.store.engine import CALLBACK_CHANNEL, WAKE_CHANNEL, Store
+from ferryman.services.subscriptions import enqueue_deliveries
+from ferryman.store.engine import CALLBACK_CHANNEL, DELIVERY_CHANNEL, WAKE_CHANNEL, Store
 from ferryman.store.prepared import Prepared
 from ferryman.store.tables import callbacks, events, new_id, nodes, runs, utcnow
 
@@ -393,6 +394,9 @@ class Tx:
                     self._finish_run(run_id, row)
         if self._events:
             _INSERT_EVENTS.run_many(self.conn, self._events)
+            # Subscribers' deliveries: queued with their events (outbox, SPEC §4).
+            if enqueue_deliveries(self.conn, self._events, self.now):
+                self.wake(DELIVERY_CHANNEL)
             self._events = []
 
     def _finish_run(self, run_id: str, row: Row[Any]) -> None:

@@ -85,7 +85,7 @@ class Store:
         create (a unit test compares both). Concurrent first starts are
         serialised (advisory lock on PostgreSQL, the write lock on SQLite).
         """
-        from ferryman.store.tables import metadata
+        from ferryman.store.tables import SEED_ROWS, metadata
 
         with self.write() as conn:
             if self.is_postgres:
@@ -93,6 +93,8 @@ class Store:
             if sa.inspect(conn).get_table_names():
                 return False
             metadata.create_all(conn)
+            for table, rows in SEED_ROWS:
+                conn.execute(sa.insert(table), rows)
             conn.exec_driver_sql(
                 "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
                 "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"

@@ -302,3 +302,90 @@ trigger_firings = sa.Table(
         name="uq_trigger_firings",
     ),
 )
+
+# -- issue 4: event subscriptions and their durable deliveries -----------------------
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("format", sa.String(64), nullable=False),
+    sa.Column("event_types", JSONType, nullable=False),
+    sa.Column("namespaces", JSONType, nullable=False),
+    sa.Column("pipelines", JSONType, nullable=False),
+    sa.Column("labels", JSONType, nullable=False),
+    # The HMAC key must be readable to sign; it is never returned or logged.
+    sa.Column("secret", sa.Text, nullable=False),
+    sa.Column("headers", JSONType, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("disabled_reason", sa.Text, nullable=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row (id 1): bumped by every change of ``subscriptions``, so a process can
+# keep the enabled subscriptions in memory and know for certain when to reload.
+subscription_generation = sa.Table(
+    "subscription_generation",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+)
+
+#: Rows the migrations insert (schema data, not user data): a database created
+#: from the metadata (``Store.create_schema``) gets them too.
+SEED_ROWS: list[tuple[sa.Table, list[dict[str, Any]]]] = [
+    (subscription_generation, [{"id": 1, "generation": 0}]),
+]
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    # Insertion order = event order: the per (subscription, run) delivery order.
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "subscription_id",
+        sa.String(32),
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("event_id", sa.String(32), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_sub_event"),
+    # A claim reads each subscription's oldest due rows: an index range scan.
+    sa.Index("ix_deliveries_due", "subscription_id", "state", "next_attempt_at", "id"),
+    # Ordering checks (an older pending one of the same subscription and run?):
+    # run_id first, so no planner, whatever its statistics, prefers another index.
+    sa.Index("ix_deliveries_order", "run_id", "subscription_id", "state", "id"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "delivery_id",
+        sa.Integer,
+        sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("status", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("response", sa.Text, nullable=True),
+    sa.Index("ix_delivery_attempts_delivery", "delivery_id", "id"),
+)
