@@ -578,7 +578,10 @@ def test_a_lost_workers_container_is_adopted_through_the_engine(
         steps=[box("job", busybox_image, "echo first; sleep 3; echo second; exit 0")],
     )
     run_id = create(store, spec)
-    a = Worker(store, dsettings, worker_id="worker-a")
+    # Worker A lives on in this test process (a real lost worker would not): it
+    # must not remove the container when its own watch sees it end.
+    keep = {"docker": {"network_mode": "none", "auto_remove": False}}
+    a = Worker(store, dsettings.model_copy(update={"infra_config": keep}), worker_id="worker-a")
     deadline = time.monotonic() + 60
     while True:
         a.turn()
@@ -589,6 +592,10 @@ def test_a_lost_workers_container_is_adopted_through_the_engine(
         assert time.monotonic() < deadline, "worker A never started the container"
         time.sleep(0.05)
     cid = n["infra_id"]
+    # worker A is gone: its Docker connections with it (else its still-running
+    # watch thread, which only exists because A lives on in this test process,
+    # would remove the container when it ends)
+    a.infra.close()
     with store.write() as conn:
         conn.execute(
             sa.update(nodes)
@@ -600,13 +607,12 @@ def test_a_lost_workers_container_is_adopted_through_the_engine(
         with store.read() as conn:
             run = get_run(conn, run_id)
         job = node(run, "job")
-        assert run["state"] == "succeeded", run
+        assert run["state"] == "succeeded", (run["error"], job, logs(store, run_id, "job"))
         assert (job["attempt"], job["worker_id"], job["infra_id"]) == (1, "worker-b", cid)
         lines = [line for _, line in logs(store, run_id, "job")]
         assert "second" in lines
         assert any("re-attached to docker" in line for line in lines)
         assert len(leftovers(docker_client, run_id)) <= 1  # no second container
     finally:
-        a.infra.close()
         for c in leftovers(docker_client, run_id):
             c.remove(force=True)
