@@ -500,6 +500,10 @@ def test_pipeline_on_kubernetes_through_the_engine(
                 "token": TOKEN,
                 "namespace": "ferry",
                 "image": "ferryman-runtime:1",
+                # the emulator's watch does not replay changes made between a list
+                # and the watch after it (a real API server does): a short watch
+                # bounds how long such a miss can last
+                "watch_seconds": 5,
             }
         }
     )
