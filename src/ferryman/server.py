@@ -21,6 +21,7 @@ first use.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import secrets
 import signal
@@ -28,11 +29,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from types import FrameType
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
 from ferryman.settings import Settings
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 ADMIN_USERNAME = "admin"
@@ -247,6 +250,19 @@ def serve(
     password); the CLI turns it into a one-line error.
     """
     stream = out or sys.stdout
+    # Start-up allocates many long-lived objects (modules, classes, routes):
+    # the cyclic collector would only rescan them. It is back on (and they are
+    # frozen out of its passes) before the first request is served.
+    gc.disable()
+    try:
+        _serve(settings, no_worker, log_level, access_log, stream)
+    finally:
+        gc.enable()
+
+
+def _serve(
+    settings: Settings, no_worker: bool, log_level: str, access_log: bool, stream: TextIO
+) -> None:
     settings.check_production()
     if settings.infra_config and not no_worker:
         from ferryman.infra.registry import InfraPool
@@ -266,9 +282,12 @@ def serve(
     loops: list[LoopThread] = []
     stop = _Shutdown(loops)
     with stop.installed():
-        store = Store.from_settings(settings)
+        store = Store.from_settings(settings, prepare=False)
         try:
-            seed = seed_admin(store, settings)  # hashing runs while the API is built
+            # The database is prepared (schema, first admin's hash) in a thread
+            # while this one imports and builds the API: both are needed before
+            # HTTP answers, and the database part mostly waits on I/O.
+            db_ready = _in_background("ferryman-db-prepare", lambda: _prepare_db(store, settings))
             if not no_worker:
                 loops.append(LoopThread("worker", lambda: _worker(store, settings)))
             loops.append(LoopThread("dispatcher", lambda: _dispatcher(store, settings)))
@@ -276,7 +295,9 @@ def serve(
             # The loops start once HTTP answers (``_serve_http``): importing and
             # building them first would only delay the first /health.
             if not stop.stopping:
-                _serve_http(settings, store, stop, log_level, access_log, stream, no_worker, seed)
+                _serve_http(
+                    settings, store, stop, log_level, access_log, stream, no_worker, db_ready
+                )
         finally:
             # The loops finish their in-flight work (bounded by their grace).
             for loop in loops:
@@ -286,6 +307,26 @@ def serve(
                 if not loop.join(max(deadline - time.monotonic(), 0.1)):
                     log.warning("the %s did not stop in time", loop.name)
             store.dispose()
+
+
+def _prepare_db(store: Any, settings: Settings) -> AdminSeed | None:
+    if settings.auto_migrate:
+        store.prepare_schema()
+    return seed_admin(store, settings)  # its hashing goes on in one more thread
+
+
+def _in_background(name: str, fn: Callable[[], _T]) -> Future[_T]:
+    """Run ``fn`` in a daemon thread; its result (or exception) in a future."""
+    future: Future[_T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _worker(store: Any, settings: Settings) -> _Runnable:
@@ -314,7 +355,7 @@ def _serve_http(
     access_log: bool,
     out: TextIO,
     no_worker: bool,
-    seed: AdminSeed | None = None,
+    db_ready: Future[AdminSeed | None],
 ) -> None:
     import uvicorn
 
@@ -326,8 +367,11 @@ def _serve_http(
             yield  # signals are ours (_Shutdown)
 
     app = create_app(settings, store)
+    seed = db_ready.result()  # the database's errors surface here, before serving
     if seed is not None:  # the first admin exists before anybody can log in
         bootstrap_admin(store, settings, out, seed)
+    gc.freeze()
+    gc.enable()
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI
 
 from ferryman import __version__
 from ferryman.api import errors
-from ferryman.api.routes import auth, health
+from ferryman.api.routes import (
+    auth,
+    compat,
+    health,
+    pipelines,
+    runs,
+    subscriptions,
+    tokens,
+    users,
+)
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -25,22 +32,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.store = store or Store.from_settings(settings)
     app.state.runs = RunService(app.state.store)
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(auth.router)
-    for module in _optional_routers():
+    for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)
     return app
-
-
-def _optional_routers() -> list[Any]:
-    """Route modules written as the API grows (each exposes ``router``)."""
-    import importlib
-
-    found: list[Any] = []
-    for name in ("pipelines", "runs", "compat", "users", "tokens", "subscriptions"):
-        try:
-            found.append(importlib.import_module(f"ferryman.api.routes.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ferryman.api.routes.{name}":
-                raise
-    return found

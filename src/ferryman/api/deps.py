@@ -51,15 +51,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunsDep = Annotated[RunService, Depends(get_runs)]
 
 
-def get_principal(
-    request: Request,
-    store: StoreDep,
-    settings: SettingsDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+_Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def principal_of(request: Request, creds: HTTPAuthorizationCredentials | None) -> Principal:
     """Who is calling: from a JWT or an API token in ``Authorization: Bearer``."""
     if creds is None or not creds.credentials:
         raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
     token = creds.credentials
     with store.read() as conn:
         if token.startswith(TOKEN_PREFIX):
@@ -88,7 +88,11 @@ def _touch(request: Request, store: Store, token_id: str) -> None:
 
 
 def _require(role: Role):  # type: ignore[no-untyped-def]
-    def dep(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    # One dependency per role, reading the store and settings from the app
+    # itself: a chain of small dependencies costs a thread hop and a solver
+    # step each, on every request (and time to build every route at start-up).
+    def dep(request: Request, creds: _Credentials) -> Principal:
+        principal = principal_of(request, creds)
         principal.require(role)
         return principal
 

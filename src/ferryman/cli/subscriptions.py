@@ -8,10 +8,8 @@ import os
 from typing import Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ferryman.cli.common import EXIT_FAILED, clean_errors, console, fail, open_store
+from ferryman.cli.common import EXIT_FAILED, clean_errors, console, escape, fail, open_store, table
 
 app = typer.Typer(help="Subscribe endpoints to run events; inspect deliveries.",
                   no_args_is_help=True)  # fmt: skip
@@ -117,7 +115,7 @@ def ls(server: str = SERVER) -> None:
 
             with open_store().read() as conn:
                 items = subs.list_subscriptions(conn)
-        t = Table("name", "url", "format", "filters", "enabled", "source")
+        t = table("name", "url", "format", "filters", "enabled", "source")
         for i in items:
             filters = []
             for key in ("event_types", "namespaces", "pipelines"):
@@ -238,7 +236,7 @@ def deliveries_command(
             with open_store().read() as conn:
                 items = subs.list_deliveries(conn, subscription=ref, state=state, run_id=run,
                                              limit=limit)  # fmt: skip
-        t = Table("id", "subscription", "event", "run", "state", "attempts", "last")
+        t = table("id", "subscription", "event", "run", "state", "attempts", "last")
         style = {"delivered": "green", "dead": "red", "pending": "yellow"}
         for i in items:
             last = str(i["last_status"] or "") + (f" {i['last_error']}" if i["last_error"] else "")
@@ -273,7 +271,7 @@ def delivery(
         console.print(f"[bold]delivery {d['id']}[/]  {d['event_type']} of run {d['run_id']} → "
                       f"{escape(d['subscription'])}  {d['state']}  (webhook-id "
                       f"{d['event_id']})")  # fmt: skip
-        t = Table("attempt", "time", "status", "latency (ms)", "error", "answer")
+        t = table("attempt", "time", "status", "latency (ms)", "error", "answer")
         for a in d["attempt_log"]:
             t.add_row(
                 str(a["attempt"]),

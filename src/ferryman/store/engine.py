@@ -65,16 +65,23 @@ class Store:
             self._tune_sqlite(synchronous)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
+    def from_settings(cls, settings: Settings, *, prepare: bool = True) -> Store:
+        """The store of ``settings``; with ``prepare`` (the default) its schema
+        is brought to head first (when ``FERRYMAN_AUTO_MIGRATE`` allows)."""
         store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
         store.trigger_max_depth = settings.trigger_max_depth
-        if settings.auto_migrate:
-            rev = store.schema_revision()
-            if rev != HEAD_REVISION and not (rev is None and store.create_schema()):
-                from ferryman.store.migrate import upgrade  # imports Alembic: only when needed
-
-                upgrade(store)
+        if prepare and settings.auto_migrate:
+            store.prepare_schema()
         return store
+
+    def prepare_schema(self) -> None:
+        """Bring the schema to head: create it in an empty database, migrate
+        an older one, nothing when it is current."""
+        rev = self.schema_revision()
+        if rev != HEAD_REVISION and not (rev is None and self.create_schema()):
+            from ferryman.store.migrate import upgrade  # imports Alembic: only when needed
+
+            upgrade(self)
 
     def create_schema(self) -> bool:
         """Create the whole schema in an empty database and stamp it at
