@@ -154,7 +154,18 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read transaction."""
+        """A read-only unit of work.
+
+        SQLite: a deferred transaction (one snapshot for all its statements).
+        PostgreSQL: autocommit statements, no ``BEGIN``/``COMMIT`` round trips;
+        under READ COMMITTED each statement of a transaction sees its own
+        snapshot anyway, so nothing is lost. Writing here is a bug (use
+        ``write()``): it would not be atomic.
+        """
+        if self.is_postgres:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            return
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
