@@ -31,7 +31,7 @@ from ferryman.services.pipelines import register
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
-from ferryman.store.tables import deliveries, events, subscriptions
+from ferryman.store.tables import deliveries, delivery_attempts, events, subscriptions
 
 PIPES = Path(__file__).parent.parent / "pipelines" / "basic.py"
 
@@ -126,8 +126,11 @@ class Receiver:
             self._server = None
 
     def ok_requests(self) -> list[Request]:
+        """The requests answered 2xx, in the order they arrived (the order of
+        ``answered`` may differ: two connections' handlers race to record)."""
         with self._lock:
-            return [r for r, status in self.answered if 200 <= status < 300]
+            ok = {id(r) for r, status in self.answered if 200 <= status < 300}
+            return [r for r in self.requests if id(r) in ok]
 
 
 @pytest.fixture
@@ -266,6 +269,65 @@ def test_receiver_down_then_back_gets_every_event_in_order(
     assert set(first) >= {"id", "type", "time", "namespace", "pipeline", "pipeline_version",
                           "run_id", "node", "attempt", "message", "labels"}  # fmt: skip
     assert first["labels"] == {"team": "ml"}
+
+
+def test_a_failure_inside_a_chain_leaves_the_rest_untried(
+    store: Store, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    # A run's events are queued before the deliverer starts: it claims each
+    # run's deliveries as one chain and posts them in order. Requests 3 and 4
+    # fail: the chain stops there, the deliveries behind go back to waiting
+    # without an attempt, and everything arrives, in order, once.
+    s = fast(settings)
+    rec = receivers(lambda n: (500, {}, b"no", 0.0) if n in (3, 4) else (200, {}, b"ok", 0.0))
+    sub, _ = subscribe(store, "chain", rec.url)
+    run_ids = finish_runs(store, s, "fan", count=2, n=3)
+    evs = events_of(store, run_ids)
+    Deliverer(store, s).run_until_idle(60)
+    got = [r.headers["webhook-id"] for r in rec.ok_requests()]
+    by_id = {e.id: e for e in evs}
+    assert sorted(got) == sorted(by_id), "each event delivered exactly once"
+    for run_id in run_ids:
+        assert [i for i in got if by_id[i].run_id == run_id] == [
+            e.id for e in evs if e.run_id == run_id
+        ]
+    # No phantom attempts: a delivery's attempt count is the number of
+    # requests the receiver saw for it (the two failures were tried twice).
+    sent: dict[str, int] = {}
+    for r in rec.requests:
+        sent[r.headers["webhook-id"]] = sent.get(r.headers["webhook-id"], 0) + 1
+    rows = delivery_rows(store, sub["id"])
+    assert {r.state for r in rows} == {"delivered"}
+    assert {r.event_id: r.attempts for r in rows} == sent
+    assert sorted(sent.values()).count(2) == 2 and len(rec.requests) == len(evs) + 2
+    with store.read() as conn:
+        n_attempts = conn.execute(sa.select(sa.func.count()).select_from(delivery_attempts))
+        assert n_attempts.scalar_one() == len(rec.requests)
+
+
+def test_stopping_inside_a_chain_puts_the_untried_back(
+    store: Store, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    # The receiver holds its first request; the deliverer is stopped
+    # meanwhile: the deliveries behind it in its chain were never tried, so
+    # they wait again with no attempt counted (the one in flight keeps its
+    # lease: whether it arrived is unknown, it is retried after the lease).
+    s = fast(settings, grace_seconds=0.5)
+    rec = receivers(lambda n: (200, {}, b"late", 5.0) if n == 0 else (200, {}, b"ok", 0.0))
+    sub, _ = subscribe(store, "stop", rec.url)
+    finish_runs(store, s, "fan", n=2)
+    with running(Deliverer(store, s)):
+        wait_for("the first request", lambda: rec.requests)
+    rows = delivery_rows(store, sub["id"])
+    assert len(rows) > 3
+    first, rest = rows[0], rows[1:]
+    assert first.state == "pending" and first.attempts == 1
+    assert first.next_attempt_at > subs.utcnow()  # still leased
+    assert all(r.state == "pending" and r.attempts == 0 for r in rest)
+    assert all(r.next_attempt_at == subs.WAITING for r in rest), [
+        (r.id, r.next_attempt_at) for r in rest
+    ]
+    assert len(rec.requests) == 1
 
 
 def _dedup(ids: list[str]) -> list[str]:

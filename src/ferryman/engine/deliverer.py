@@ -47,6 +47,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,7 @@ PENDING, DELIVERED, DEAD = subs.PENDING, subs.DELIVERED, subs.DEAD
 _MIN_TURN = 0.005  # batch completions and wake-ups for at most 5 ms
 _FILE_CHECK_SECONDS = 1.0
 _WINDOW = 200  # due rows looked at per subscription and claim
+_CHAIN = 50  # deliveries of one (subscription, run) claimed together, posted in order
 _ANALYZE_SECONDS = 15.0  # PostgreSQL: ANALYZE deliveries at most this often while busy
 
 
@@ -92,6 +94,7 @@ class Claimed:
     secret: str
     headers: dict[str, str]
     event: dict[str, Any] | None  # None: the event is gone
+    last: bool = True  # the last of its chain (see ``Deliverer._claim``)
 
 
 @dataclass
@@ -141,9 +144,11 @@ class Deliverer:
         self._wake = store.subscribe(DELIVERY_CHANNEL)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._kick: asyncio.Event | None = None
-        self._inflight: dict[int, str] = {}  # delivery id -> subscription id
+        self._inflight: dict[int, str] = {}  # chain head's delivery id -> subscription id
+        self._chain_ids: dict[int, list[int]] = {}  # chain head's id -> every id of the chain
         self._tasks: set[asyncio.Task[None]] = set()
         self._results: list[Result] = []
+        self._released: list[Claimed] = []  # claimed, never attempted: back to waiting
         self._next_due: float | None = None
         self._file_sig: tuple[int, int, int] | None = None
         self._file_checked = 0.0
@@ -191,7 +196,7 @@ class Deliverer:
         try:
             while not self._stop.is_set():
                 await self._safe_turn(client)
-                idle = idle_exit and not self._inflight and not self._results
+                idle = idle_exit and not self._inflight and not self._results and not self._released
                 if idle and not await asyncio.to_thread(self._pending):
                     return
                 if deadline is not None and time.monotonic() > deadline:
@@ -255,7 +260,7 @@ class Deliverer:
             wait = min(wait, self._next_due - time.monotonic())
         if self.settings.subscriptions_file is not None:
             wait = min(wait, _FILE_CHECK_SECONDS)
-        if self._results:
+        if self._results or self._released:
             wait = 0.0
         if wait > 0:
             with contextlib.suppress(TimeoutError):
@@ -280,18 +285,25 @@ class Deliverer:
         if free <= 0 or self._stop.is_set():
             return
         per_sub = Counter(self._inflight.values())
-        claimed = await asyncio.to_thread(self._claim, free, dict(per_sub), list(self._inflight))
-        self._next_due = None if claimed else time.monotonic() + self.settings.poll_seconds
-        for c in claimed:
-            self._inflight[c.id] = c.subscription_id
-            task = asyncio.create_task(self._attempt(client, c))
+        busy = [i for ids in self._chain_ids.values() for i in ids]
+        chains = await asyncio.to_thread(self._claim, free, dict(per_sub), busy)
+        self._next_due = None if chains else time.monotonic() + self.settings.poll_seconds
+        for chain in chains:
+            head = chain[0]
+            self._inflight[head.id] = head.subscription_id
+            self._chain_ids[head.id] = [c.id for c in chain]
+            task = asyncio.create_task(self._attempt_chain(client, chain))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _claim(self, free: int, per_sub: dict[str, int], busy: list[int]) -> list[Claimed]:
-        """Lease up to ``free`` due deliveries, at most ``per_subscriber`` in
-        flight per subscription, each the oldest pending one of its
-        (subscription, run).
+    def _claim(self, free: int, per_sub: dict[str, int], busy: list[int]) -> list[list[Claimed]]:
+        """Lease up to ``free`` chains, at most ``per_subscriber`` in flight per
+        subscription. A chain starts with a due delivery that is the oldest
+        pending one of its (subscription, run) and goes on with the deliveries
+        queued after it for the same pair (up to ``_CHAIN``), which are posted
+        one after the other, in order, on one connection: the events of one
+        transaction (a run's creation, a fan-out) go out without waiting for
+        a database turn between them.
 
         Each subscription is looked at through its own window of its oldest
         due rows (an index range scan), so the cost of a claim does not grow
@@ -380,11 +392,13 @@ class Deliverer:
             ).all()
             if not rows:
                 return []
+            followers = self._followers(conn, rows, now, lease_until)
+            event_ids = {r.event_id for r in rows} | {
+                f.event_id for fs in followers.values() for f in fs
+            }
             evs = {
                 e.id: subs.envelope(e)
-                for e in conn.execute(
-                    sa.select(events).where(events.c.id.in_({r.event_id for r in rows}))
-                )
+                for e in conn.execute(sa.select(events).where(events.c.id.in_(event_ids)))
             }
             sub_rows = {
                 x.id: x
@@ -397,21 +411,104 @@ class Deliverer:
         out = []
         for r in sorted(rows, key=lambda r: r.id):
             sub = sub_rows[r.subscription_id]
+            members = [r, *followers.get(r.id, ())]
             out.append(
-                Claimed(
-                    id=r.id,
-                    subscription_id=r.subscription_id,
-                    run_id=r.run_id,
-                    attempts=int(r.attempts),
-                    queued_at=r.queued_at,
-                    url=sub.url,
-                    format=sub.format,
-                    secret=sub.secret,
-                    headers=dict(sub.headers or {}),
-                    event=evs.get(r.event_id),
-                )
+                [
+                    Claimed(
+                        id=m.id,
+                        subscription_id=r.subscription_id,
+                        run_id=r.run_id,
+                        attempts=int(m.attempts),
+                        queued_at=m.queued_at,
+                        url=sub.url,
+                        format=sub.format,
+                        secret=sub.secret,
+                        headers=dict(sub.headers or {}),
+                        event=evs.get(m.event_id),
+                        last=i == len(members) - 1,
+                    )
+                    for i, m in enumerate(members)
+                ]
             )
         return out
+
+    def _followers(
+        self,
+        conn: sa.Connection,
+        heads: Sequence[Any],
+        now: dt.datetime,
+        lease_until: dt.datetime,
+    ) -> dict[int, list[Any]]:
+        """Lease the deliveries queued behind each claimed head (same
+        subscription and run, in id order, up to ``_CHAIN - 1``): only an
+        unbroken run of idle ones (waiting for their turn, or due), so nothing
+        is posted out of order and nobody else's lease is taken."""
+        d = deliveries
+        if _CHAIN <= 1:
+            return {}
+        head_of = {(r.run_id, r.subscription_id): r.id for r in heads}
+        pending = conn.execute(
+            sa.select(d.c.id, d.c.run_id, d.c.subscription_id, d.c.next_attempt_at)
+            .where(
+                sa.tuple_(d.c.run_id, d.c.subscription_id).in_(list(head_of)),
+                d.c.state == PENDING,
+            )
+            .order_by(d.c.id)
+        ).all()
+        wanted: dict[int, list[int]] = {}
+        stopped: set[int] = set()
+        for row in pending:
+            head = head_of[(row.run_id, row.subscription_id)]
+            if row.id <= head or head in stopped:
+                continue
+            chain = wanted.setdefault(head, [])
+            idle = row.next_attempt_at == subs.WAITING or row.next_attempt_at <= now
+            if len(chain) >= _CHAIN - 1 or not idle:
+                stopped.add(head)  # full, or leased/backing off: nothing after it
+                continue
+            chain.append(row.id)
+        ids = [i for chain in wanted.values() for i in chain]
+        if not ids:
+            return {}
+        leased = {
+            r.id: r
+            for r in conn.execute(
+                sa.update(d)
+                .where(
+                    d.c.id.in_(ids),
+                    d.c.state == PENDING,
+                    sa.or_(d.c.next_attempt_at == subs.WAITING, d.c.next_attempt_at <= now),
+                )
+                .values(attempts=d.c.attempts + 1, next_attempt_at=lease_until)
+                .returning(d.c.id, d.c.event_id, d.c.attempts, d.c.queued_at)
+            )
+        }
+        out: dict[int, list[Any]] = {}
+        for head, chain in wanted.items():
+            got = out.setdefault(head, [])
+            for i in chain:
+                if i not in leased:
+                    break
+                got.append(leased[i])
+        kept = {r.id for chain in out.values() for r in chain}
+        lost = [{"r_id": i, "r_attempts": leased[i].attempts} for i in leased if i not in kept]
+        if lost:  # leased behind a gap (changed meanwhile): back to waiting, untried
+            self._unlease(conn, lost)
+        return out
+
+    @staticmethod
+    def _unlease(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+        d = deliveries
+        conn.execute(
+            sa.update(d)
+            .where(
+                d.c.id == sa.bindparam("r_id"),
+                d.c.state == PENDING,
+                d.c.attempts == sa.bindparam("r_attempts"),
+            )
+            .values(attempts=d.c.attempts - 1, next_attempt_at=subs.WAITING),
+            rows,
+        )
 
     def _analyze(self) -> None:
         """Keep PostgreSQL's statistics of ``deliveries`` fresh while busy.
@@ -442,7 +539,41 @@ class Deliverer:
 
     # -- one attempt ------------------------------------------------------------------
 
-    async def _attempt(self, client: _Clients, c: Claimed) -> None:
+    async def _attempt_chain(self, client: _Clients, chain: list[Claimed]) -> None:
+        """Post a chain's deliveries in order; at the first that fails, the
+        rest go back to waiting untried (they must not overtake it)."""
+        head = chain[0].id
+        finished = 0
+        failed = False
+        try:
+            for c in chain:
+                if finished and self._stop.is_set():  # shutting down: the rest waits
+                    failed = True
+                    break
+                res = await self._attempt(client, c)
+                finished += 1
+                self._results.append(res)
+                if not res.ok:
+                    failed = True
+                    break
+        finally:
+            # The untried: those after a failed one (or from where a shutdown
+            # stopped the chain); when cancelled (shutdown's grace is over),
+            # those after the one in flight (which stays leased: its outcome
+            # is unknown, so it is retried after the lease).
+            if failed:
+                untried = chain[finished:]
+            elif finished < len(chain):
+                untried = chain[finished + 1 :]
+            else:
+                untried = []
+            self._released.extend(untried)
+            self._inflight.pop(head, None)
+            self._chain_ids.pop(head, None)
+            if self._kick is not None:
+                self._kick.set()
+
+    async def _attempt(self, client: _Clients, c: Claimed) -> Result:
         import aiohttp
 
         now = utcnow()
@@ -474,10 +605,7 @@ class Deliverer:
             log.exception("delivery %d: attempt %d crashed", c.id, c.attempts)
             res.error = f"internal error: {type(exc).__name__}: {exc}"
         res.latency_ms = round((time.monotonic() - started) * 1000, 2)
-        self._results.append(res)
-        self._inflight.pop(c.id, None)
-        if self._kick is not None:
-            self._kick.set()
+        return res
 
     async def _post(
         self,
@@ -500,17 +628,18 @@ class Deliverer:
     # -- recording (in a thread, in batches) ----------------------------------------------
 
     async def _record_results(self) -> None:
-        if not self._results:
+        if not self._results and not self._released:
             return
         batch, self._results = self._results, []
+        released, self._released = self._released, []
         try:
-            await asyncio.to_thread(self._record, batch)
+            await asyncio.to_thread(self._record, batch, released)
         except Exception:
             # Not recorded: the rows stay leased and are retried after the lease.
             log.error("could not record %d delivery attempt(s); they will be retried",
                       len(batch), exc_info=True)  # fmt: skip
 
-    def _record(self, batch: list[Result]) -> None:
+    def _record(self, batch: list[Result], released: list[Claimed] | None = None) -> None:
         now = utcnow()
         d = deliveries
         done: list[dict[str, Any]] = []
@@ -533,7 +662,8 @@ class Deliverer:
             )
             if r.ok:
                 done.append({"b_id": c.id, "b_status": r.status, "b_at": now})
-                ended.append({"e_id": c.id, "e_sub": c.subscription_id, "e_run": c.run_id})
+                if c.last:  # within a chain the next one is ours already (leased)
+                    ended.append({"e_id": c.id, "e_sub": c.subscription_id, "e_run": c.run_id})
                 continue
             values: dict[str, Any] = {"b_id": c.id, "b_attempts": c.attempts, "b_status": r.status}
             if r.status == 410:
@@ -585,6 +715,8 @@ class Deliverer:
                     ),
                     failed,
                 )
+            if released:  # claimed behind a failure, never tried: waiting again
+                self._unlease(conn, [{"r_id": c.id, "r_attempts": c.attempts} for c in released])
             if ended:
                 # The next delivery of each (subscription, run) is due now, if it
                 # was waiting (not when it is already due or leased: redelivery).
