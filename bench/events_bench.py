@@ -5,7 +5,8 @@
     .venv/bin/python bench/events_bench.py engine            # engine cost of the outbox hook
 
 fanout: 10 subscribers (one async HTTP receiver process on loopback, one
-path per subscriber) and a deliverer in its own process, as in a server.
+path per subscriber) and a deliverer in its own process, as in a server
+(SQLite: in the producing process, woken in-process, as in the embedded server).
 
 - burst: 1,000 run creations of a 9-root-step pipeline = 10,000 events
   (RunQueued + 9 NodeQueued per transaction, through the real transition
@@ -35,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -52,12 +54,13 @@ from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 from ferryman.store.migrate import upgrade
+from ferryman.store.tables import events
 
 HERE = Path(__file__).resolve().parent
 NOOP = FunctionRef(file=str(HERE / "steps.py"), qualname="noop")
 PG_URL = os.environ.get("FERRYMAN_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SUBSCRIBERS = 10
-console = Console()
+console = Console(width=200)
 
 
 # -- the receiver: a minimal asyncio HTTP/1.1 server (its own process) -----------------------
@@ -197,12 +200,26 @@ class Scenario:
                 )
             self.pv = register(conn, "bench", roots(9))
             self.pv1 = register(conn, "bench", roots(1))
-        self.procs.append(
-            subprocess.Popen([sys.executable, me, "deliverer", self.url, str(self.tmp)])
-        )
+        if self.sqlite:
+            # SQLite has no cross-process wake-up (LISTEN/NOTIFY): as in the
+            # embedded server, the deliverer shares the process (and store)
+            # of what makes the events, and is woken in-process.
+            from ferryman.engine.deliverer import Deliverer
+
+            s = Settings(home=self.tmp, database_url=self.url, delivery_timeout=2.0)
+            self.deliverer = Deliverer(self.store, s)
+            self.thread = threading.Thread(target=self.deliverer.run, daemon=True)
+            self.thread.start()
+        else:
+            self.procs.append(
+                subprocess.Popen([sys.executable, me, "deliverer", self.url, str(self.tmp)])
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.sqlite:
+            self.deliverer.stop()
+            self.thread.join(30)
         for p in reversed(self.procs):
             p.send_signal(signal.SIGTERM)
         for p in self.procs:
@@ -246,7 +263,7 @@ class Scenario:
         with self.store.read() as conn:
             return {
                 r.id: r.time.timestamp()
-                for r in conn.execute(sa.text("SELECT id, time FROM events")).all()
+                for r in conn.execute(sa.select(events.c.id, events.c.time)).all()
             }
 
     def clear_events(self) -> None:

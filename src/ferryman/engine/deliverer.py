@@ -20,7 +20,10 @@ never blocks on a lock.
 Ordering: a delivery is claimed only if no older delivery of the same
 (subscription, run) is still pending (in flight or waiting for a retry), so
 each subscriber receives the events of a run in order. A dead-lettered
-delivery no longer holds back the ones after it.
+delivery no longer holds back the ones after it. The deliveries queued
+behind a claimed one (same subscription and run) are claimed with it as a
+chain and posted one after the other; at the first failure the rest are put
+back untried, so no attempt is counted for a request never made.
 
 Claiming is a lease (``attempts + 1``, ``next_attempt_at = now + lease``;
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so
