@@ -2,7 +2,19 @@
 # Set up a virtual environment with ferryman and its development tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+# The interpreter: $PYTHON if set; else the distribution's CPython when it is
+# 3.11+ with venv (distribution builds are compiled with profile-guided and
+# link-time optimisation, a self-compiled pyenv build by default is not: ~20 %
+# slower here; docs/decisions/0006-optimised-interpreter.md); else python3.
+pick_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+  for c in /usr/bin/python3 python3; do
+    if "$c" -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
+    then echo "$c"; return; fi
+  done
+  echo python3
+}
+PY=$(pick_python)
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
