@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from tests.webhook_support import receivers as receivers  # the fixture, for every test
 
 from ferryman.settings import Settings
 from ferryman.store.engine import Store

@@ -9,18 +9,21 @@ Signatures are checked with the ``standardwebhooks`` package, not our code.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from standardwebhooks.webhooks import Webhook
+from tests.webhook_support import (
+    Receiver,
+    always,
+    failing_first,
+    serving,
+    verify,
+    wait_for,
+)
 
 from ferryman.domain.params import validate_params
 from ferryman.dsl.loader import load_pipeline
@@ -34,117 +37,6 @@ from ferryman.store.engine import Store
 from ferryman.store.tables import deliveries, delivery_attempts, events, subscriptions
 
 PIPES = Path(__file__).parent.parent / "pipelines" / "basic.py"
-
-
-# -- a real HTTP receiver on loopback ----------------------------------------------------
-
-
-@dataclass
-class Request:
-    time: float  # wall clock (compared with event times)
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-# What the receiver answers to its n-th request (0-based): (status, headers, body, delay)
-Plan = Callable[[int], tuple[int, dict[str, str], bytes, float]]
-
-
-def always(status: int = 200, body: bytes = b"ok") -> Plan:
-    return lambda n: (status, {}, body, 0.0)
-
-
-def failing_first(n_fail: int, status: int = 503) -> Plan:
-    return lambda n: (status, {}, b"down", 0.0) if n < n_fail else (200, {}, b"ok", 0.0)
-
-
-@dataclass
-class Receiver:
-    plan: Plan
-    requests: list[Request] = field(default_factory=list)
-    answered: list[tuple[Request, int]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-    port: int = 0
-    _server: ThreadingHTTPServer | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook?token=path-token"
-
-    def start(self) -> Receiver:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length)
-                req = Request(
-                    time.time(), self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
-                with receiver._lock:
-                    n = len(receiver.requests)
-                    receiver.requests.append(req)
-                status, headers, out, delay = receiver.plan(n)
-                if delay:
-                    receiver.release.wait(delay)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-                with receiver._lock:
-                    receiver.answered.append((req, status))
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass
-
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self.release.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def ok_requests(self) -> list[Request]:
-        """The requests answered 2xx, in the order they arrived (the order of
-        ``answered`` may differ: two connections' handlers race to record)."""
-        with self._lock:
-            ok = {id(r) for r, status in self.answered if 200 <= status < 300}
-            return [r for r in self.requests if id(r) in ok]
-
-
-@pytest.fixture
-def receivers() -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(plan: Plan | None = None) -> Receiver:
-        r = Receiver(plan or always()).start()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.stop()
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -203,34 +95,6 @@ def delivery_rows(store: Store, sub_id: str | None = None) -> list[Any]:
         if sub_id:
             q = q.where(deliveries.c.subscription_id == sub_id)
         return list(conn.execute(q))
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-@contextmanager
-def running(d: Deliverer) -> Iterator[Deliverer]:
-    t = threading.Thread(target=d.run, name="test-deliverer")
-    t.start()
-    try:
-        yield d
-    finally:
-        d.stop()
-        t.join(30)
-        assert not t.is_alive()
-
-
-def verify(secret: str, req: Request) -> dict[str, Any]:
-    payload: dict[str, Any] = Webhook(secret).verify(req.body, req.headers)
-    return payload
 
 
 # -- delivery guarantees ---------------------------------------------------------------------
@@ -316,7 +180,7 @@ def test_stopping_inside_a_chain_puts_the_untried_back(
     rec = receivers(lambda n: (200, {}, b"late", 5.0) if n == 0 else (200, {}, b"ok", 0.0))
     sub, _ = subscribe(store, "stop", rec.url)
     finish_runs(store, s, "fan", n=2)
-    with running(Deliverer(store, s)):
+    with serving(Deliverer(store, s)):
         wait_for("the first request", lambda: rec.requests)
     rows = delivery_rows(store, sub["id"])
     assert len(rows) > 3
@@ -343,7 +207,7 @@ def test_hanging_subscriber_never_delays_a_healthy_one(
     healthy = receivers()
     subscribe(store, "hang", hang.url)
     subscribe(store, "healthy", healthy.url, event_types=["RunQueued", "RunSucceeded"])
-    with running(Deliverer(store, s)):
+    with serving(Deliverer(store, s)):
         run_ids = finish_runs(store, s, "fan", count=6, n=3)
         evs = [e for e in events_of(store, run_ids) if e.type in ("RunQueued", "RunSucceeded")]
         wait_for("the healthy deliveries", lambda: len(healthy.ok_requests()) >= len(evs))
@@ -609,7 +473,7 @@ def test_subscriptions_file_is_loaded_and_reloaded(
         with store.read() as conn:
             return {r["name"]: r for r in subs.list_subscriptions(conn)}
 
-    with running(Deliverer(store, s)):
+    with serving(Deliverer(store, s)):
         wait_for("the file to load", lambda: "from-file" in names())
         assert names()["from-file"]["source"] == "file"
         finish_runs(store, s, "fan", n=2)
