@@ -17,14 +17,8 @@ import httpx
 import pytest
 import uvicorn
 from standardwebhooks.webhooks import Webhook
-from test_subscriptions import (
-    Receiver,
-    always,
-    fast,
-    finish_runs,
-    receivers,
-    subscribe,
-)
+from test_subscriptions import fast, finish_runs, subscribe
+from tests.webhook_support import Receiver, always
 
 from ferryman.api.app import create_app
 from ferryman.client import ApiError, AsyncClient, Client
@@ -34,7 +28,6 @@ from ferryman.services.auth import Role, create_api_token, create_user
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 
-__all__ = ["receivers"]  # the fixture
 ROOT = Path(__file__).resolve().parents[2]
 
 
