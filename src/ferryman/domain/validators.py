@@ -65,7 +65,7 @@ from ferryman.domain.markers import (
     language_code,
     url,
 )
-from ferryman.domain.params import ParamError
+from ferryman.domain.param_errors import ParamError
 from ferryman.domain.spec import ValidatorSpec
 
 __all__ = [
