@@ -10,6 +10,7 @@ export FERRYMAN_TEST_PG_URL=${FERRYMAN_TEST_PG_URL:-postgresql://postgres@127.0.
 echo "== ruff"; .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check src tests bench examples
 echo "== mypy"; .venv/bin/mypy
+echo "== import contracts"; .venv/bin/lint-imports
 echo "== pytest"
 # Most tests wait on processes, servers and databases rather than compute:
 # four test processes keep the two cores busy (each has its own PostgreSQL

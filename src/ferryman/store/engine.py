@@ -21,10 +21,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.settings import Settings
+from ferryman.store.locks import MIGRATION_LOCK_KEY
 
 # The newest migration; a unit test checks it against the Alembic scripts.
 HEAD_REVISION = "0006"
-MIGRATION_LOCK_KEY = 0x66657272  # advisory lock id ("ferr") serialising schema changes
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
