@@ -491,7 +491,7 @@ def test_pipeline_on_kubernetes_through_the_engine(
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).start_version(pv, {"who": "k8s"})
+    run_id = RunService(store).start_version(pv, {"who": "k8s"}).id
     pool = InfraPool(
         {
             "kubernetes": {
