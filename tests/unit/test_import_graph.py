@@ -20,17 +20,6 @@ import ferryman
 
 SRC = Path(ferryman.__file__).resolve().parent.parent
 
-# TODO(lead): delete once the services branch has removed this circle; the test
-# below fails as soon as it is gone, to say so.
-KNOWN_SERVICES_CYCLE = frozenset(
-    {
-        "ferryman.services.pipelines",
-        "ferryman.services.queries",
-        "ferryman.services.runs",
-        "ferryman.services.triggers",
-    }
-)
-
 # TODO(lead): empty once the outbound-HTTP branch has given these a public home.
 # (module importing, the private name it imports)
 KNOWN_PRIVATE_IMPORTS = frozenset(
@@ -113,14 +102,8 @@ def _describe(graph: grimp.ImportGraph, component: set[str]) -> str:
 
 
 def test_no_import_cycles(graph: grimp.ImportGraph) -> None:
-    cycles = [c for c in strongly_connected(_edges(graph)) if not c <= KNOWN_SERVICES_CYCLE]
+    cycles = list(strongly_connected(_edges(graph)))
     assert cycles == [], "import circles:\n" + "\n".join(_describe(graph, c) for c in cycles)
-
-
-def test_known_services_cycle_is_still_there(graph: grimp.ImportGraph) -> None:
-    """When this fails, the services circle is gone: delete KNOWN_SERVICES_CYCLE."""
-    inside = [c for c in strongly_connected(_edges(graph)) if c <= KNOWN_SERVICES_CYCLE]
-    assert inside, "the services circle is gone: delete KNOWN_SERVICES_CYCLE"
 
 
 def test_the_graph_sees_imports_inside_functions(graph: grimp.ImportGraph) -> None:

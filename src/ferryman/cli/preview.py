@@ -38,7 +38,7 @@ def preview_command(
             spec = load_pipeline(ref)
         else:
             from ferryman.cli.common import open_store
-            from ferryman.services.pipelines import latest
+            from ferryman.services.catalog import latest
 
             store = open_store(s)
             try:

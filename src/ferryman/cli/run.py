@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -49,23 +48,19 @@ def run_command(
         raise typer.Exit(_run_on_server(server, ref, param, params_file, namespace, watch, wait,
                                         label, idempotency_key, timeout))  # fmt: skip
     with clean_errors():
+        from ferryman.domain.options import RunOptions
         from ferryman.domain.params import validate_params
         from ferryman.dsl.loader import load_pipeline
-        from ferryman.services.pipelines import latest, register
+        from ferryman.services.catalog import latest, register
         from ferryman.services.runs import RunService
 
         params = parse_params(param, params_file)
-        labels: dict[str, str] = {}
-        for item in label or []:
-            k, sep, v = item.partition("=")
-            if not sep or not k:
-                raise ValueError(f"label {item!r} must look like key=value")
-            labels[k] = v
+        labels = _labels(label)
         s = settings()
         spec = load_pipeline(ref) if _looks_like_file(ref) else None
         if spec is not None:
             params = type_params(params, spec)
-            values = validate_params(spec, params)  # before touching the database
+            validate_params(spec, params)  # before touching the database
         store = open_store(s)
         with store.write() as conn:
             pv = (
@@ -74,21 +69,18 @@ def run_command(
                 else latest(conn, namespace, ref)
             )
         if spec is None:
-            values = validate_params(pv.spec, type_params(params, pv.spec))
+            params = type_params(params, pv.spec)
         if infrastructure:
             from ferryman.infra.registry import infrastructure_class
 
             infrastructure_class(infrastructure)
-        options: dict[str, Any] = {}
-        if infrastructure:
-            options["infrastructure"] = infrastructure
-        if timeout:
-            options["timeout"] = timeout
-        svc = RunService(store)
-        run_id, created = svc.create_run(
-            pv, values, labels=labels, idempotency_key=idempotency_key, options=options
+        options = RunOptions(infrastructure=infrastructure or None, timeout=timeout or None)
+        svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
+        started = svc.start_version(
+            pv, params, options=options, labels=labels, idempotency_key=idempotency_key
         )
-        if not created:
+        run_id = started.id
+        if not started.created:
             console.print(f"run {run_id} already exists for this idempotency key")
         console.print(f"run [bold]{run_id}[/] of {namespace}/{pv.name} (version {pv.version})")
         code = _execute_embedded(store, s, svc, run_id, watch)

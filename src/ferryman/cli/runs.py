@@ -132,13 +132,15 @@ def cancel(run_id: str, server: str = SERVER) -> None:
             console.print(f"run {rid}: cancel requested")
         return
     with clean_errors():
+        from ferryman.cli.common import settings
         from ferryman.services.queries import find_run_id
         from ferryman.services.runs import RunService
 
-        store = open_store()
+        s = settings()
+        store = open_store(s)
         with store.read() as conn:
             rid = find_run_id(conn, run_id)
-        RunService(store).cancel(rid)
+        RunService(store, trigger_max_depth=s.trigger_max_depth).cancel(rid)
         console.print(f"run {rid}: cancel requested")
 
 
@@ -173,7 +175,7 @@ def rerun(
         store = open_store(s)
         with store.read() as conn:
             rid = find_run_id(conn, run_id)
-        svc = RunService(store)
+        svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
         new = svc.rerun(rid)
         if queue_only:
             console.print(f"run {new} queued (re-run of {rid})")
