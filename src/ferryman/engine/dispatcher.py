@@ -423,7 +423,9 @@ class Dispatcher:
                 unfurl_media=False,
             )
         except Exception as exc:  # Slack's error answers, network errors (urllib), timeouts
-            return Outcome.failed(describe(exc, timeout=self.settings.callback_timeout), "slack: ")
+            token = self.settings.slack_bot_token.get_secret_value()
+            failure = describe(exc, timeout=self.settings.callback_timeout, secrets=[token])
+            return Outcome.failed(failure, "slack: ")
         return Outcome(True, resp.status_code)
 
     # -- clients (created on first use: nothing of httpx/slack_sdk at start-up) ----

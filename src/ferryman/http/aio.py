@@ -2,9 +2,11 @@
 
 Imported on first use (it imports aiohttp). aiohttp rather than httpx for
 the deliverer's throughput: docs/decisions/0005-aiohttp-for-event-delivery.md.
-The destination policy sees every request (redirect hops included) through
-a client middleware, and every host name resolved through the connector's
-resolver; an IP-literal host is never resolved (``check_url`` judges it).
+The destination policy is asked by ``AsyncClient.post`` before every
+request (one call: this is the deliverer's hot path), by a client middleware
+for every redirect hop when redirects are followed, and by the connector's
+resolver for every host name resolved; an IP-literal host is never resolved
+(``check_url`` judges it).
 """
 
 from __future__ import annotations
@@ -22,23 +24,40 @@ ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError, TimeoutError, Destin
 
 
 class AsyncClient:
-    """An aiohttp session with ferryman's defaults (see ``async_client``)."""
+    """An aiohttp session with ferryman's defaults (see ``async_client``).
+
+    Requests go through its methods, which ask the destination policy; the
+    session itself is not handed out.
+    """
 
     def __init__(
-        self, session: aiohttp.ClientSession, resolver: AbstractResolver, follow_redirects: bool
+        self,
+        session: aiohttp.ClientSession,
+        resolver: AbstractResolver,
+        policy: DestinationPolicy,
+        follow_redirects: bool,
     ) -> None:
-        self.session = session
+        self._session = session
         self._resolver = resolver
+        self._check = policy.check_url
         self._follow = follow_redirects
 
     def post(
         self, url: str, *, data: bytes, headers: dict[str, str]
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        """POST ``data``; use as ``async with client.post(...) as response``."""
-        return self.session.post(url, data=data, headers=headers, allow_redirects=self._follow)
+        """POST ``data``; use as ``async with client.post(...) as response``.
+
+        ``DestinationRefused`` when the policy refuses ``url`` (nothing is sent).
+        """
+        self._check(url)
+        return self._session.post(url, data=data, headers=headers, allow_redirects=self._follow)
+
+    @property
+    def closed(self) -> bool:
+        return self._session.closed
 
     async def close(self) -> None:
-        await self.session.close()
+        await self._session.close()
         await self._resolver.close()  # given to the connector, so not closed by it
 
 
@@ -63,9 +82,10 @@ def async_client(
         trust_env=False,
         auto_decompress=False,
         headers={"user-agent": USER_AGENT},
-        middlewares=(_policy_middleware(policy),),
+        # Every hop of a followed redirect (the first one is checked twice).
+        middlewares=(_policy_middleware(policy),) if follow_redirects else (),
     )
-    return AsyncClient(session, resolver, follow_redirects)
+    return AsyncClient(session, resolver, policy, follow_redirects)
 
 
 def _client_timeout(t: Timeouts) -> aiohttp.ClientTimeout:

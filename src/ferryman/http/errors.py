@@ -60,13 +60,15 @@ def describe(
     *,
     timeout: float | None = None,
     headers: Mapping[str, str] | None = None,
+    secrets: Iterable[str] = (),
 ) -> Failure:
     """A short, safe description of a failed request, and whether retrying can help.
 
     ``what`` is an exception raised by a client of this package (httpx,
     aiohttp, slack_sdk, the destination policy) or a non-2xx HTTP status
     (with the answer's ``headers``, for ``Retry-After`` on 429 and 503).
-    ``timeout`` is named in the text of a timeout.
+    ``timeout`` is named in the text of a timeout; ``secrets`` (a token the
+    client was given) are masked wherever an exception's message shows them.
 
     Every status is retryable: a receiver answering 404 or 401 while it is
     being deployed or its secret rotated may answer 200 later, and attempts
@@ -78,13 +80,15 @@ def describe(
         if what in RETRY_AFTER_STATUSES and headers is not None:
             after = retry_after(_header(headers, "retry-after"))
         return Failure(f"HTTP {what}", True, what, after)
-    return _describe_exception(what, timeout)
+    return _describe_exception(what, timeout, tuple(secrets))
 
 
-def _describe_exception(exc: BaseException, timeout: float | None) -> Failure:
+def _describe_exception(
+    exc: BaseException, timeout: float | None, secrets: tuple[str, ...]
+) -> Failure:
     refused = _refusal(exc)
     if refused is not None:
-        return Failure(f"destination refused: {redact(refused.reason)}", False)
+        return Failure(f"destination refused: {redact(refused.reason, secrets)}", False)
     name = type(exc).__name__
     httpx: Any = sys.modules.get("httpx")
     aiohttp: Any = sys.modules.get("aiohttp")
@@ -104,7 +108,7 @@ def _describe_exception(exc: BaseException, timeout: float | None) -> Failure:
     if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError):
         return Failure(f"{name}: cannot connect to {exc.host}:{exc.port} ({exc.os_error})")
     # httpx appends " for url '…'" to some messages; redact() would cut it anyway
-    detail = redact(str(exc).split(" for url ")[0])
+    detail = redact(str(exc).split(" for url ")[0], secrets)
     return Failure(f"{name}: {detail}"[:_MAX_ERROR] if detail else name)
 
 
