@@ -36,8 +36,9 @@ from tests.webhook_support import (
 
 from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
-from ferryman.engine.dispatcher import Dispatcher, _retry_after
+from ferryman.engine.dispatcher import Dispatcher
 from ferryman.engine.worker import Worker
+from ferryman.http import DestinationPolicy, DestinationRefused, retry_after
 from ferryman.notify import signing
 from ferryman.notify.report import one_line_error, slack_text
 from ferryman.services.catalog import register
@@ -202,13 +203,13 @@ def test_429_retry_after_is_honoured(
 
 
 def test_retry_after_parsing_and_delay_choice(tmp_path: Path) -> None:
-    assert _retry_after("3") == 3.0
-    assert _retry_after(" 1.5 ") == 1.5
-    assert _retry_after("-4") == 0.0
-    assert _retry_after("soon") is None
-    assert _retry_after(None) is None
+    assert retry_after("3") == 3.0
+    assert retry_after(" 1.5 ") == 1.5
+    assert retry_after("-4") == 0.0
+    assert retry_after("soon") is None
+    assert retry_after(None) is None
     future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
-    got = _retry_after(future)
+    got = retry_after(future)
     assert got is not None and 25 <= got <= 31
     s = Settings(home=tmp_path, callback_backoff=20, callback_max_backoff=60)
     d = Dispatcher(Store(s.db_url), s)
@@ -376,6 +377,46 @@ def test_a_claim_takes_at_most_its_free_slots(store: Store, settings: Settings) 
     finally:
         d.store.unsubscribe(d._wake)
         d._pool.shutdown()
+
+
+def test_the_destination_policy_is_asked_and_a_refusal_is_dead_at_once(
+    store: Store,
+    settings: Settings,
+    receivers: Callable[..., Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Webhooks and Slack messages go through ``ferryman.http``'s policy: a
+    refused destination is never posted to, and no retry can help."""
+    import ferryman.engine.dispatcher as dispatcher_module
+
+    class RefuseHook(DestinationPolicy):
+        def __init__(self) -> None:
+            self.urls: list[str] = []
+
+        def check_url(self, url: str) -> None:
+            self.urls.append(url)
+            if "/hook" in url or "chat.postMessage" in url:
+                raise DestinationRefused("not on the allow-list")
+
+    policy = RefuseHook()
+    monkeypatch.setattr(dispatcher_module, "destination_policy", lambda s: policy)
+    hook, api = receivers(), slack_api(receivers)
+    s = cb_settings(
+        settings,
+        slack_bot_token="xoxb-t",
+        slack_api_url=f"http://127.0.0.1:{api.port}/api/",
+    )
+    finish_run(store, s, "fan", {"webhook_url": hook.url, "slack_channel": "C1"}, n=1)
+    Dispatcher(store, s).run_until_idle(20)
+    assert hook.requests == [] and api.requests == []
+    assert sorted(policy.urls) == sorted(
+        [hook.url, f"http://127.0.0.1:{api.port}/api/chat.postMessage"]
+    )
+    by_kind = {r.kind: r for r in rows(store)}
+    assert (by_kind["webhook"].state, by_kind["webhook"].attempts) == ("dead", 1)
+    assert by_kind["webhook"].last_error == "destination refused: not on the allow-list"
+    assert (by_kind["slack"].state, by_kind["slack"].attempts) == ("dead", 1)
+    assert by_kind["slack"].last_error == "slack: destination refused: not on the allow-list"
 
 
 # -- Slack ----------------------------------------------------------------------------

@@ -29,12 +29,17 @@ from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.deliverer import Deliverer
 from ferryman.engine.worker import Worker
+from ferryman.errors import InvalidInput
+from ferryman.http import DestinationPolicy, DestinationRefused, destination_policy
+from ferryman.services import deliveries as dels
 from ferryman.services import subscriptions as subs
 from ferryman.services.catalog import register
+from ferryman.services.fanout import WAITING
 from ferryman.services.runs import RunService
+from ferryman.services.subscriptions_file import FileError, reconcile_file
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
-from ferryman.store.tables import deliveries, delivery_attempts, events, subscriptions
+from ferryman.store.tables import deliveries, delivery_attempts, events, subscriptions, utcnow
 
 PIPES = Path(__file__).parent.parent / "pipelines" / "basic.py"
 
@@ -183,9 +188,9 @@ def test_stopping_inside_a_chain_puts_the_untried_back(
     assert len(rows) > 3
     first, rest = rows[0], rows[1:]
     assert first.state == "pending" and first.attempts == 1
-    assert first.next_attempt_at > subs.utcnow()  # still leased
+    assert first.next_attempt_at > utcnow()  # still leased
     assert all(r.state == "pending" and r.attempts == 0 for r in rest)
-    assert all(r.next_attempt_at == subs.WAITING for r in rest), [
+    assert all(r.next_attempt_at == WAITING for r in rest), [
         (r.id, r.next_attempt_at) for r in rest
     ]
     assert len(rec.requests) == 1
@@ -270,15 +275,15 @@ def test_dead_letter_after_attempts_then_redeliver(
     (row,) = delivery_rows(store, sub["id"])
     assert row.state == "dead" and row.attempts == 3 and row.last_status == 500
     with store.read() as conn:
-        (dead,) = subs.list_deliveries(conn, subscription="dl", state="dead")
-        detail = subs.get_delivery(conn, dead["id"])
+        (dead,) = dels.list_deliveries(conn, subscription="dl", state="dead")
+        detail = dels.get_delivery(conn, dead["id"])
     assert [a["status"] for a in detail["attempt_log"]] == [500, 500, 500]
     assert detail["attempt_log"][0]["response"] == "<h1>database is down</h1>"
     assert all(a["latency_ms"] >= 0 for a in detail["attempt_log"])
     assert len(rec.requests) == 3
     down = False
     with store.write() as conn:
-        assert subs.redeliver(conn, [dead["id"]]) == 1
+        assert dels.redeliver(conn, [dead["id"]]) == 1
     Deliverer(store, s).run_until_idle(30)
     (row,) = delivery_rows(store, sub["id"])
     assert row.state == "delivered"
@@ -434,19 +439,64 @@ def test_send_test_shows_the_receivers_answer(
 ) -> None:
     rec = receivers(always(202, b"queued it"))
     _, secret = subscribe(store, "t", rec.url, headers={"X-Team": "ml"})
+    policy = destination_policy(settings)
     with store.read() as conn:
-        res = subs.send_test(conn, "t", timeout=5)
+        res = dels.send_test(conn, "t", policy=policy, timeout=5)
     assert res.status == 202 and res.response == "queued it" and res.error is None
     (req,) = rec.requests
     assert verify(secret, req)["data"] == {"test": True}
     assert req.headers["x-team"] == "ml"
     with store.read() as conn:
-        res = subs.send_test(conn, "t", timeout=5, event_type="NodeFailed")
+        res = dels.send_test(conn, "t", policy=policy, timeout=5, event_type="NodeFailed")
         assert rec.requests[-1].json()["node"] == "train"
     rec.stop()
     with store.read() as conn:
-        res = subs.send_test(conn, "t", timeout=2)
+        res = dels.send_test(conn, "t", policy=policy, timeout=2)
     assert res.status is None and res.error and "path-token" not in res.error
+
+
+class RefuseBlocked(DestinationPolicy):
+    """Refuses every URL with ``blocked`` in it (a stand-in for a production policy)."""
+
+    def check_url(self, url: str) -> None:
+        if "blocked" in url:
+            raise DestinationRefused("blocked by policy")
+
+
+def test_the_destination_policy_is_applied_when_set_and_when_sent(
+    store: Store,
+    settings: Settings,
+    receivers: Callable[..., Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import ferryman.engine.deliverer as deliverer_module
+
+    policy = RefuseBlocked()
+    rec = receivers()
+    blocked_url = rec.url.replace("/hook", "/blocked")
+    # when a URL is set: create, update, the subscriptions file
+    spec = subs.SubscriptionCreate(name="b", url=blocked_url)
+    with store.write() as conn, pytest.raises(InvalidInput, match="destination refused"):
+        subs.create_subscription(conn, spec, policy=policy)
+    subscribe(store, "ok", rec.url, event_types=["RunSucceeded"])
+    change = subs.SubscriptionUpdate(url=blocked_url)
+    with store.write() as conn, pytest.raises(InvalidInput, match="blocked by policy"):
+        subs.update_subscription(conn, "ok", change, policy=policy)
+    with store.write() as conn, pytest.raises(FileError, match="b: url: destination refused"):
+        reconcile_file(conn, [spec], policy=policy)
+    # when sent: a subscription made before the policy refused it (test send, deliverer)
+    with store.write() as conn:
+        subs.update_subscription(conn, "ok", change)
+        res = dels.send_test(conn, "ok", policy=policy, timeout=2)
+    assert res.status is None and res.error == "destination refused: blocked by policy"
+    monkeypatch.setattr(deliverer_module, "destination_policy", lambda s: policy)
+    finish_runs(store, fast(settings), "fan", n=2)
+    Deliverer(store, fast(settings)).run_until_idle(30)
+    (row,) = delivery_rows(store)
+    assert (row.state, row.attempts, row.last_status) == ("dead", 1, None)
+    assert row.last_error == "destination refused: blocked by policy"
+    assert rec.requests == []
 
 
 def test_subscriptions_file_is_loaded_and_reloaded(

@@ -20,15 +20,6 @@ import ferryman
 
 SRC = Path(ferryman.__file__).resolve().parent.parent
 
-# TODO(lead): empty once the outbound-HTTP branch has given these a public home.
-# (module importing, the private name it imports)
-KNOWN_PRIVATE_IMPORTS = frozenset(
-    {
-        ("ferryman.engine.deliverer", "ferryman.engine.dispatcher._retry_after"),
-        ("ferryman.engine.deliverer", "ferryman.engine.dispatcher._user_agent"),
-    }
-)
-
 
 # --------------------------------------------------------------------------- cycles
 
@@ -189,8 +180,7 @@ def test_no_private_names_imported_across_modules() -> None:
     for path in sorted((SRC / "ferryman").rglob("*.py")):
         module, is_package = _module_name(path)
         for line, name in private_imports(path.read_text(), module, is_package):
-            if (module, name) not in KNOWN_PRIVATE_IMPORTS:
-                problems.append(f"{module}:{line} uses {name}")
+            problems.append(f"{module}:{line} uses {name}")
     assert problems == [], "give these a public name or an API:\n" + "\n".join(problems)
 
 

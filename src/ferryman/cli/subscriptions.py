@@ -88,11 +88,14 @@ def add(
                 created = _remote(c.create_subscription, **body)
             record, secret = created.model_dump(), created.secret
         else:
+            from ferryman.cli.common import settings
+            from ferryman.http import destination_policy
             from ferryman.services import subscriptions as subs
 
+            s = settings()
             spec = subs.SubscriptionCreate.model_validate(body)
-            with open_store().write() as conn:
-                record, secret = subs.create_subscription(conn, spec)
+            with open_store(s).write() as conn:
+                record, secret = subs.create_subscription(conn, spec, policy=destination_policy(s))
         console.print(f"subscription [bold]{escape(record['name'])}[/] ({record['id']}) → "
                       f"{escape(record['url'])} [{record['format']}]")  # fmt: skip
         if body.get("secret"):
@@ -193,13 +196,15 @@ def test(
                 r = _remote(c.test_subscription, ref, event).model_dump()
         else:
             from ferryman.cli.common import settings
+            from ferryman.http import destination_policy
             from ferryman.notify.formats import FormatContext
-            from ferryman.services import subscriptions as subs
+            from ferryman.services import deliveries
 
             s = settings()
             with open_store(s).read() as conn:
-                res = subs.send_test(conn, ref, event_type=event, timeout=s.delivery_timeout,
-                                     ctx=FormatContext(s.base_url))  # fmt: skip
+                res = deliveries.send_test(conn, ref, policy=destination_policy(s),
+                                           event_type=event, timeout=s.delivery_timeout,
+                                           ctx=FormatContext(s.base_url))  # fmt: skip
             r = {**res.__dict__, "ok": res.ok}
         status = r["status"] if r["status"] is not None else "no answer"
         style = "green" if r["ok"] else "red"
@@ -231,11 +236,11 @@ def deliveries_command(
                                limit=limit)  # fmt: skip
                 items = [i.model_dump() for i in page.items]
         else:
-            from ferryman.services import subscriptions as subs
+            from ferryman.services import deliveries
 
             with open_store().read() as conn:
-                items = subs.list_deliveries(conn, subscription=ref, state=state, run_id=run,
-                                             limit=limit)  # fmt: skip
+                items = deliveries.list_deliveries(conn, subscription=ref, state=state,
+                                                   run_id=run, limit=limit)  # fmt: skip
         t = table("id", "subscription", "event", "run", "state", "attempts", "last")
         style = {"delivered": "green", "dead": "red", "pending": "yellow"}
         for i in items:
@@ -264,10 +269,10 @@ def delivery(
             with remote.client(server) as c:
                 d = _remote(c.get_delivery, delivery_id).model_dump()
         else:
-            from ferryman.services import subscriptions as subs
+            from ferryman.services import deliveries
 
             with open_store().read() as conn:
-                d = subs.get_delivery(conn, delivery_id)
+                d = deliveries.get_delivery(conn, delivery_id)
         console.print(f"[bold]delivery {d['id']}[/]  {d['event_type']} of run {d['run_id']} → "
                       f"{escape(d['subscription'])}  {d['state']}  (webhook-id "
                       f"{d['event_id']})")  # fmt: skip
@@ -306,12 +311,12 @@ def redeliver(
                 if all_dead:
                     queued += _remote(c.redeliver_dead, all_dead).queued
         else:
-            from ferryman.services import subscriptions as subs
+            from ferryman.services import deliveries
 
             with open_store().write() as conn:
                 for i in delivery_ids or []:
-                    subs.get_delivery(conn, i)  # a clear error for an unknown id
-                queued += subs.redeliver(conn, delivery_ids or [])
+                    deliveries.get_delivery(conn, i)  # a clear error for an unknown id
+                queued += deliveries.redeliver(conn, delivery_ids or [])
                 if all_dead:
-                    queued += subs.redeliver_dead(conn, all_dead)
+                    queued += deliveries.redeliver_dead(conn, all_dead)
         console.print(f"{queued} deliver{'y' if queued == 1 else 'ies'} queued again")

@@ -1,16 +1,17 @@
 """The deliverer: posts queued event deliveries to subscribers (SPEC §4).
 
 Deliveries are rows of ``deliveries``, queued in the transaction that writes
-their event (``services.subscriptions.enqueue_deliveries``), so nothing is
-lost by a crash or restart. This loop claims due rows, renders each in its
+their event (``services.fanout.enqueue_deliveries``), so nothing is lost by
+a crash or restart. This loop claims due rows, renders each in its
 subscriber's format, signs it (Standard Webhooks, the event id as the stable
 ``webhook-id``) and POSTs it; then it records the attempt.
 
 Why asyncio (one event loop in one thread, one aiohttp session per
-subscription): a request waiting on a slow receiver costs a coroutine, not a
-thread, so hundreds can be in flight at once and a hanging subscriber only
-ever holds its own ``delivery_per_subscriber`` slots (out of
-``delivery_concurrency``) and connections for at most its timeout. aiohttp
+subscription, made by ``ferryman.http``): a request waiting on a slow
+receiver costs a coroutine, not a thread, so hundreds can be in flight at
+once and a hanging subscriber only ever holds its own
+``delivery_per_subscriber`` slots (out of ``delivery_concurrency``) and
+connections for at most its timeout. aiohttp
 rather than httpx here: on this hot path httpx's async stack cost ~3 ms of
 CPU per request against ~0.35 ms for aiohttp (C HTTP parser), a tenfold
 difference in deliveries per second on a 2-core machine. Database work
@@ -52,14 +53,24 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from ferryman.domain.retry import RetryPolicy
-from ferryman.engine.dispatcher import _retry_after, _user_agent
+from ferryman.http import (
+    RESPONSE_EXCERPT,
+    Timeouts,
+    describe,
+    destination_policy,
+    response_excerpt,
+)
+from ferryman.http.pool import ClientPool
 from ferryman.notify.formats import FormatContext
+from ferryman.notify.webhook import build_request, envelope
 from ferryman.services import subscriptions as subs
+from ferryman.services.fanout import DEAD, DELIVERED, PENDING, WAITING
+from ferryman.services.subscriptions_file import FileError, read_file, reconcile_file
 from ferryman.settings import Settings
 from ferryman.store.engine import DELIVERY_CHANNEL, Store
 from ferryman.store.tables import (
@@ -70,12 +81,8 @@ from ferryman.store.tables import (
     utcnow,
 )
 
-if TYPE_CHECKING:
-    import aiohttp
-
 log = logging.getLogger(__name__)
 
-PENDING, DELIVERED, DEAD = subs.PENDING, subs.DELIVERED, subs.DEAD
 _MIN_TURN = 0.005  # batch completions and wake-ups for at most 5 ms
 _FILE_CHECK_SECONDS = 1.0
 _WINDOW = 200  # due rows looked at per subscription and claim
@@ -136,6 +143,7 @@ class Deliverer:
         self.per_subscriber = settings.delivery_per_subscriber
         self.ctx = FormatContext(settings.base_url)
         self.lease_seconds = 2 * settings.delivery_timeout + 10.0
+        self._destinations = destination_policy(settings)
         self._policy = RetryPolicy(
             retries=max(settings.delivery_max_attempts - 1, 0),
             delay=settings.delivery_backoff,
@@ -194,7 +202,7 @@ class Deliverer:
             )
         for th in threads:
             th.start()
-        client = _Clients(self.settings, self.per_subscriber)
+        client = self._clients()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self._stop.is_set():
@@ -212,7 +220,7 @@ class Deliverer:
             for th in threads:
                 await asyncio.to_thread(th.join, 3.0)
 
-    async def _shutdown(self, client: _Clients) -> None:
+    async def _shutdown(self, client: ClientPool) -> None:
         """Let in-flight attempts finish (bounded), record what finished; the
         rest stays leased and is retried once the lease runs out."""
         self._stop.set()
@@ -273,7 +281,7 @@ class Deliverer:
 
     # -- one turn ---------------------------------------------------------------------
 
-    async def _safe_turn(self, client: _Clients) -> None:
+    async def _safe_turn(self, client: ClientPool) -> None:
         try:
             await self._turn(client)
         except Exception as exc:  # the database is down, or a bug: never end the loop
@@ -281,7 +289,7 @@ class Deliverer:
             self._next_due = time.monotonic() + min(self.settings.poll_seconds, 1.0)
             await asyncio.sleep(min(self.settings.poll_seconds, 1.0))
 
-    async def _turn(self, client: _Clients) -> None:
+    async def _turn(self, client: ClientPool) -> None:
         await self._check_file()
         await self._record_results()
         free = self.concurrency - len(self._inflight)
@@ -400,7 +408,7 @@ class Deliverer:
                 f.event_id for fs in followers.values() for f in fs
             }
             evs = {
-                e.id: subs.envelope(e)
+                e.id: envelope(e)
                 for e in conn.execute(sa.select(events).where(events.c.id.in_(event_ids)))
             }
             sub_rows = {
@@ -465,7 +473,7 @@ class Deliverer:
             if row.id <= head or head in stopped:
                 continue
             chain = wanted.setdefault(head, [])
-            idle = row.next_attempt_at == subs.WAITING or row.next_attempt_at <= now
+            idle = row.next_attempt_at == WAITING or row.next_attempt_at <= now
             if len(chain) >= _CHAIN - 1 or not idle:
                 stopped.add(head)  # full, or leased/backing off: nothing after it
                 continue
@@ -480,7 +488,7 @@ class Deliverer:
                 .where(
                     d.c.id.in_(ids),
                     d.c.state == PENDING,
-                    sa.or_(d.c.next_attempt_at == subs.WAITING, d.c.next_attempt_at <= now),
+                    sa.or_(d.c.next_attempt_at == WAITING, d.c.next_attempt_at <= now),
                 )
                 .values(attempts=d.c.attempts + 1, next_attempt_at=lease_until)
                 .returning(d.c.id, d.c.event_id, d.c.attempts, d.c.queued_at)
@@ -509,7 +517,7 @@ class Deliverer:
                 d.c.state == PENDING,
                 d.c.attempts == sa.bindparam("r_attempts"),
             )
-            .values(attempts=d.c.attempts - 1, next_attempt_at=subs.WAITING),
+            .values(attempts=d.c.attempts - 1, next_attempt_at=WAITING),
             rows,
         )
 
@@ -542,7 +550,7 @@ class Deliverer:
 
     # -- one attempt ------------------------------------------------------------------
 
-    async def _attempt_chain(self, client: _Clients, chain: list[Claimed]) -> None:
+    async def _attempt_chain(self, client: ClientPool, chain: list[Claimed]) -> None:
         """Post a chain's deliveries in order; at the first that fails, the
         rest go back to waiting untried (they must not overtake it)."""
         head = chain[0].id
@@ -576,8 +584,16 @@ class Deliverer:
             if self._kick is not None:
                 self._kick.set()
 
-    async def _attempt(self, client: _Clients, c: Claimed) -> Result:
-        import aiohttp
+    def _clients(self) -> ClientPool:
+        """One aiohttp session per subscription (made on first use)."""
+        return ClientPool(
+            Timeouts.overall(self.settings.delivery_timeout),
+            policy=self._destinations,
+            connections=self.per_subscriber,
+        )
+
+    async def _attempt(self, client: ClientPool, c: Claimed) -> Result:
+        from ferryman.http.aio import ERRORS
 
         now = utcnow()
         started = time.monotonic()
@@ -587,13 +603,12 @@ class Deliverer:
                 res.error, res.permanent = "the event no longer exists", True
             else:
                 try:
-                    body, headers = subs.build_request(
+                    body, headers = build_request(
                         secret=c.secret,
                         fmt_name=c.format,
                         extra_headers=c.headers,
                         event=c.event,
                         ctx=self.ctx,
-                        user_agent=_user_agent(),
                     )
                 except Exception as exc:  # an unknown format, a broken plug-in
                     res.error = f"cannot render the {c.format} format: {type(exc).__name__}: {exc}"
@@ -602,8 +617,9 @@ class Deliverer:
                     await self._post(client, c, body, headers, res)
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            res.error, res.permanent = _describe(exc, self.settings.delivery_timeout)
+        except ERRORS as exc:
+            failure = describe(exc, timeout=self.settings.delivery_timeout)
+            res.error, res.permanent = failure.error, not failure.retryable
         except Exception as exc:  # a bug must not lose the delivery: it is retried
             log.exception("delivery %d: attempt %d crashed", c.id, c.attempts)
             res.error = f"internal error: {type(exc).__name__}: {exc}"
@@ -612,21 +628,19 @@ class Deliverer:
 
     async def _post(
         self,
-        clients: _Clients,
+        clients: ClientPool,
         c: Claimed,
         body: bytes,
         headers: dict[str, str],
         res: Result,
     ) -> None:
-        session = clients.get(c.subscription_id)
-        async with session.post(c.url, data=body, headers=headers, allow_redirects=False) as resp:
+        async with clients.get(c.subscription_id).post(c.url, data=body, headers=headers) as resp:
             res.status = resp.status
-            got = await resp.content.read(subs.RESPONSE_EXCERPT * 4)
-            res.response = subs.excerpt_text(got.decode("utf-8", "replace"))
-            if resp.status in (429, 503):
-                res.retry_after = _retry_after(resp.headers.get("retry-after"))
-        if not res.ok:
-            res.error = f"HTTP {res.status}"
+            got = await resp.content.read(RESPONSE_EXCERPT * 4)
+            res.response = response_excerpt(got)
+            if not res.ok:
+                failure = describe(resp.status, headers=resp.headers)
+                res.error, res.retry_after = failure.error, failure.retry_after
 
     # -- recording (in a thread, in batches) ----------------------------------------------
 
@@ -736,7 +750,7 @@ class Deliverer:
                 )
                 conn.execute(
                     sa.update(d)
-                    .where(d.c.id == nxt, d.c.next_attempt_at == subs.WAITING)
+                    .where(d.c.id == nxt, d.c.next_attempt_at == WAITING)
                     .values(next_attempt_at=now),
                     ended,
                 )
@@ -794,7 +808,7 @@ class Deliverer:
             log.warning("subscriptions file %s not found: no file subscriptions", path)
         try:
             changes = await asyncio.to_thread(self._reload_file, sig)
-        except subs.FileError as exc:
+        except FileError as exc:
             log.error("subscriptions file not applied: %s", exc)
             self._file_sig = sig  # reported once per version of the file
             return
@@ -805,52 +819,6 @@ class Deliverer:
     def _reload_file(self, sig: tuple[int, int, int]) -> list[str]:
         path = self.settings.subscriptions_file
         assert path is not None
-        specs = [] if sig == (0, 0, 0) else subs.read_file(path)
+        specs = [] if sig == (0, 0, 0) else read_file(path)
         with self.store.write() as conn:
-            return subs.reconcile_file(conn, specs)
-
-
-class _Clients:
-    """One aiohttp session per subscription, each with a pool of at most
-    ``per_subscriber`` connections: a hanging receiver's connections never
-    crowd anybody else's pool."""
-
-    def __init__(self, settings: Settings, per_subscriber: int) -> None:
-        self._settings = settings
-        self._per_subscriber = per_subscriber
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-
-    def get(self, subscription_id: str) -> aiohttp.ClientSession:
-        import aiohttp
-
-        session = self._sessions.get(subscription_id)
-        if session is None:
-            session = self._sessions[subscription_id] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._per_subscriber, ttl_dns_cache=60),
-                timeout=aiohttp.ClientTimeout(total=self._settings.delivery_timeout),
-                trust_env=False,
-                auto_decompress=False,
-            )
-        return session
-
-    async def aclose(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
-
-
-def _describe(exc: BaseException, timeout: float) -> tuple[str, bool]:
-    """An attempt's transport error (without the URL's path: it may hold a
-    token) and whether retrying can never help."""
-    import aiohttp
-
-    if isinstance(exc, TimeoutError):
-        return f"timed out after {timeout:g}s", False
-    if isinstance(exc, aiohttp.InvalidURL):
-        return "invalid URL", True
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return (
-            f"ClientConnectorError: cannot connect to {exc.host}:{exc.port} ({exc.os_error})",
-            False,
-        )
-    return f"{type(exc).__name__}: {str(exc)[:300]}", False
+            return reconcile_file(conn, specs, policy=self._destinations)

@@ -29,16 +29,16 @@ can end the loop: every error is recorded, logged and retried.
 
 Webhooks are always signed (Standard Webhooks, ``ferryman.notify.signing``):
 with ``FERRYMAN_WEBHOOK_SECRET``, or with the per-install secret generated
-under ``FERRYMAN_HOME/webhook_secret``.
+under ``FERRYMAN_HOME/webhook_secret``. The HTTP and Slack clients, their
+defaults, the destination policy and the error texts come from
+``ferryman.http``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -47,12 +47,19 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
 from ferryman.domain.retry import RetryPolicy
 from ferryman.errors import NotFound
+from ferryman.http import (
+    Failure,
+    Timeouts,
+    describe,
+    destination_policy,
+    redact_url,
+    response_excerpt,
+)
 from ferryman.notify.report import build_report, excerpt, slack_text
 from ferryman.notify.signing import load_or_create_secret, secret_key, signed_headers
 from ferryman.settings import Settings
@@ -66,24 +73,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-# Slack answers that no retry can fix: the callback is dead at once.
-SLACK_PERMANENT = frozenset(
-    {
-        "account_inactive",
-        "channel_not_found",
-        "invalid_arguments",
-        "invalid_auth",
-        "is_archived",
-        "missing_scope",
-        "msg_too_long",
-        "no_permission",
-        "no_text",
-        "not_authed",
-        "not_in_channel",
-        "restricted_action",
-        "token_revoked",
-    }
-)
 _RESPONSE_SNIPPET = 300  # bytes of a failed response body kept in last_error
 # A wake-up can arrive before the transaction that caused it has committed
 # (``Store.notify`` sets the in-process event inside the transaction), so a
@@ -113,6 +102,10 @@ class Outcome:
     retry_after: float | None = None
     permanent: bool = False
 
+    @classmethod
+    def failed(cls, f: Failure, prefix: str = "") -> Outcome:
+        return cls(False, f.status, prefix + f.error, f.retry_after, permanent=not f.retryable)
+
 
 class Dispatcher:
     """Claims due callbacks and delivers them until stopped.
@@ -136,6 +129,7 @@ class Dispatcher:
         secret, _ = load_or_create_secret(settings)
         self._key = secret_key(secret)  # only the key is kept; it is never logged
         self._transport = transport
+        self._destinations = destination_policy(settings)
         self._policy = RetryPolicy(
             retries=max(settings.callback_max_attempts - 1, 0),
             delay=settings.callback_backoff,
@@ -391,7 +385,7 @@ class Dispatcher:
         return self._post_slack(c, report)
 
     def _post_webhook(self, c: Claimed, report: dict[str, Any]) -> Outcome:
-        import httpx
+        from ferryman.http.sync import ERRORS, read_start
 
         url = c.target.get("url")
         if not isinstance(url, str) or not url:
@@ -399,32 +393,21 @@ class Dispatcher:
         body = json.dumps(report, separators=(",", ":")).encode()
         headers = {
             "content-type": "application/json",
-            "user-agent": _user_agent(),
             **signed_headers(self._key, c.id, body),  # a fresh timestamp per attempt
         }
         try:
             with self._client().stream("POST", url, content=body, headers=headers) as resp:
-                status = resp.status_code
-                if 200 <= status < 300:
-                    return Outcome(True, status)
-                snippet = _read_some(resp)
-                retry_after = (
-                    _retry_after(resp.headers.get("retry-after")) if status in (429, 503) else None
-                )
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            return Outcome(False, error=f"invalid webhook url: {exc}", permanent=True)
-        except httpx.TimeoutException as exc:
-            what = type(exc).__name__
-            return Outcome(False, error=f"timed out after {self.settings.callback_timeout:g}s "
-                                        f"({what})")  # fmt: skip
-        except httpx.HTTPError as exc:
-            return Outcome(False, error=f"{type(exc).__name__}: {exc}")
-        error = f"HTTP {status}" + (f": {snippet}" if snippet else "")
-        return Outcome(False, status, error, retry_after)
+                if 200 <= resp.status_code < 300:
+                    return Outcome(True, resp.status_code)
+                failure = describe(resp.status_code, headers=resp.headers)
+                snippet = response_excerpt(read_start(resp, _RESPONSE_SNIPPET), _RESPONSE_SNIPPET)
+        except ERRORS as exc:
+            return Outcome.failed(describe(exc, timeout=self.settings.callback_timeout))
+        if snippet:
+            failure = failure._replace(error=f"{failure.error}: {snippet}")
+        return Outcome.failed(failure)
 
     def _post_slack(self, c: Claimed, report: dict[str, Any]) -> Outcome:
-        from slack_sdk.errors import SlackApiError
-
         channel = c.target.get("channel")
         if not isinstance(channel, str) or not channel:
             return Outcome(False, error="callback target has no slack channel", permanent=True)
@@ -439,52 +422,38 @@ class Dispatcher:
                 unfurl_links=False,
                 unfurl_media=False,
             )
-        except SlackApiError as exc:
-            status = getattr(exc.response, "status_code", None)
-            code = _slack_error(exc.response)
-            retry_after = None
-            if status in (429, 503):
-                retry_after = _retry_after(_header(exc.response, "retry-after"))
-            return Outcome(
-                False,
-                status,
-                f"slack: {code}",
-                retry_after,
-                permanent=code in SLACK_PERMANENT,
-            )
-        except Exception as exc:  # network errors (urllib), timeouts
-            return Outcome(False, error=f"slack: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # Slack's error answers, network errors (urllib), timeouts
+            token = self.settings.slack_bot_token.get_secret_value()
+            failure = describe(exc, timeout=self.settings.callback_timeout, secrets=[token])
+            return Outcome.failed(failure, "slack: ")
         return Outcome(True, resp.status_code)
 
     # -- clients (created on first use: nothing of httpx/slack_sdk at start-up) ----
 
     def _client(self) -> httpx.Client:
-        import httpx
+        from ferryman.http.sync import sync_client
 
         with self._clients_lock:
             if self._http is None:
-                _redact_httpx_urls()
-                t = self.settings.callback_timeout
-                self._http = httpx.Client(
-                    timeout=httpx.Timeout(t),
-                    follow_redirects=False,
+                self._http = sync_client(
+                    Timeouts.per_phase(self.settings.callback_timeout),
+                    policy=self._destinations,
                     transport=self._transport,
-                    trust_env=False,
                 )
             return self._http
 
     def _slack_client(self) -> WebClient:
-        from slack_sdk import WebClient
+        from ferryman.http.slack import slack_client
 
         with self._clients_lock:
             if self._slack is None:
                 token = self.settings.slack_bot_token
                 assert token is not None
-                self._slack = WebClient(
-                    token=token.get_secret_value(),
+                self._slack = slack_client(
+                    token.get_secret_value(),
                     base_url=self.settings.slack_api_url,
-                    timeout=max(1, math.ceil(self.settings.callback_timeout)),
-                    retry_handlers=[],  # retries are ours: durable, with backoff
+                    timeout=self.settings.callback_timeout,
+                    policy=self._destinations,
                 )
             return self._slack
 
@@ -547,96 +516,9 @@ class Dispatcher:
 # -- helpers ------------------------------------------------------------------------
 
 
-class _RedactURLs(logging.Filter):
-    """httpx logs each request's full URL at INFO; a webhook URL's path or
-    query may hold a token, so only its origin is kept in the record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        import httpx
-
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(
-                f"{a.scheme}://{a.host}{f':{a.port}' if a.port else ''}/…"
-                if isinstance(a, httpx.URL)
-                else a
-                for a in record.args
-            )
-        return True
-
-
-_REDACTOR = _RedactURLs()
-
-
-def _redact_httpx_urls() -> None:
-    logger = logging.getLogger("httpx")
-    if _REDACTOR not in logger.filters:
-        logger.addFilter(_REDACTOR)
-
-
-def _user_agent() -> str:
-    from ferryman import __version__
-
-    return f"ferryman/{__version__}"
-
-
-def _read_some(resp: httpx.Response) -> str:
-    """The start of a response body (a receiver's reason), without reading it all."""
-    got = b""
-    try:
-        for chunk in resp.iter_bytes():
-            got += chunk
-            if len(got) >= _RESPONSE_SNIPPET:
-                break
-    except Exception:  # the body is only a courtesy
-        pass
-    text = got[:_RESPONSE_SNIPPET].decode("utf-8", "replace").strip()
-    return " ".join(text.split())
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After``: delay-seconds or an HTTP date; None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        secs = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        secs = (when - utcnow()).total_seconds()
-    if not math.isfinite(secs):
-        return None
-    return max(secs, 0.0)
-
-
-def _header(response: Any, name: str) -> str | None:
-    headers = getattr(response, "headers", None) or {}
-    for k, v in dict(headers).items():
-        if str(k).lower() == name:
-            return str(v[0] if isinstance(v, list) and v else v)
-    return None
-
-
-def _slack_error(response: Any) -> str:
-    try:
-        return str(response["error"])
-    except Exception:
-        return "unknown error"
-
-
 def _describe(c: Claimed) -> str:
-    """Where a callback goes, safe to log: scheme and host only (a webhook URL's
-    path or query may hold a token), or the Slack channel."""
+    """Where a callback goes, safe to log: the webhook URL's origin (its path or
+    query may hold a token), or the Slack channel."""
     if c.kind == "slack":
         return f"slack {c.target.get('channel')}"
-    try:
-        parts = urlsplit(str(c.target.get("url", "")))
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-        return f"webhook {parts.scheme}://{host}{port}"
-    except ValueError:
-        return "webhook (malformed url)"
+    return f"webhook {redact_url(str(c.target.get('url', '')))}"

@@ -27,8 +27,8 @@ from ferryman.services.cache import RunCache
 from ferryman.services.callbacks import enqueue_callbacks
 from ferryman.services.catalog import PipelineVersion, latest, spec_of_version
 from ferryman.services.creation import RunRequest, create_run, find_by_key
+from ferryman.services.fanout import enqueue_deliveries
 from ferryman.services.gate import GateHooks, Tx
-from ferryman.services.subscriptions import enqueue_deliveries
 from ferryman.services.triggers import DEFAULT_MAX_DEPTH, TriggerHook
 from ferryman.store.engine import DELIVERY_CHANNEL, Store
 from ferryman.store.tables import nodes, runs

@@ -32,7 +32,9 @@ from ferryman.api.subscription_schemas import (
     TestRequest,
     TestResult,
 )
+from ferryman.http import destination_policy
 from ferryman.notify.formats import FormatContext
+from ferryman.services import deliveries
 from ferryman.services import subscriptions as subs
 
 router = APIRouter(tags=["subscriptions"])
@@ -72,10 +74,10 @@ def list_subscriptions(_: Viewer, store: StoreDep) -> SubscriptionList:
     responses={409: {"description": "a subscription with this name exists"}},
 )
 def create_subscription(
-    body: subs.SubscriptionCreate, _: Admin, store: StoreDep
+    body: subs.SubscriptionCreate, _: Admin, store: StoreDep, settings: SettingsDep
 ) -> SubscriptionCreated:
     with store.write() as conn:
-        record, secret = subs.create_subscription(conn, body)
+        record, secret = subs.create_subscription(conn, body, policy=destination_policy(settings))
     return SubscriptionCreated(**record, secret=secret)
 
 
@@ -97,10 +99,11 @@ def get_subscription(ref: SubRef, _: Viewer, store: StoreDep) -> SubscriptionPub
     responses=_WRITE,
 )
 def update_subscription(
-    ref: SubRef, body: subs.SubscriptionUpdate, _: Admin, store: StoreDep
+    ref: SubRef, body: subs.SubscriptionUpdate, _: Admin, store: StoreDep, settings: SettingsDep
 ) -> SubscriptionPublic:
     with store.write() as conn:
-        return SubscriptionPublic.model_validate(subs.update_subscription(conn, ref, body))
+        record = subs.update_subscription(conn, ref, body, policy=destination_policy(settings))
+    return SubscriptionPublic.model_validate(record)
 
 
 @router.delete(
@@ -130,9 +133,10 @@ def test_subscription(
 ) -> TestResult:
     event_type = (body or TestRequest()).event_type
     with store.read() as conn:
-        res = subs.send_test(
+        res = deliveries.send_test(
             conn,
             ref,
+            policy=destination_policy(settings),
             event_type=event_type.value,
             timeout=settings.delivery_timeout,
             ctx=FormatContext(settings.base_url),
@@ -155,7 +159,7 @@ def test_subscription(
 )
 def redeliver_subscription(ref: SubRef, _: Operator, store: StoreDep) -> Redelivered:
     with store.write() as conn:
-        return Redelivered(queued=subs.redeliver_dead(conn, ref))
+        return Redelivered(queued=deliveries.redeliver_dead(conn, ref))
 
 
 @router.get(
@@ -176,7 +180,7 @@ def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeliveryList:
     with store.read() as conn:
-        items = subs.list_deliveries(
+        items = deliveries.list_deliveries(
             conn, subscription=subscription, state=state, run_id=run_id, before=before, limit=limit
         )
     return DeliveryList(
@@ -193,7 +197,7 @@ def list_deliveries(
 )
 def get_delivery(delivery_id: DeliveryId, _: Viewer, store: StoreDep) -> DeliveryDetail:
     with store.read() as conn:
-        return DeliveryDetail.model_validate(subs.get_delivery(conn, delivery_id))
+        return DeliveryDetail.model_validate(deliveries.get_delivery(conn, delivery_id))
 
 
 @router.post(
@@ -204,5 +208,5 @@ def get_delivery(delivery_id: DeliveryId, _: Viewer, store: StoreDep) -> Deliver
 )
 def redeliver(delivery_id: DeliveryId, _: Operator, store: StoreDep) -> Redelivered:
     with store.write() as conn:
-        subs.get_delivery(conn, delivery_id)  # 404 when absent
-        return Redelivered(queued=subs.redeliver(conn, [delivery_id]))
+        deliveries.get_delivery(conn, delivery_id)  # 404 when absent
+        return Redelivered(queued=deliveries.redeliver(conn, [delivery_id]))

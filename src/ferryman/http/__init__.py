@@ -1,0 +1,60 @@
+"""Outbound HTTP: every request ferryman sends goes through a client made here.
+
+Three clients, one set of defaults:
+
+- ``ferryman.http.sync.sync_client`` (httpx): run-completion webhooks (the
+  dispatcher) and subscription test sends;
+- ``ferryman.http.aio.async_client`` / ``ClientPool`` (aiohttp): event
+  deliveries (the deliverer; why aiohttp: decision 0005);
+- ``ferryman.http.slack.slack_client`` (slack_sdk): Slack messages.
+
+Each is in its own submodule, imported on first use, so importing this
+package (or ferryman) never imports httpx, aiohttp or slack_sdk.
+
+The defaults: timeouts from the caller's settings (``Timeouts``); no
+redirects followed unless asked; nothing taken from the environment
+(``trust_env=False``: no proxy surprises; Slack excepted, see its module);
+the ``ferryman/<version>`` user agent; the destination policy
+(``DestinationPolicy``, from ``destination_policy(settings)``) asked before
+every request and, where the client resolves names itself, for the
+addresses; URLs reduced to their origin in error texts and in httpx's log
+records. One describer (``describe``) turns any failure of these clients,
+or a non-2xx status, into a safe short text and whether retrying can help;
+one parser reads ``Retry-After``.
+"""
+
+from ferryman.http.base import (
+    PERMISSIVE,
+    USER_AGENT,
+    DestinationPolicy,
+    DestinationRefused,
+    Timeouts,
+    destination_policy,
+    ip_literal,
+)
+from ferryman.http.errors import (
+    RESPONSE_EXCERPT,
+    Failure,
+    describe,
+    redact,
+    redact_url,
+    response_excerpt,
+    retry_after,
+)
+
+__all__ = [
+    "PERMISSIVE",
+    "RESPONSE_EXCERPT",
+    "USER_AGENT",
+    "DestinationPolicy",
+    "DestinationRefused",
+    "Failure",
+    "Timeouts",
+    "describe",
+    "destination_policy",
+    "ip_literal",
+    "redact",
+    "redact_url",
+    "response_excerpt",
+    "retry_after",
+]
