@@ -1,5 +1,5 @@
 """The HTTP/1.1 protocol ``ferryman server`` speaks: uvicorn's (httptools),
-plus the two deadlines uvicorn lacks.
+plus the limits uvicorn lacks: two deadlines and a size for request heads.
 
 uvicorn closes idle keep-alive connections, but a client that sends its
 request head a byte at a time — or opens a connection and says nothing, or
@@ -10,7 +10,10 @@ thousand connections. Here:
   connection (first request) or of its first byte (later requests on a
   keep-alive connection); otherwise the client gets ``408`` and is closed;
 - a request body must be complete within ``body_timeout`` seconds of its
-  head; otherwise the connection is closed (the route sees a disconnect).
+  head; otherwise the connection is closed (the route sees a disconnect);
+- a request head (request line and headers) may hold ``MAX_HEAD_BYTES``;
+  past that the client gets ``431`` and is closed (httptools sets no limit:
+  a client could fill the server's memory with one endless header).
 
 Idle keep-alive connections are uvicorn's ``timeout_keep_alive``; the number
 of connections and requests at once is its ``limit_concurrency`` (503 past
@@ -27,11 +30,23 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
-_SLOW = b"request head too slow"
-_TIMEOUT_408 = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: " + str(len(_SLOW)).encode() + b"\r\nconnection: close\r\n\r\n" + _SLOW
-)
+#: The largest request head (request line and headers) accepted, in bytes.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+def _answer(status: bytes, text: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text
+    )
+
+
+_TIMEOUT_408 = _answer(b"408 Request Timeout", b"request head too slow")
+_TOO_LARGE_431 = _answer(b"431 Request Header Fields Too Large", b"request head too large")
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools stops, uvicorn answers 400 (made 431)."""
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -43,6 +58,14 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     _deadline: asyncio.TimerHandle | None = None
     _phase: Literal["head", "body"] = "head"
+    _head_bytes = 0
+    _head_too_large = False
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            raise _HeadTooLarge
 
     def _arm(self, phase: Literal["head", "body"]) -> None:
         self._disarm()
@@ -78,8 +101,24 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_bytes = 0
         if self._deadline is None:  # the next request on a keep-alive connection
             self._arm("head")
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._head_too_large:
+            super().send_400_response(msg)
+            return
+        self.transport.write(_TOO_LARGE_431)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

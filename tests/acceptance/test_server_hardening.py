@@ -14,6 +14,7 @@ items 5 and 10).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -205,6 +206,31 @@ def test_trickling_clients_are_dropped(server_env: Callable[..., Server]) -> Non
     time.sleep(2.5)
     open_ones = sum(not is_closed(s) for s in socks)
     assert open_ones == 0, f"{open_ones} of 300 trickling connections still open"
+    assert srv.terminate() == 0
+    assert "Traceback" not in srv.err(), srv.err()[-3000:]
+
+
+def test_oversized_request_heads_are_refused(server_env: Callable[..., Server]) -> None:
+    """httptools sets no limit on a request head: one client sending an endless
+    header could fill the server's memory."""
+    srv = server_env(FERRYMAN_ADMIN_PASSWORD=ADMIN_PASSWORD).start()
+    srv.wait_healthy()
+    with connect(srv.port) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        answer = b""
+        try:
+            for i in range(64):  # 64 MiB, unless the server stops it first
+                s.sendall(b"X-Big-%d: " % i + b"a" * (1 << 20) + b"\r\n")
+        except OSError:
+            pass
+        s.settimeout(5)
+        with contextlib.suppress(OSError):
+            while chunk := s.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    # a large but reasonable head is fine
+    r = httpx.get(f"{srv.url}/health", headers={"X-Padding": "a" * 30_000}, timeout=10)
+    assert r.status_code == 200
     assert srv.terminate() == 0
 
 
