@@ -1,16 +1,23 @@
 """``ferryman server``: the REST API plus, in the same process, an embedded
 worker and the callback dispatcher.
 
-Start-up: refuse production with a default secret; open the database
-(migrating it); make sure webhooks can be signed (the configured secret, or a
-per-install one generated under ``FERRYMAN_HOME``); create the first admin
+Start-up: refuse production without a strong access-token secret; open the
+database (migrating it); make sure access tokens and webhooks can be signed
+(the configured secrets, or per-install ones generated under
+``FERRYMAN_HOME``, see ``ferryman.home_secrets``); create the first admin
 when there is no user yet (its generated password is printed once, to
 stdout, and never logged); serve HTTP; once it answers, start the loops.
 
 Shutdown on SIGTERM/SIGINT: the listening socket closes at once, the loops
 are told to stop, in-flight HTTP requests finish (up to ``grace_seconds``),
 the worker lets running steps finish (then stops them), the dispatcher lets
-in-flight deliveries finish. A second signal forces the exit.
+in-flight deliveries finish. A second signal forces the exit. Nothing the
+server prints can keep a signal from working: a closed stdout or stderr
+(whoever read it went away) is silenced, not an error.
+
+HTTP limits (``FERRYMAN_HTTP_*``): request heads and bodies must arrive in
+time (``ferryman.server_protocol``), idle keep-alive connections close, and
+past a number of connections and requests at once the server answers 503.
 
 Start-up is kept light (time to the first ``/health`` and idle memory
 matter): heavy modules are imported inside ``serve``, the loops are built
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -39,6 +47,21 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 ADMIN_USERNAME = "admin"
+
+
+def say(message: str, stream: TextIO) -> None:
+    """Print ``message`` for whoever watches, never failing because nobody does:
+    a stream that cannot be written (a closed pipe) is pointed at /dev/null, so
+    that later writes and the flush at exit do not fail either."""
+    try:
+        print(message, file=stream, flush=True)
+    except (OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, stream.fileno())
+            finally:
+                os.close(devnull)
 
 
 class _Runnable(Protocol):
@@ -78,8 +101,18 @@ class LoopThread:
                 if self._stop.is_set():
                     return
                 log.error("the %s stopped unexpectedly; restarting it", self.name)
-            except Exception:
-                log.exception("the %s failed; restarting it in %.0fs", self.name, backoff)
+            except Exception as exc:
+                from ferryman.store.engine import describe_unavailable, is_unavailable
+
+                if is_unavailable(exc):  # an outage: one line per attempt, no traceback
+                    log.error(
+                        "the %s stopped: database unavailable (%s); restarting it in %.0fs",
+                        self.name,
+                        describe_unavailable(exc),
+                        backoff,
+                    )
+                else:
+                    log.exception("the %s failed; restarting it in %.0fs", self.name, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)
 
@@ -210,16 +243,16 @@ class _Shutdown:
             if self.server is not None:
                 self.server.force_exit = True
             raise SystemExit(128 + signum)
-        print(
-            "ferryman server: stopping (finishing in-flight requests, steps and callbacks)…",
-            file=sys.stderr,
-            flush=True,
-        )
+        # The flags first: whatever happens below, this signal stops the server.
         self.stopping = True
         if self.server is not None:
             self.server.should_exit = True
         for loop in self.loops:
             loop.stop()
+        say(
+            "ferryman server: stopping (finishing in-flight requests, steps and callbacks)…",
+            sys.stderr,
+        )
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -268,16 +301,24 @@ def _serve(
         from ferryman.infra.registry import InfraPool
 
         InfraPool(settings.infra_config).validate()  # ValueError: refuse to start
+    from ferryman.home_secrets import jwt_secret_path, load_or_create_jwt_secret
     from ferryman.notify.signing import load_or_create_secret, secret_path
     from ferryman.store.engine import Store
 
+    _, created = load_or_create_jwt_secret(settings)  # a bad file stops us before we serve
+    if created:
+        say(
+            f"ferryman: generated the secret signing access tokens in "
+            f"{jwt_secret_path(settings)} (several servers sharing a database need "
+            "FERRYMAN_JWT_SECRET set to one value instead)",
+            stream,
+        )
     _, created = load_or_create_secret(settings)  # a bad secret stops us before we serve
     if created:
-        print(
+        say(
             f"ferryman: generated a webhook signing secret in {secret_path(settings)} "
             "(receivers verify callbacks with it; set FERRYMAN_WEBHOOK_SECRET to choose one)",
-            file=stream,
-            flush=True,
+            stream,
         )
     loops: list[LoopThread] = []
     stop = _Shutdown(loops)
@@ -372,18 +413,7 @@ def _serve_http(
         bootstrap_admin(store, settings, out, seed)
     gc.freeze()
     gc.enable()
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # our logging set-up (stderr) applies to uvicorn's loggers too
-        log_level=log_level.lower(),
-        access_log=access_log,
-        server_header=False,
-        ws="none",  # no websocket routes: do not import a websocket library
-        timeout_graceful_shutdown=max(int(settings.grace_seconds), 1),
-    )
-    server = Server(config)
+    server = Server(uvicorn_config(app, settings, log_level=log_level, access_log=access_log))
     stop.server = server
     server.should_exit = stop.stopping
 
@@ -394,13 +424,39 @@ def _serve_http(
             for loop in stop.loops:
                 loop.start()
             worker = "off" if no_worker else "on"
-            print(
+            say(
                 f"ferryman server listening on http://{settings.host}:{settings.port} "
                 f"(database {store.url.get_backend_name()}, worker {worker}, "
                 f"links {settings.base_url})",
-                file=out,
-                flush=True,
+                out,
             )
 
     threading.Thread(target=announce, name="ferryman-announce", daemon=True).start()
     server.run()
+
+
+def uvicorn_config(
+    app: Any, settings: Settings, *, log_level: str = "warning", access_log: bool = False
+) -> Any:
+    """uvicorn's configuration for ``app``, with the HTTP limits of ``settings``."""
+    import uvicorn
+
+    from ferryman.server_protocol import with_deadlines
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=with_deadlines(settings.http_header_timeout, settings.http_body_timeout),
+        log_config=None,  # our logging set-up (stderr) applies to uvicorn's loggers too
+        log_level=log_level.lower(),
+        access_log=access_log,
+        server_header=False,
+        ws="none",  # no websocket routes: do not import a websocket library
+        timeout_graceful_shutdown=max(int(settings.grace_seconds), 1),
+        timeout_keep_alive=settings.http_keepalive_timeout,
+        limit_concurrency=settings.http_max_connections,
+        # X-Forwarded-For from these proxies names the client (rates, lockout)
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )

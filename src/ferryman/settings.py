@@ -3,13 +3,34 @@ and passed down (there is no global settings object)."""
 
 from __future__ import annotations
 
+import math
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_JWT_SECRET = "ferryman-development-secret-change-me"
+#: The built-in secret of earlier versions: public, so never a secret again.
+PUBLIC_JWT_SECRET = "ferryman-development-secret-change-me"
+#: What a production JWT secret needs (see ``Settings.check_jwt_secret``).
+JWT_SECRET_MIN_LENGTH = 32
+JWT_SECRET_MIN_DISTINCT = 8
+JWT_SECRET_MIN_BITS = 80
+JWT_SECRET_RULE = (
+    f"at least {JWT_SECRET_MIN_LENGTH} characters, at least {JWT_SECRET_MIN_DISTINCT} "
+    f"different characters and an estimated {JWT_SECRET_MIN_BITS} bits of entropy "
+    "(length x Shannon entropy per character); generate one with "
+    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+)
+
+
+def estimated_bits(secret: str) -> float:
+    """A floor-style entropy estimate: length x Shannon entropy of its characters."""
+    n = len(secret)
+    counts = Counter(secret).values()
+    return -sum(c * math.log2(c / n) for c in counts) if n else 0.0
 
 
 class Settings(BaseSettings):
@@ -55,11 +76,53 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base URL used in links (default http://HOST:PORT)"
     )
-    jwt_secret: SecretStr = Field(
-        default=SecretStr(DEFAULT_JWT_SECRET),
-        description="Signs access tokens; must be set (32+ characters) in production",
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs access tokens; default: generated once per home "
+        "(FERRYMAN_HOME/jwt_secret); must be set, and strong, in production",
     )
     jwt_ttl_seconds: int = Field(default=3600, ge=60, description="Access token lifetime")
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies trusted to say the client address (X-Forwarded-For), "
+        "comma-separated addresses or networks, or * for any",
+    )
+    # -- logins (issue 11): lockout per (user, client address), rates, hashing pool --
+    login_max_failures: int = Field(
+        default=5, ge=1, le=1000, description="Failed logins per (user, address) before a lock"
+    )
+    login_lock_seconds: float = Field(
+        default=60.0, gt=0, description="First lock; each further failure doubles it"
+    )
+    login_max_lock_seconds: float = Field(default=3600.0, gt=0, description="Longest lock")
+    login_rate_per_address: int = Field(
+        default=30, ge=1, description="Login attempts per minute per client address"
+    )
+    login_rate_per_user: int = Field(
+        default=60, ge=1, description="Login attempts per minute per username"
+    )
+    login_hash_threads: int | None = Field(
+        default=None, ge=1, le=64, description="Threads checking passwords (default: half the CPUs)"
+    )
+    login_queue: int = Field(
+        default=16, ge=0, le=10000, description="Logins waiting for a hashing thread before 429"
+    )
+    # -- HTTP server limits (issue 11): slow or idle clients are dropped --
+    http_header_timeout: float = Field(
+        default=10.0, gt=0, le=3600, description="Seconds a client has to send a request head"
+    )
+    http_body_timeout: float = Field(
+        default=60.0, gt=0, le=86400, description="Seconds a client has to send a request body"
+    )
+    http_keepalive_timeout: int = Field(
+        default=5, ge=1, le=3600, description="Seconds an idle keep-alive connection stays open"
+    )
+    http_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Connections and requests at once; 503 past it",
+    )
     admin_password: SecretStr | None = Field(
         default=None, description="Password of the first admin (generated and printed if unset)"
     )
@@ -98,6 +161,8 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser()
         if self.heartbeat_seconds is None:
             self.heartbeat_seconds = max(self.lease_seconds / 3, 0.05)
+        if self.login_hash_threads is None:
+            self.login_hash_threads = max(1, (os.cpu_count() or 2) // 2)
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError(
                 f"FERRYMAN_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
@@ -106,14 +171,38 @@ class Settings(BaseSettings):
         return self
 
     def check_production(self) -> None:
-        """Refuse to serve in production with a default or weak secret."""
+        """Refuse to serve in production without a strong, configured secret.
+
+        In development an unset secret is generated per home; in production
+        it must be set: several servers (on several machines, sharing one
+        PostgreSQL) must all sign with the same one, and it must be strong.
+        """
         if self.env != "production":
             return
-        secret = self.jwt_secret.get_secret_value()
-        if secret == DEFAULT_JWT_SECRET or len(secret) < 32:
+        if self.jwt_secret is None:
             raise ValueError(
-                "FERRYMAN_ENV=production needs FERRYMAN_JWT_SECRET set to a random value of "
-                "at least 32 characters (the default is for development only)"
+                "FERRYMAN_ENV=production needs FERRYMAN_JWT_SECRET set (the same value on "
+                f"several servers sharing a database): {JWT_SECRET_RULE}"
+            )
+        self.check_jwt_secret(self.jwt_secret.get_secret_value())
+
+    @staticmethod
+    def check_jwt_secret(secret: str) -> None:
+        """Raise ``ValueError`` naming every requirement ``secret`` misses (never the
+        secret itself)."""
+        problems = []
+        if secret == PUBLIC_JWT_SECRET:
+            problems.append("it is the public development value of earlier versions")
+        if len(secret) < JWT_SECRET_MIN_LENGTH:
+            problems.append(f"it has fewer than {JWT_SECRET_MIN_LENGTH} characters")
+        if len(set(secret)) < JWT_SECRET_MIN_DISTINCT:
+            problems.append(f"it has fewer than {JWT_SECRET_MIN_DISTINCT} different characters")
+        elif estimated_bits(secret) < JWT_SECRET_MIN_BITS:
+            problems.append(f"its estimated entropy is below {JWT_SECRET_MIN_BITS} bits")
+        if problems:
+            raise ValueError(
+                f"FERRYMAN_JWT_SECRET is too weak ({'; '.join(problems)}). "
+                f"It needs {JWT_SECRET_RULE}"
             )
 
     @property
@@ -130,3 +219,8 @@ class Settings(BaseSettings):
     def heartbeat(self) -> float:
         assert self.heartbeat_seconds is not None
         return self.heartbeat_seconds
+
+    @property
+    def hash_threads(self) -> int:
+        assert self.login_hash_threads is not None
+        return self.login_hash_threads

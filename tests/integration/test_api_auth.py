@@ -14,10 +14,8 @@ import base64
 import datetime as dt
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import fastapi.routing
@@ -25,20 +23,19 @@ import httpx
 import jwt
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from httpx import Response
-from pwdlib import PasswordHash
-from pwdlib.hashers.argon2 import Argon2Hasher
 from starlette.routing import Route
+from tests.api_support import assert_error, bearer, fast_hashing, live_server
 
 from ferryman.api.app import create_app
+from ferryman.home_secrets import jwt_secret
 from ferryman.services import auth
 from ferryman.services.auth import Principal, Role
-from ferryman.settings import DEFAULT_JWT_SECRET, Settings
+from ferryman.settings import Settings
 from ferryman.store.engine import Store
-from ferryman.store.tables import api_tokens, users
+from ferryman.store.tables import api_tokens, login_failures
 
 # The operations anyone may call. Adding to this set is a security decision.
 PUBLIC = {
@@ -56,37 +53,12 @@ PASSWORD = "correct horse battery"
 # -- fixtures and helpers --------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cheap Argon2 parameters: the production ones cost ~0.5 s a hash, by design."""
-    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
-    monkeypatch.setattr(auth, "_HASHER", cheap)
+pytestmark = pytest.mark.usefixtures(fast_hashing.__name__)
 
 
 @pytest.fixture
 def app(settings: Settings, store: Store) -> FastAPI:
     return create_app(settings, store)
-
-
-@contextmanager
-def live_server(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` over real HTTP on a free loopback port; yields its base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, lifespan="off", ws="none", http="h11", log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="api-under-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
@@ -97,47 +69,30 @@ def client(app: FastAPI) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def people(store: Store) -> dict[str, dict[str, Any]]:
-    """One user of each role (all with PASSWORD)."""
+    """One user of each role (all with PASSWORD), with their session keys."""
     with store.write() as conn:
-        return {
+        made = {
             role.value: auth.create_user(conn, f"{role.value}-user", PASSWORD, role)
             for role in (Role.ADMIN, Role.OPERATOR, Role.VIEWER)
         }
+        for user in made.values():
+            user["session_key"] = auth.principal_for(conn, user["id"]).session_key
+    return made
 
 
 def principal(user: dict[str, Any]) -> Principal:
-    return Principal(user["id"], user["username"], Role(user["role"]), "jwt")
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    return Principal(
+        user["id"], user["username"], Role(user["role"]), "jwt", session_key=user["session_key"]
+    )
 
 
 def jwt_headers(settings: Settings, user: dict[str, Any]) -> dict[str, str]:
-    token, _ = auth.issue_jwt(
-        principal(user), settings.jwt_secret.get_secret_value(), settings.jwt_ttl_seconds
-    )
+    token, _ = auth.issue_jwt(principal(user), jwt_secret(settings), settings.jwt_ttl_seconds)
     return bearer(token)
 
 
 def as_role(settings: Settings, people: dict[str, dict[str, Any]], role: str) -> dict[str, str]:
     return jwt_headers(settings, people[role])
-
-
-def assert_error(r: Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The response has ``status`` and the API's error shape (and no traceback)."""
-    assert r.status_code == status, f"{r.status_code} != {status}: {r.text}"
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert list(body) == ["error"], body
-    err = body["error"]
-    assert set(err) == {"code", "message", "details"}, err
-    assert isinstance(err["code"], str) and err["code"]
-    assert isinstance(err["message"], str) and err["message"]
-    assert "Traceback" not in r.text
-    if code is not None:
-        assert err["code"] == code, err
-    return dict(err)
 
 
 def b64url(data: dict[str, Any]) -> str:
@@ -149,6 +104,7 @@ def claims_for(user: dict[str, Any], **over: Any) -> dict[str, Any]:
     now = int(time.time())
     claims = {
         "sub": str(user["id"]),
+        "sk": user["session_key"],
         "name": user["username"],
         "role": user["role"],
         "iat": now,
@@ -243,7 +199,7 @@ def bad_credentials(
     kind: str, settings: Settings, store: Store, admin: dict[str, Any]
 ) -> dict[str, str]:
     """Credentials of ``kind``, all of them aimed at an admin account."""
-    secret = settings.jwt_secret.get_secret_value()
+    secret = jwt_secret(settings)
     good = jwt.encode(claims_for(admin), secret, algorithm="HS256")
     head, payload, sig = good.split(".")
     if kind == "none":
@@ -271,13 +227,14 @@ def bad_credentials(
     if kind == "jwt_wrong_issuer":
         return bearer(jwt.encode(claims_for(admin, iss="someone-else"), secret, "HS256"))
     if kind in ("jwt_disabled_user", "jwt_deleted_user"):
-        with store.write() as conn:
+        with store.write() as conn:  # a valid token first, then its user goes
             other = auth.create_user(conn, f"gone-{kind[4:8]}", None, Role.ADMIN)
+            headers = bearer(auth.issue_jwt(auth.principal_for(conn, other["id"]), secret, 3600)[0])
             if kind == "jwt_disabled_user":
                 auth.update_user(conn, other["id"], disabled=True)
             else:
                 auth.delete_user(conn, other["id"])
-        return jwt_headers(settings, other)
+        return headers
     if kind.startswith("api_token"):
         with store.write() as conn:
             record, token = auth.create_api_token(conn, admin["id"], kind)
@@ -502,36 +459,37 @@ def test_wrong_password_and_unknown_user_look_the_same(
 
 
 def test_five_failures_lock_the_account(
-    client: httpx.Client, store: Store, people: dict[str, dict[str, Any]]
+    client: httpx.Client, store: Store, settings: Settings, people: dict[str, dict[str, Any]]
 ) -> None:
-    for _ in range(auth.MAX_FAILED_LOGINS):
+    """(From this client's address: see test_login_lockout.py for the rest.)"""
+    for _ in range(settings.login_max_failures):
         assert_error(login(client, "viewer-user", "wrong password"), 401)
     # Locked: even the right password is refused, with a hint when to come back.
     for password in ("wrong password", PASSWORD):
         r = login(client, "viewer-user", password)
         err = assert_error(r, 429, "too_many_requests")
         wait = int(r.headers["retry-after"])
-        assert 0 < wait <= auth.LOCK_SECONDS + 1
+        assert 0 < wait <= settings.login_lock_seconds
         assert err["details"] == {"retry_after": wait}
     # Someone else is not affected.
     assert login(client, "operator-user", PASSWORD).status_code == 200
     # Once the lock has passed, the right password works again.
     with store.write() as conn:
         conn.execute(
-            sa.update(users)
-            .where(users.c.username == "viewer-user")
+            sa.update(login_failures)
+            .where(login_failures.c.username == "viewer-user")
             .values(locked_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         )
     assert login(client, "viewer-user", PASSWORD).status_code == 200
 
 
 def test_a_success_resets_the_failure_count(
-    client: httpx.Client, people: dict[str, dict[str, Any]]
+    client: httpx.Client, settings: Settings, people: dict[str, dict[str, Any]]
 ) -> None:
-    for _ in range(auth.MAX_FAILED_LOGINS - 1):
+    for _ in range(settings.login_max_failures - 1):
         assert_error(login(client, "viewer-user", "wrong password"), 401)
     assert login(client, "viewer-user", PASSWORD).status_code == 200
-    for _ in range(auth.MAX_FAILED_LOGINS - 1):
+    for _ in range(settings.login_max_failures - 1):
         assert_error(login(client, "viewer-user", "wrong password"), 401)
     assert login(client, "viewer-user", PASSWORD).status_code == 200
 
@@ -782,21 +740,3 @@ def test_the_last_enabled_admin_stays(
     with store.read() as conn:
         admins = [u for u in auth.list_users(conn) if u["role"] == "admin" and not u["disabled"]]
     assert [u["id"] for u in admins] == [second]
-
-
-# -- production settings ----------------------------------------------------------------------
-
-
-def test_production_refuses_the_default_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FERRYMAN_JWT_SECRET", raising=False)
-    Settings(env="development").check_production()  # development: anything goes
-    with pytest.raises(ValueError, match="FERRYMAN_JWT_SECRET"):
-        Settings(env="production").check_production()
-    with pytest.raises(ValueError, match="at least 32"):
-        Settings(env="production", jwt_secret=DEFAULT_JWT_SECRET).check_production()
-    with pytest.raises(ValueError, match="at least 32"):
-        Settings(env="production", jwt_secret="s" * 31).check_production()
-    Settings(env="production", jwt_secret="s" * 32).check_production()
-    monkeypatch.setenv("FERRYMAN_ENV", "production")
-    monkeypatch.setenv("FERRYMAN_JWT_SECRET", "e" * 48)
-    Settings().check_production()

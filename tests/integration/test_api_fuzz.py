@@ -40,8 +40,9 @@ from schemathesis.specs.openapi.checks import (
 
 from ferryman.api.app import create_app
 from ferryman.errors import NotFound
+from ferryman.home_secrets import jwt_secret
 from ferryman.services import auth
-from ferryman.services.auth import Principal, Role
+from ferryman.services.auth import Role
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 from ferryman.store.tables import metadata
@@ -130,7 +131,7 @@ class AdminCredentials:
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
-        self.secret = settings.jwt_secret.get_secret_value()
+        self.secret = jwt_secret(settings)
         self.user_id: int | None = None
         self.made = 0
 
@@ -147,8 +148,8 @@ class AdminCredentials:
                 user = auth.create_user(conn, f"fuzzer-{self.made}", None, Role.ADMIN)
             elif user["role"] != Role.ADMIN or user["disabled"]:
                 user = auth.update_user(conn, user["id"], role=Role.ADMIN, disabled=False)
+            who = auth.principal_for(conn, user["id"])
         self.user_id = user["id"]
-        who = Principal(user["id"], user["username"], Role.ADMIN, "jwt")
         token, _ = auth.issue_jwt(who, self.secret, 3600)
         return {"Authorization": f"Bearer {token}"}
 

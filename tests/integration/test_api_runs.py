@@ -718,7 +718,7 @@ def test_nul_characters_are_refused_not_500(api: TestClient, op: H) -> None:
         ),
         422,
     )
-    assert err["details"] == [{"path": "lang", "reason": "contains a NUL character"}]
+    assert err["details"] == [{"path": "params.lang", "reason": "contains a NUL character"}]
     for body in ({"labels": {"a": "x\u0000"}}, {"slack_channel": "C\u0000"}):
         error(api.post("/namespaces/default/pipelines/typed/runs", json=body, headers=op), 422)
     err = error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from ferryman.store.engine import HEAD_REVISION, Store
-from ferryman.store.migrate import current_revision, head_revision, upgrade
-from ferryman.store.tables import SEED_ROWS, exists_on, metadata
+from ferryman.store.migrate import current_revision, downgrade, head_revision, upgrade
+from ferryman.store.tables import SEED_ROWS, api_tokens, exists_on, metadata, users, utcnow
 
 
 def _diff(conn: Any) -> list[Any]:
@@ -111,4 +112,118 @@ def test_migrations_insert_the_seed_rows(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         for table, rows in SEED_ROWS:
             assert [dict(r._mapping) for r in conn.execute(sa.select(table))] == rows
+    store.dispose()
+
+
+# -- 0007: user ids never reused, user keys, login failures (issue 11) ------------------
+
+
+def _seed_0006(store: Store) -> None:
+    """Two users (one with a lock, one with API tokens) as 0006 knew them."""
+    with store.engine.begin() as conn:
+        for uid, name in ((1, "ann"), (2, "bob")):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO users (id, username, password_hash, role, disabled, "
+                    "failed_logins, locked_until, created_at, updated_at) VALUES "
+                    "(:id, :name, 'x', 'admin', false, 3, NULL, :now, :now)"
+                ),
+                {"id": uid, "name": name, "now": dt.datetime(2026, 1, 1)},
+            )
+        for tid in ("aa", "bb"):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at) "
+                    "VALUES (:id, 2, 'bot', 'h', :now)"
+                ),
+                {"id": tid, "now": dt.datetime(2026, 1, 1)},
+            )
+
+
+def _check_0007(store: Store) -> None:
+    with store.engine.connect() as conn:
+        people = conn.execute(sa.select(users).order_by(users.c.id)).all()
+        tokens = conn.execute(sa.select(api_tokens).order_by(api_tokens.c.id)).all()
+    assert [p.username for p in people] == ["ann", "bob"]
+    keys = [p.uid for p in people] + [p.session_key for p in people]
+    assert all(len(k) == 32 for k in keys) and len(set(keys)) == 4
+    # the rebuild of users did not cascade to the tokens
+    assert [t.id for t in tokens] == ["aa", "bb"]
+    assert {t.user_uid for t in tokens} == {people[1].uid}
+    with store.write() as conn:  # the highest id, deleted, is not handed out again
+        conn.execute(sa.delete(users).where(users.c.id == 2))
+        conn.execute(
+            sa.insert(users).values(
+                uid="c" * 32, session_key="d" * 32, username="cid", role="viewer",
+                disabled=False, created_at=utcnow(), updated_at=utcnow(),
+            )
+        )  # fmt: skip
+        new_id = conn.execute(sa.select(users.c.id).where(users.c.username == "cid")).scalar()
+    assert new_id == 3
+
+
+def _sqlite_autoincrement(store: Store) -> bool:
+    with store.engine.connect() as conn:
+        ddl = conn.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'users'"
+        ).scalar()
+    return "AUTOINCREMENT" in str(ddl)
+
+
+def test_0007_upgrades_users_and_tokens_on_sqlite(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    upgrade(store, "0006")
+    _seed_0006(store)
+    assert not _sqlite_autoincrement(store)
+    assert upgrade(store) is True
+    assert _sqlite_autoincrement(store)
+    with store.engine.connect() as conn:
+        assert _diff(conn) == []
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # on again
+    _check_0007(store)
+    store.dispose()
+
+
+def test_0007_upgrades_users_and_tokens_on_postgres(pg_database: str) -> None:
+    import uuid
+
+    admin = sa.create_engine(Store(pg_database).url, isolation_level="AUTOCOMMIT")
+    name = f"ferryman_m7_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        store = Store(str(sa.make_url(pg_database).set(database=name)))
+        upgrade(store, "0006")
+        _seed_0006(store)
+        with store.engine.begin() as conn:  # the rows were inserted with explicit ids
+            conn.exec_driver_sql("SELECT setval('users_id_seq', 2)")
+        assert upgrade(store) is True
+        with store.engine.connect() as conn:
+            assert _diff(conn) == []
+        _check_0007(store)
+        store.dispose()
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def test_a_fresh_sqlite_schema_never_reuses_user_ids(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    assert store.create_schema() is True
+    assert _sqlite_autoincrement(store)
+    store.dispose()
+
+
+def test_0007_downgrades_and_upgrades_again(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    upgrade(store, "0006")
+    _seed_0006(store)
+    upgrade(store)
+    downgrade(store, "0006")
+    assert current_revision(store) == "0006"
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM api_tokens").scalar() == 2
+    assert upgrade(store) is True
+    _check_0007(store)
     store.dispose()

@@ -6,6 +6,8 @@ from fastapi import FastAPI
 
 from ferryman import __version__
 from ferryman.api import errors
+from ferryman.api.input_guard import InputGuard
+from ferryman.api.login_gate import LoginGate
 from ferryman.api.routes import (
     auth,
     compat,
@@ -16,6 +18,7 @@ from ferryman.api.routes import (
     tokens,
     users,
 )
+from ferryman.home_secrets import LazySecret, jwt_secret
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -31,7 +34,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = store or Store.from_settings(settings)
     app.state.runs = RunService(app.state.store, trigger_max_depth=settings.trigger_max_depth)
+    # FERRYMAN_JWT_SECRET, else the home's generated one: read when first needed
+    app.state.jwt_secret = LazySecret(lambda: jwt_secret(settings))
+    app.state.login_gate = LoginGate(settings)
     errors.install(app)
+    # Values no database keeps (lone surrogates, NUL, non-finite numbers) are
+    # refused before routing, for every route at once.
+    app.add_middleware(InputGuard)
     for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)
     return app

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ferryman.home_secrets import LazySecret
 from ferryman.services.auth import (
     TOKEN_PREFIX,
     AuthError,
@@ -46,6 +47,12 @@ async def get_runs(request: Request) -> RunService:
     return service
 
 
+def jwt_secret_of(request: Request) -> str:
+    """The secret signing this app's access tokens (loaded on first use)."""
+    secret: LazySecret = request.app.state.jwt_secret
+    return secret.value
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunsDep = Annotated[RunService, Depends(get_runs)]
@@ -59,13 +66,12 @@ def principal_of(request: Request, creds: HTTPAuthorizationCredentials | None) -
     if creds is None or not creds.credentials:
         raise AuthError("authentication required: send 'Authorization: Bearer <token>'")
     store: Store = request.app.state.store
-    settings: Settings = request.app.state.settings
     token = creds.credentials
     with store.read() as conn:
         if token.startswith(TOKEN_PREFIX):
             principal = principal_from_api_token(conn, token)
         else:
-            principal = principal_from_jwt(conn, token, settings.jwt_secret.get_secret_value())
+            principal = principal_from_jwt(conn, token, jwt_secret_of(request))
     if principal.token_id is not None:
         _touch(request, store, principal.token_id)
     return principal

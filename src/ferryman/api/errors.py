@@ -1,6 +1,7 @@
 """One JSON error shape everywhere: ``{"error": {"code", "message", "details"}}``.
 
-Every expected failure maps to its status code; anything unexpected becomes a
+Every expected failure maps to its status code; a database outage is a 503
+with ``Retry-After`` and one line in the log; anything unexpected becomes a
 500 with a generic message (the traceback goes to the server log, never to
 the client).
 """
@@ -14,13 +15,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ferryman.domain.params import ParamsInvalid
 from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound
 from ferryman.services.auth import AuthError, Forbidden, TooManyAttempts
+from ferryman.store.engine import describe_unavailable, is_unavailable
 
 log = logging.getLogger(__name__)
+#: Seconds a client is told to wait when the database is unavailable.
+OUTAGE_RETRY_AFTER = 5
 
 STATUS: dict[type[FerrymanError], int] = {
     NotFound: 404,
@@ -33,7 +38,7 @@ STATUS: dict[type[FerrymanError], int] = {
 HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
-    422: "invalid", 429: "too_many_requests",
+    422: "invalid", 429: "too_many_requests", 503: "unavailable",
 }  # fmt: skip
 
 
@@ -144,10 +149,34 @@ def install(app: FastAPI) -> None:
             error_body(code, message), status_code=exc.status_code, headers=exc.headers
         )
 
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if not is_unavailable(exc):
+            return _internal(request)
+        # An outage fails every request alike: one line each, no traceback.
+        log.warning(
+            "database unavailable: %s %s answered 503 (%s)",
+            request.method,
+            request.url.path,
+            describe_unavailable(exc),
+        )
+        return JSONResponse(
+            error_body("unavailable", "the database is unavailable; try again later"),
+            status_code=503,
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+        )
+
+    for kind in (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError):
+        app.add_exception_handler(kind, _database)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal", "internal server error (the details are in the server log)"),
-            status_code=500,
-        )
+        return _internal(request)
+
+
+def _internal(request: Request) -> JSONResponse:
+    """500, the traceback of the exception being handled to the log."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        error_body("internal", "internal server error (the details are in the server log)"),
+        status_code=500,
+    )

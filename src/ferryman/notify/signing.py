@@ -15,8 +15,9 @@ with the standard library only (``hmac``, ``hashlib``, ``base64``).
 The signing secret is ``FERRYMAN_WEBHOOK_SECRET`` when set. Otherwise ferryman
 generates one per installation on first use and keeps it in
 ``FERRYMAN_HOME/webhook_secret`` (mode 0600), so callbacks are *always*
-signed and the secret survives restarts. Several servers on several machines
-must share a configured secret (each home would otherwise hold its own).
+signed and the secret survives restarts (``ferryman.home_secrets``). Several
+servers on several machines must share a configured secret (each home would
+otherwise hold its own).
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
 
+from ferryman.home_secrets import load_or_create
 from ferryman.settings import Settings
 
 SECRET_PREFIX = "whsec_"
@@ -86,12 +87,10 @@ def secret_path(settings: Settings) -> Path:
 
 
 def load_or_create_secret(settings: Settings) -> tuple[str, bool]:
-    """The signing secret: configured, stored, or generated now and stored.
+    """The signing secret: configured, stored, or generated now and stored
+    (race-free across processes sharing a home; see ``ferryman.home_secrets``).
 
-    Returns ``(secret, created)``. Creation is race-free across processes
-    sharing a home: the secret is written to a private temporary file first
-    and then hard-linked into place, which fails if another process won;
-    the loser reads the winner's secret. Never logs the secret.
+    Returns ``(secret, created)``. Never logs the secret.
     """
     if settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
@@ -100,38 +99,7 @@ def load_or_create_secret(settings: Settings) -> tuple[str, bool]:
         except SecretError as exc:
             raise SecretError(f"FERRYMAN_WEBHOOK_SECRET: {exc}") from None
         return secret, False
-    path = secret_path(settings)
-    existing = _read_secret(path)
-    if existing is not None:
-        return existing, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = generate_secret()
-    tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic and exclusive: the secret file is never half-written
-        except FileExistsError:
-            winner = _read_secret(path)
-            if winner is None:
-                raise
-            return winner, False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return secret, True
-
-
-def _read_secret(path: Path) -> str | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    try:
-        secret_key(text)
-    except SecretError as exc:
-        raise SecretError(f"{path}: {exc}") from None
-    return text
+        return load_or_create(secret_path(settings), generate_secret, secret_key)
+    except ValueError as exc:  # the stored file is bad: still a SecretError for callers
+        raise SecretError(str(exc)) from None

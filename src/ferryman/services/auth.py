@@ -4,7 +4,12 @@
 - ``POST /token`` issues a signed JWT (HS256) with an expiry.
 - API tokens for machines look like ``fm_<id>_<secret>``; only a SHA-256 of
   the secret is stored; they are shown once, revocable and may expire.
-- Repeated failed logins lock the account for a while (HTTP 429).
+- Every JWT carries its user's session key (``sk``), replaced when the
+  password changes or the user is disabled: earlier JWTs stop working for
+  good. API tokens are bound to their user's permanent random ``uid``. User
+  ids are never reused either. So no token outlives what it was issued for.
+- Failed logins are counted and locked per (user, client address) in
+  ``ferryman.services.logins``.
 - There is always at least one enabled admin: the last one can be neither
   deleted, demoted nor disabled (HTTP 409).
 """
@@ -16,7 +21,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,11 +39,8 @@ from ferryman.domain.accounts import TOKEN_PREFIX as TOKEN_PREFIX
 from ferryman.domain.accounts import USERNAME_PATTERN as USERNAME_PATTERN
 from ferryman.domain.accounts import Role as Role
 from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound
-from ferryman.store.engine import Store
 from ferryman.store.tables import api_tokens, users, utcnow
 
-MAX_FAILED_LOGINS = 5
-LOCK_SECONDS = 60
 # fm_<hex id>_<urlsafe secret>; checked before any lookup so that junk never
 # reaches the database (PostgreSQL rejects NUL bytes in text with an error).
 _API_TOKEN_RE = re.compile(rf"{TOKEN_PREFIX}({TOKEN_ID_PATTERN})_([A-Za-z0-9_-]{{1,256}})")
@@ -76,6 +78,8 @@ class Principal:
     role: Role
     via: str  # "jwt" | "api_token"
     token_id: str | None = None  # the API token used, if any
+    # the user's current session key: what a JWT issued to them carries
+    session_key: str | None = field(default=None, repr=False, compare=False)
 
     def require(self, role: Role) -> None:
         if not self.role.allows(role):
@@ -113,7 +117,7 @@ def verify_password(password: str, hashed: str) -> bool:
 _DUMMY: tuple[Any, str] | None = None
 
 
-def _burn_verify(password: str) -> None:
+def burn_verify(password: str) -> None:
     """Spend as long as a real password check, so that an unknown user, a user
     without a password and a wrong password cannot be told apart by timing."""
     global _DUMMY
@@ -153,6 +157,15 @@ def validate_slack_user_id(slack_user_id: str) -> str:
             [{"path": "slack_user_id", "reason": "letters and digits, at most 64"}],
         )
     return slack_user_id
+
+
+def new_user_keys() -> dict[str, str]:
+    """A new user's random ``uid`` (permanent) and ``session_key``."""
+    return {"uid": secrets.token_hex(16), "session_key": new_session_key()}
+
+
+def new_session_key() -> str:
+    return secrets.token_hex(16)
 
 
 def _check_slack_free(conn: Connection, slack_user_id: str, user_id: int | None = None) -> None:
@@ -197,9 +210,9 @@ def create_user(
                 role=role.value,
                 slack_user_id=slack_user_id or None,
                 disabled=False,
-                failed_logins=0,
                 created_at=now,
                 updated_at=now,
+                **new_user_keys(),
             )
             .returning(users.c.id)
         ).scalar_one()
@@ -242,16 +255,19 @@ def update_user(
 ) -> dict[str, Any]:
     """Change a user; ``slack_user_id=""`` unlinks Slack. Refuses (409) to leave
     no enabled admin. ``password_hash`` may replace ``password`` as in
-    :func:`create_user`."""
+    :func:`create_user`.
+
+    A new password or disabling the user replaces the session key: every JWT
+    issued before stops working, and stays dead when the user is enabled again.
+    """
     before = get_user(conn, user_id)
     values: dict[str, Any] = {"updated_at": utcnow()}
     if password is not None:
         password_hash = hash_password(validate_password(password))
     if password_hash is not None:
         values["password_hash"] = password_hash
-        values["tokens_valid_after"] = values["updated_at"]  # earlier JWTs stop working
-        values["failed_logins"] = 0
-        values["locked_until"] = None
+    if password_hash is not None or disabled:
+        values["session_key"] = new_session_key()  # earlier JWTs stop working
     if role is not None:
         values["role"] = role.value
     if disabled is not None:
@@ -300,77 +316,40 @@ def count_users(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar_one())
 
 
-def login(store: Store, username: str, password: str) -> Principal:
-    """Check a username and password; count failures and lock after too many.
-
-    The password check is slow on purpose, so it runs outside any transaction
-    (on SQLite a write transaction would stall every other writer meanwhile).
-    A failure is recorded in its own transaction *before* the error is raised
-    (raising inside it would roll the count back). Unknown users, users without
-    a password, disabled users and wrong passwords get the same answer after
-    the same work.
-    """
-    row = None
-    if re.fullmatch(USERNAME_PATTERN, username or ""):
-        with store.read() as conn:
-            row = conn.execute(sa.select(users).where(users.c.username == username)).first()
-    now = utcnow()
-    if row is not None and row.locked_until is not None and row.locked_until > now:
-        wait = int((row.locked_until - now).total_seconds()) + 1
-        raise TooManyAttempts(f"too many failed logins; try again in {wait}s", wait)
-    if row is None or not row.password_hash:
-        _burn_verify(password)
-        ok = False
-    else:
-        ok = verify_password(password, row.password_hash) and not row.disabled
-    if row is None:
-        raise AuthError("wrong username or password")
-    with store.write() as conn:
-        if not ok:
-            _count_failure(conn, row.id)
-        elif row.failed_logins:
-            conn.execute(sa.update(users).where(users.c.id == row.id).values(failed_logins=0))
-    if not ok:
-        raise AuthError("wrong username or password")
-    return Principal(row.id, row.username, Role(row.role), "jwt")
-
-
-def _count_failure(conn: Connection, user_id: int) -> None:
-    # One atomic increment: parallel guesses cannot overwrite each other's count.
-    failed = conn.execute(
-        sa.update(users)
-        .where(users.c.id == user_id)
-        .values(failed_logins=users.c.failed_logins + 1)
-        .returning(users.c.failed_logins)
-    ).scalar()
-    if failed is not None and failed >= MAX_FAILED_LOGINS:
-        conn.execute(
-            sa.update(users)
-            .where(users.c.id == user_id)
-            .values(locked_until=utcnow() + dt.timedelta(seconds=LOCK_SECONDS), failed_logins=0)
-        )
-
-
 # -- JWT ---------------------------------------------------------------------
 
 
+def principal_for(conn: Connection, user_id: int) -> Principal:
+    """The user as a principal able to receive a JWT (with their session key);
+    for logins made elsewhere (tests, a chat bot) than ``POST /token``."""
+    r = conn.execute(sa.select(users).where(users.c.id == user_id)).first()
+    if r is None:
+        raise NotFound(f"no user {user_id}")
+    return Principal(r.id, r.username, Role(r.role), "jwt", session_key=r.session_key)
+
+
 def issue_jwt(principal: Principal, secret: str, ttl_seconds: int) -> tuple[str, int]:
+    """A signed access token for ``principal`` (which must carry its session key)."""
     import jwt
 
-    now = utcnow()
+    if principal.session_key is None:
+        raise ValueError("a JWT needs the user's session key (see principal_for)")
+    now = int(utcnow().timestamp())
     payload = {
         "sub": str(principal.user_id),
+        "sk": principal.session_key,
         "name": principal.username,
         "role": principal.role.value,
-        # fractional NumericDate: compared with tokens_valid_after to the millisecond
-        "iat": round(now.timestamp(), 3),
-        "exp": int(now.timestamp()) + ttl_seconds,
+        "iat": now,
+        "exp": now + ttl_seconds,
         "iss": "ferryman",
     }
     return jwt.encode(payload, secret, algorithm="HS256"), ttl_seconds
 
 
 def principal_from_jwt(conn: Connection, token: str, secret: str) -> Principal:
+    """Who a JWT speaks for: its signature, expiry and issuer checked, then its
+    user's current row, whose session key it must carry."""
     import jwt
 
     try:
@@ -379,24 +358,23 @@ def principal_from_jwt(conn: Connection, token: str, secret: str) -> Principal:
             secret,
             algorithms=["HS256"],
             issuer="ferryman",
-            options={"require": ["exp", "sub"]},
+            options={"require": ["exp", "sub", "sk"]},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("the token has expired") from None
     except jwt.PyJWTError:
         raise AuthError("invalid token") from None
-    sub = str(claims["sub"])
-    if not sub.isdigit() or int(sub) > MAX_ID:
+    sub, key = str(claims["sub"]), claims["sk"]
+    if not sub.isdigit() or int(sub) > MAX_ID or not isinstance(key, str):
         raise AuthError("invalid token")
     r = conn.execute(sa.select(users).where(users.c.id == int(sub))).first()
     if r is None or r.disabled:
         raise AuthError("the token's user no longer exists or is disabled")
-    iat = claims.get("iat")
-    if r.tokens_valid_after is not None and (
-        not isinstance(iat, int | float) or iat < r.tokens_valid_after.timestamp() - 0.0005
-    ):
-        raise AuthError("the token was issued before the password changed; log in again")
-    return Principal(r.id, r.username, Role(r.role), "jwt")
+    if not hmac.compare_digest(r.session_key.encode(), key.encode()):
+        raise AuthError(
+            "the token was revoked (the password changed or the user was disabled); log in again"
+        )
+    return Principal(r.id, r.username, Role(r.role), "jwt", session_key=r.session_key)
 
 
 # -- API tokens ------------------------------------------------------------------
@@ -409,8 +387,11 @@ def _digest(secret: str) -> str:
 def create_api_token(
     conn: Connection, user_id: int, name: str, expires_in_days: int | None = None
 ) -> tuple[dict[str, Any], str]:
-    """Create a token; returns (its record, the token itself — shown only now)."""
-    get_user(conn, user_id)
+    """Create a token; returns (its record, the token itself — shown only now).
+    The token is bound to its user's permanent ``uid``."""
+    uid = conn.execute(sa.select(users.c.uid).where(users.c.id == user_id)).scalar()
+    if uid is None:
+        raise NotFound(f"no user {user_id}")
     if not name or len(name) > 128 or _CONTROL_RE.search(name):
         raise InvalidInput(
             "token name must be 1 to 128 characters, without control characters",
@@ -429,6 +410,7 @@ def create_api_token(
         sa.insert(api_tokens).values(
             id=tid,
             user_id=user_id,
+            user_uid=uid,
             name=name,
             token_hash=_digest(secret),
             created_at=now,
@@ -489,11 +471,13 @@ def principal_from_api_token(conn: Connection, token: str) -> Principal:
         raise AuthError("invalid token")
     tid, secret = m.groups()
     r = conn.execute(
-        sa.select(api_tokens, users.c.username, users.c.role, users.c.disabled)
+        sa.select(api_tokens, users.c.username, users.c.role, users.c.disabled, users.c.uid)
         .join(users, users.c.id == api_tokens.c.user_id)
         .where(api_tokens.c.id == tid)
     ).first()
     if r is None or not hmac.compare_digest(r.token_hash, _digest(secret)):
+        raise AuthError("invalid token")
+    if r.uid != r.user_uid:  # the id now belongs to somebody else
         raise AuthError("invalid token")
     now = utcnow()
     if r.revoked_at is not None:

@@ -24,11 +24,43 @@ from ferryman.settings import Settings
 from ferryman.store.locks import MIGRATION_LOCK_KEY
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
 CANCEL_CHANNEL = "ferryman_cancel"
+
+
+# SQLite errors that mean "cannot get at the database now", not "bad statement".
+_SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o", "readonly", "full")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or used right now (an
+    outage to report as 503 and retry later) rather than a bug.
+
+    PostgreSQL: any operational or interface error (connection refused or
+    lost, server shutting down, too many connections); the pool timing out.
+    SQLite: a locked, busy, unopenable, read-only or full database.
+    """
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("sqlite3"):
+        message = str(orig).lower()
+        return any(word in message for word in _SQLITE_UNAVAILABLE)
+    return True
+
+
+def describe_unavailable(exc: BaseException) -> str:
+    """One short line about an outage (no traceback, no statement, no parameters)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return f"{type(orig).__name__}: {first[:300]}"
 
 
 class Store:

@@ -7,6 +7,8 @@ must not be imported from here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +35,9 @@ class MigrationTarget(Protocol):
 
     @property
     def is_postgres(self) -> bool: ...
+
+    @property
+    def is_sqlite(self) -> bool: ...
 
 
 def alembic_config(store: MigrationTarget) -> Config:
@@ -62,17 +67,57 @@ def upgrade(store: MigrationTarget, revision: str = "head") -> bool:
     target = ScriptDirectory.from_config(cfg).get_current_head() if revision == "head" else revision
     if current_revision(store) == target:
         return False
+    with _migrating(store) as conn:
+        if current_revision(store) == target:
+            return False
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return True
+
+
+def downgrade(store: MigrationTarget, revision: str) -> None:
+    """Take the schema back to ``revision`` (for operators and tests; data the
+    newer schema held may be lost)."""
+    cfg = alembic_config(store)
+    with _migrating(store) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+@contextmanager
+def _migrating(store: MigrationTarget) -> Iterator[sa.Connection]:
+    """A connection to migrate on, committed at the end: the advisory lock held
+    on PostgreSQL; foreign keys not enforced on SQLite, and checked before
+    the commit."""
     with store.engine.connect() as conn:
         if store.is_postgres:
             conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        elif store.is_sqlite:
+            # Batch mode rebuilds tables (create, copy, drop, rename): with foreign
+            # keys enforced, dropping ``users`` would cascade to its API tokens.
+            # SQLite's own procedure: enforcement off (only possible outside a
+            # transaction), rebuild, check the keys, enforcement on again.
+            _sqlite_foreign_keys(conn, on=False)
         try:
-            if current_revision(store) == target:
-                return False
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+            yield conn
+            if store.is_sqlite:
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
             conn.commit()
         finally:
+            if conn.in_transaction():
+                conn.rollback()
             if store.is_postgres:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
                 conn.commit()
-    return True
+            elif store.is_sqlite:
+                _sqlite_foreign_keys(conn, on=True)
+
+
+def _sqlite_foreign_keys(conn: sa.Connection, *, on: bool) -> None:
+    # On the DBAPI connection itself: through SQLAlchemy the statement would
+    # open a transaction first, inside which SQLite ignores this pragma.
+    conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}"
+    )

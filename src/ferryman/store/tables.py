@@ -209,19 +209,23 @@ workers = sa.Table(
 users = sa.Table(
     "users",
     metadata,
+    # AUTOINCREMENT on SQLite: a deleted user's id is never handed out again
+    # (PostgreSQL sequences never go back anyway).
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # Random, permanent, never reused: what API tokens are bound to.
+    sa.Column("uid", sa.String(32), nullable=False),
     sa.Column("username", sa.String(128), nullable=False, unique=True),
     sa.Column("password_hash", sa.String(255), nullable=True),
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("slack_user_id", sa.String(64), nullable=True, unique=True),
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
-    sa.Column("failed_logins", sa.Integer, nullable=False, default=0),
-    sa.Column("locked_until", UTCDateTime, nullable=True),
-    # access tokens (JWTs) issued before this instant are refused: set when
-    # the password changes or the user is disabled
-    sa.Column("tokens_valid_after", UTCDateTime, nullable=True),
+    # Random; every access token (JWT) carries it. Replaced when the password
+    # changes or the user is disabled, which ends every earlier JWT for good.
+    sa.Column("session_key", sa.String(32), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("uid", name="uq_users_uid"),
+    sqlite_autoincrement=True,
 )
 
 api_tokens = sa.Table(
@@ -229,12 +233,29 @@ api_tokens = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # users.uid of the token's user: checked on every use.
+    sa.Column("user_uid", sa.String(32), nullable=False),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("token_hash", sa.String(128), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=True),
     sa.Column("last_used_at", UTCDateTime, nullable=True),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# Failed logins per (username, client address): counted before the password
+# is checked, by one guarded UPDATE. Unknown usernames are counted the same
+# way, so a lock says nothing about which accounts exist. A success deletes
+# the row; rows idle for a day are pruned.
+login_failures = sa.Table(
+    "login_failures",
+    metadata,
+    sa.Column("username", sa.String(128), primary_key=True),
+    sa.Column("address", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("locked_until", UTCDateTime, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_login_failures_updated", "updated_at"),
 )
 
 callbacks = sa.Table(

@@ -9,13 +9,14 @@ from fastapi.responses import JSONResponse
 
 from ferryman import __version__
 from ferryman.api.deps import StoreDep
-from ferryman.api.errors import error_body
+from ferryman.api.errors import OUTAGE_RETRY_AFTER, error_body
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health", summary="Liveness: the process answers")
-def health() -> dict[str, Any]:
+async def health() -> dict[str, Any]:
+    # A coroutine: it answers from the event loop, whatever the thread pool is doing.
     return {"status": "ok", "version": __version__}
 
 
@@ -26,5 +27,9 @@ def health() -> dict[str, Any]:
 )
 def ready(store: StoreDep) -> Any:
     if not store.ping():
-        return JSONResponse(error_body("unavailable", "database unreachable"), status_code=503)
+        return JSONResponse(
+            error_body("unavailable", "database unreachable"),
+            status_code=503,
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+        )
     return {"status": "ready", "database": store.url.get_backend_name()}
