@@ -27,11 +27,11 @@ from tests.docker_support import (
     wait_for,
 )
 
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PipelineSpec, PythonStep, StepSpec
 from ferryman.engine.worker import Worker
 from ferryman.infra.base import RESULT_MARKER, StepLaunch
 from ferryman.infra.docker import DockerConfig, DockerInfrastructure
-from ferryman.infra.docker_names import container_name
+from ferryman.infra.docker.names import container_name
 from ferryman.services.pipelines import register
 from ferryman.services.queries import get_logs, get_run
 from ferryman.services.runs import RunService
@@ -54,9 +54,8 @@ def dsettings(settings: Settings, docker_client: Any) -> Settings:
 
 def box(name: str, image: str, *args: str, **kw: Any) -> StepSpec:
     """A container step running ``sh -c ARGS`` on the test image."""
-    return StepSpec(
+    return ContainerStep(
         name=name,
-        kind="container",
         image=image,
         command=["sh", "-c"],
         args=list(args),
@@ -125,7 +124,7 @@ def test_pipeline_env_labels_templates_and_logs(
         params=[{"name": "who", "type": "string"}],  # type: ignore[list-item]
         labels={"example.com/team": "data"},
         steps=[
-            StepSpec(
+            PythonStep(
                 name="make",
                 function=FunctionRef(file=str(BASIC), qualname="ok"),
                 inputs={"tag": {"$param": "who"}},
@@ -354,9 +353,8 @@ def test_pull_never_with_missing_image_is_a_clear_step_error(
     spec = PipelineSpec(
         name="docker-never",
         steps=[
-            StepSpec(
+            ContainerStep(
                 name="s",
-                kind="container",
                 image="ferryman-test/does-not-exist:9",
                 infrastructure="docker",
                 infra_overrides={"pull_policy": "never"},
@@ -390,7 +388,7 @@ def test_container_removed_from_outside_fails_the_step(
 
 
 def _launch(image: str, script: str, run_id: str = "attach0000000001") -> StepLaunch:
-    step = StepSpec(name="s", kind="container", image=image, command=["sh", "-c"], args=[script])
+    step = ContainerStep(name="s", image=image, command=["sh", "-c"], args=[script])
     return StepLaunch(
         run_id=run_id,
         node="s",
@@ -485,7 +483,7 @@ def test_failed_pull_is_a_clear_error_without_the_password(
         )
     )
     launch = _launch(busybox_image, "true", run_id="pullfails0000001")
-    launch.step = StepSpec(name="s", kind="container", image="127.0.0.1:1/ferryman/absent:1")
+    launch.step = ContainerStep(name="s", image="127.0.0.1:1/ferryman/absent:1")
     try:
         with pytest.raises(RuntimeError) as exc:
             infra.start(launch, lambda s, line: None)
@@ -500,7 +498,7 @@ def test_failed_pull_is_a_clear_error_without_the_password(
 def test_missing_executable_is_a_clear_start_error(busybox_image: str, docker_client: Any) -> None:
     infra = DockerInfrastructure(DockerConfig(network_mode="none"))
     launch = _launch(busybox_image, "true", run_id="noexec0000000001")
-    launch.step = StepSpec(name="s", kind="container", image=busybox_image, command=["/nope"])
+    launch.step = ContainerStep(name="s", image=busybox_image, command=["/nope"])
     try:
         with pytest.raises(RuntimeError, match=r"could not start the container: .*nope"):
             infra.start(launch, lambda s, line: None)
@@ -523,13 +521,13 @@ def test_python_step_runs_inside_a_container(
     spec = PipelineSpec(
         name="docker-python",
         steps=[
-            StepSpec(
+            PythonStep(
                 name="numbers",
                 function=FunctionRef(file=str(BASIC), qualname="numbers"),
                 inputs={"n": 7},
                 infrastructure="inline",
             ),
-            StepSpec(
+            PythonStep(
                 name="square",
                 function=FunctionRef(file=str(BASIC), qualname="square_sum"),
                 inputs={"xs": {"$step": "numbers"}, "shard": 1, "shards": 2},
