@@ -39,6 +39,7 @@ class Context:
             self.graph_problems += 1
 
     def check_step_ref(self, ref: str, step: Any, path: str) -> bool:
+        """Whether ``step`` may refer to step ``ref``; a problem at ``path`` if not."""
         if ref == step:
             self.problem(path, f"step {ref!r} depends on itself", graph=True)
             return False
@@ -49,6 +50,7 @@ class Context:
         return True
 
     def check_param_ref(self, ref: str, path: str) -> bool:
+        """Whether parameter ``ref`` exists; a problem at ``path`` if not."""
         if ref in self.param_names:
             return True
         known = ", ".join(self.param_names) or "none"
@@ -56,9 +58,11 @@ class Context:
         return False
 
     def abspath(self, target: str) -> str:
+        """``target`` made absolute against the pipeline file's directory."""
         return os.path.abspath(os.path.join(self.base_dir, os.path.expanduser(target)))
 
     def check_file(self, file: str, path: str) -> None:
+        """A problem at ``path`` when ``file`` must exist and does not."""
         if self.check_files and not os.path.isfile(file):
             self.problem(path, f"file not found: {file}")
 
