@@ -19,6 +19,7 @@ from ferryman.domain.spec import (
     PipelineSpec,
     PythonStep,
     StepSpec,
+    error_loc,
     parse_step,
 )
 from ferryman.dsl.yaml_loader import PipelineFileError, spec_from_mapping
@@ -276,6 +277,17 @@ def test_yaml_errors_inside_a_step_name_no_kind_tag() -> None:
         "steps[0].comand: unknown field (did you mean 'command'?)",
         "steps[0].retries: Input should be greater than or equal to 0",
     ]
+
+
+@pytest.mark.parametrize("kind", ["python", "container"])
+def test_a_missing_function_or_image_is_reported_after_the_other_problems(kind: str) -> None:
+    # as with the flat model: other fields' errors first, the missing field alone
+    with pytest.raises(ValidationError) as exc:
+        parse_step({"name": "a", "kind": kind, "retries": -1})
+    assert [error_loc(e["loc"]) for e in exc.value.errors()] == [("retries",)]
+    what = "a function" if kind == "python" else "an image"
+    with pytest.raises(ValidationError, match=f"{kind} step 'a' needs {what}"):
+        parse_step({"name": "a", "kind": kind})
 
 
 def test_unknown_step_kind_object() -> None:

@@ -26,6 +26,7 @@ unchanged pipeline stays what it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -35,6 +36,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
     Tag,
     TypeAdapter,
     field_validator,
@@ -112,6 +114,13 @@ def _step_name(data: dict[str, Any]) -> Any:
     return data.get("name")
 
 
+def _other_problems_first(handler: Callable[[Any], Any], stand_in: dict[str, Any]) -> None:
+    """Validate a step with a stand-in for its missing kind field: the other
+    fields' errors are reported (raised) first, and the missing field only
+    when there are none, as it was before kinds were split."""
+    handler(stand_in)
+
+
 class PythonStep(StepBase):
     """A step that calls a Python function (the default kind)."""
 
@@ -120,12 +129,13 @@ class PythonStep(StepBase):
 
     legacy_nulls: ClassVar[tuple[str, ...]] = ("image", "command", "args")
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _needs_function(cls, data: Any) -> Any:
+    def _needs_function(cls, data: Any, handler: ModelWrapValidatorHandler[PythonStep]) -> Any:
         if isinstance(data, dict) and data.get("function") is None:
+            _other_problems_first(handler, {**data, "function": {"module": "_", "qualname": "_"}})
             raise ValueError(f"python step {_step_name(data)!r} needs a function")
-        return data
+        return handler(data)
 
 
 class ContainerStep(StepBase):
@@ -139,12 +149,13 @@ class ContainerStep(StepBase):
 
     legacy_nulls: ClassVar[tuple[str, ...]] = ("function",)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _needs_image(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("image"):
+    def _needs_image(cls, data: Any, handler: ModelWrapValidatorHandler[ContainerStep]) -> Any:
+        if isinstance(data, dict) and data.get("image") in (None, ""):
+            _other_problems_first(handler, {**data, "image": "_"})
             raise ValueError(f"container step {_step_name(data)!r} needs an image")
-        return data
+        return handler(data)
 
 
 def _kind_of(value: Any) -> Any:
