@@ -170,7 +170,7 @@ def seed_runs(db_url: str, n: int) -> None:
 
     import sqlalchemy as sa
 
-    from ferryman.services.pipelines import register
+    from ferryman.services.catalog import register
     from ferryman.store.engine import Store
     from ferryman.store.tables import new_id, runs
 

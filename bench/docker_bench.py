@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from ferryman.domain.spec import ContainerStep, PipelineSpec  # noqa: E402
 from ferryman.engine.worker import Worker  # noqa: E402
-from ferryman.services.pipelines import register  # noqa: E402
+from ferryman.services.catalog import register  # noqa: E402
 from ferryman.services.runs import RunService  # noqa: E402
 from ferryman.settings import Settings  # noqa: E402
 from ferryman.store.engine import Store  # noqa: E402
@@ -94,7 +94,7 @@ def run_engine(store: Store, settings: Settings, spec: PipelineSpec) -> float:
     with store.write() as conn:
         pv = register(conn, "bench", spec)
     t0 = time.perf_counter()
-    run_id, _ = RunService(store).create_run(pv, {})
+    run_id = RunService(store).start_version(pv, {}).id
     Worker(store, settings).run_until({run_id}, timeout=900)
     elapsed = time.perf_counter() - t0
     with store.read() as conn:

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 from ferryman.engine.worker import Worker
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -90,7 +90,7 @@ def run_embedded(store: Store, settings: Settings, spec: PipelineSpec) -> float:
     with store.write() as conn:
         pv = register(conn, "bench", spec)
     t0 = time.perf_counter()
-    run_id, _ = RunService(store).create_run(pv, {})
+    run_id = RunService(store).start_version(pv, {}).id
     Worker(store, settings).run_until({run_id}, timeout=600)
     elapsed = time.perf_counter() - t0
     with store.read() as conn:
@@ -156,7 +156,7 @@ def bench_pg_workers(spec: PipelineSpec, workers: int = 2) -> float:
     try:
         time.sleep(1.5)  # let the workers start and LISTEN
         t0 = time.perf_counter()
-        run_id, _ = RunService(store).create_run(pv, {})
+        run_id = RunService(store).start_version(pv, {}).id
         while True:
             with store.read() as conn:
                 state = conn.exec_driver_sql(

@@ -49,7 +49,7 @@ from rich.table import Table
 
 from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 from ferryman.services import subscriptions as subs
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -238,7 +238,7 @@ class Scenario:
         svc = RunService(self.store)
         t0 = time.perf_counter()
         for i in range(n):
-            svc.create_run(pv or self.pv, {})
+            svc.start_version(pv or self.pv, {})
             if rate:
                 delay = t0 + (i + 1) / rate - time.perf_counter()
                 if delay > 0:

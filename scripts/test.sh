@@ -10,5 +10,9 @@ export FERRYMAN_TEST_PG_URL=${FERRYMAN_TEST_PG_URL:-postgresql://postgres@127.0.
 echo "== ruff"; .venv/bin/ruff check src tests bench examples
 .venv/bin/ruff format --check src tests bench examples
 echo "== mypy"; .venv/bin/mypy
+echo "== import contracts"; .venv/bin/lint-imports
 echo "== pytest"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Most tests wait on processes, servers and databases rather than compute:
+# four test processes keep the two cores busy (each has its own PostgreSQL
+# database). FERRYMAN_TEST_WORKERS=0 runs them in this process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${FERRYMAN_TEST_WORKERS:-4}" "$@"

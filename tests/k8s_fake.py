@@ -204,6 +204,12 @@ class FakeCluster:
             for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(controller, *self._tasks, return_exceptions=True)
+            # Reap every pod process before this loop closes: a child still
+            # unreaped when the loop is gone warns later, in whatever test runs then.
+            procs = [p.proc for p in self._pods.values() if p.proc is not None]
+            for proc in procs:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), 5)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

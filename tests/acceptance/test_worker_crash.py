@@ -29,9 +29,8 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from ferryman.domain.params import validate_params
 from ferryman.dsl.loader import load_pipeline
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_events
 from ferryman.services.runs import RunService
 from ferryman.store.engine import Store
@@ -259,10 +258,9 @@ def test_kill_9_worker_mid_run_steps_recovered_exactly_once(
             assert len(spec.steps) == len(ALL_NODES) >= 200
             with store.write() as conn:
                 pv = register(conn, "default", spec)
-            run_id, created = RunService(store).create_run(
-                pv, validate_params(spec, {"outdir": str(outdir)})
-            )
-            assert created
+            started = RunService(store).start_version(pv, {"outdir": str(outdir)})
+            assert started.created
+            run_id = started.id
 
             # -- in the middle: some steps done, w1 busy with steps in flight, one
             # of which has just started (so it cannot end before the kill lands) --

@@ -34,13 +34,13 @@ from tests.webhook_support import (
     wait_for,
 )
 
-from ferryman.domain.params import validate_params
+from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.dispatcher import Dispatcher, _retry_after
 from ferryman.engine.worker import Worker
 from ferryman.notify import signing
 from ferryman.notify.report import one_line_error, slack_text
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -77,14 +77,14 @@ def finish_runs(
         pv = register(conn, "default", spec)
     run_ids = []
     for _ in range(count):
-        run_id, created = RunService(store).create_run(
+        started = RunService(store).start_version(
             pv,
-            validate_params(spec, params),
+            params,
             labels={"team": "ml"},
-            options={"infrastructure": "inline", **options},
+            options=RunOptions.model_validate({"infrastructure": "inline", **options}),
         )
-        assert created
-        run_ids.append(run_id)
+        assert started.created
+        run_ids.append(started.id)
     Worker(store, settings).run_until(set(run_ids), timeout=60)
     return run_ids
 

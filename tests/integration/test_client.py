@@ -392,7 +392,9 @@ def test_closing_a_log_stream_stops_the_server_side(
     client.register_pipeline("default", ticks)
     run = client.create_run("default", "ticks")  # no worker: it stays queued
 
-    with client._http.stream("GET", f"/runs/{run.id}/logs/stream", headers=client._auth()) as resp:
+    with client._http.stream(
+        "GET", f"/runs/{run.id}/logs/stream", headers=client.auth_headers()
+    ) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()  # (kept: a dropped iterator closes the connection)
         next(lines)  # the stream is open ...

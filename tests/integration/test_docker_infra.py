@@ -27,12 +27,13 @@ from tests.docker_support import (
     wait_for,
 )
 
+from ferryman.domain.options import RunOptions
 from ferryman.domain.spec import ContainerStep, FunctionRef, PipelineSpec, PythonStep, StepSpec
 from ferryman.engine.worker import Worker
 from ferryman.infra.base import RESULT_MARKER, StepLaunch
 from ferryman.infra.docker import DockerConfig, DockerInfrastructure
 from ferryman.infra.docker.names import container_name
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_logs, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -67,9 +68,11 @@ def box(name: str, image: str, *args: str, **kw: Any) -> StepSpec:
 def create(store: Store, spec: PipelineSpec, **kw: Any) -> str:
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, created = RunService(store).create_run(pv, kw.pop("params", {}), **kw)
-    assert created
-    return run_id
+    if "options" in kw:
+        kw["options"] = RunOptions.model_validate(kw["options"])
+    started = RunService(store).start_version(pv, kw.pop("params", {}), **kw)
+    assert started.created
+    return started.id
 
 
 def run_spec(store: Store, settings: Settings, spec: PipelineSpec, **kw: Any) -> dict[str, Any]:

@@ -12,11 +12,11 @@ import psutil
 import pytest
 import sqlalchemy as sa
 
-from ferryman.domain.params import validate_params
+from ferryman.domain.options import RunOptions
 from ferryman.domain.states import NodeState
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.worker import Worker
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_events, get_logs, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -30,9 +30,9 @@ def start(store: Store, name: str, **params: Any) -> str:
     spec = load_pipeline(f"{PIPES}:{name}")
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, created = RunService(store).create_run(pv, validate_params(spec, params))
-    assert created
-    return run_id
+    started = RunService(store).start_version(pv, params)
+    assert started.created
+    return started.id
 
 
 def run_to_end(store: Store, settings: Settings, name: str, **params: Any) -> dict[str, Any]:
@@ -175,15 +175,15 @@ def test_idempotency_key_returns_same_run(store: Store) -> None:
     with store.write() as conn:
         pv = register(conn, "default", spec)
     svc = RunService(store)
-    a, created_a = svc.create_run(pv, validate_params(spec, {}), idempotency_key="k1")
-    b, created_b = svc.create_run(pv, validate_params(spec, {}), idempotency_key="k1")
-    c, _ = svc.create_run(pv, validate_params(spec, {}), idempotency_key="k2")
-    assert (a, created_a, created_b) == (b, True, False)
-    assert c != a
+    a = svc.start_version(pv, {}, idempotency_key="k1")
+    b = svc.start_version(pv, {}, idempotency_key="k1")
+    c = svc.start_version(pv, {}, idempotency_key="k2")
+    assert (a.id, a.created, b.created) == (b.id, True, False)
+    assert c.id != a.id
     from ferryman.errors import Conflict
 
     with pytest.raises(Conflict, match="different"):
-        svc.create_run(pv, validate_params(spec, {"n": 99}), idempotency_key="k1")
+        svc.start_version(pv, {"n": 99}, idempotency_key="k1")
 
 
 def test_rerun_reuses_succeeded_steps(store: Store, settings: Settings, tmp_path: Path) -> None:
@@ -208,8 +208,8 @@ def test_run_timeout_fails_the_run(store: Store, settings: Settings, tmp_path: P
     spec = load_pipeline(f"{PIPES}:long_running")
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    params = validate_params(spec, {"pidfile": str(tmp_path / "p")})
-    run_id, _ = RunService(store).create_run(pv, params, options={"timeout": 1.0})
+    params = {"pidfile": str(tmp_path / "p")}
+    run_id = RunService(store).start_version(pv, params, options=RunOptions(timeout=1.0)).id
     t0 = time.monotonic()
     Worker(store, settings).run_until({run_id}, timeout=60)
     assert time.monotonic() - t0 < 1.0 + settings.grace_seconds + 1.5  # enforced on time

@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from starlette.exceptions import StarletteDeprecationWarning
 
 from ferryman.api.app import create_app
+from ferryman.domain.options import RunOptions
 from ferryman.domain.spec import ContainerStep, FunctionRef, PipelineSpec, PythonStep
 from ferryman.engine.worker import Worker
 from ferryman.services.auth import Role, create_api_token, create_user
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -117,7 +118,9 @@ def test_a_run_override_to_an_infrastructure_that_cannot_run_the_step_fails_it_a
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).create_run(pv, {}, options={"infrastructure": "process"})
+    run_id = (
+        RunService(store).start_version(pv, {}, options=RunOptions(infrastructure="process")).id
+    )
     Worker(store, settings).run_until({run_id}, timeout=60)
     with store.read() as conn:
         run = get_run(conn, run_id)
@@ -142,7 +145,7 @@ def test_identifiers_are_recorded_when_the_infrastructure_says_so(
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).create_run(pv, {})
+    run_id = RunService(store).start_version(pv, {}).id
     Worker(store, settings).run_until({run_id}, timeout=60)
     with store.read() as conn:
         rows = dict(

@@ -23,7 +23,6 @@ import pytest
 import sqlalchemy as sa
 from kubernetes.client import BatchV1Api, CoreV1Api
 
-from ferryman.domain.params import validate_params
 from ferryman.domain.spec import (
     ContainerStep,
     FunctionRef,
@@ -36,7 +35,7 @@ from ferryman.engine.worker import Worker
 from ferryman.infra.base import EXIT_KILLED, EXIT_LOST, MASK, StepLaunch
 from ferryman.infra.kubernetes import KubernetesConfig, KubernetesInfrastructure
 from ferryman.infra.registry import InfraPool
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_logs, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -495,7 +494,7 @@ def test_pipeline_on_kubernetes_through_the_engine(
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).create_run(pv, validate_params(spec, {"who": "k8s"}))
+    run_id = RunService(store).start_version(pv, {"who": "k8s"}).id
     pool = InfraPool(
         {
             "kubernetes": {
@@ -562,7 +561,7 @@ def test_step_timeout_deletes_the_job_through_the_engine(
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).create_run(pv, {})
+    run_id = RunService(store).start_version(pv, {}).id
     pool = InfraPool({"kubernetes": {"api_server": cluster.url, "token": TOKEN}})
     t0 = time.monotonic()
     Worker(store, settings, infra=pool).run_until({run_id}, timeout=60)

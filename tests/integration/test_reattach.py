@@ -32,7 +32,7 @@ from ferryman.engine.worker import Worker
 from ferryman.infra.base import Infrastructure, LogSink, Result, StepLaunch
 from ferryman.infra.container import container_command, container_env
 from ferryman.infra.registry import InfraPool
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_events, get_logs, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -149,8 +149,7 @@ def pool() -> InfraPool:
 def create(store: Store, spec: PipelineSpec) -> str:
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).create_run(pv, {})
-    return run_id
+    return RunService(store).start_version(pv, {}).id
 
 
 def launch_then_lose(store: Store, settings: Settings, run_id: str) -> Worker:

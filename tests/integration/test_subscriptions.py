@@ -25,12 +25,12 @@ from tests.webhook_support import (
     wait_for,
 )
 
-from ferryman.domain.params import validate_params
+from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.deliverer import Deliverer
 from ferryman.engine.worker import Worker
 from ferryman.services import subscriptions as subs
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -69,13 +69,10 @@ def finish_runs(
         pv = register(conn, "default", spec)
     ids = []
     for _ in range(count):
-        run_id, _ = RunService(store).create_run(
-            pv,
-            validate_params(spec, params),
-            labels={"team": "ml"},
-            options={"infrastructure": "inline"},
+        started = RunService(store).start_version(
+            pv, params, labels={"team": "ml"}, options=RunOptions(infrastructure="inline")
         )
-        ids.append(run_id)
+        ids.append(started.id)
     Worker(store, settings).run_until(set(ids), timeout=60)
     return ids
 

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ferryman.domain.params import validate_params
 from ferryman.domain.spec import PipelineSpec
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.worker import Worker
 from ferryman.errors import InvalidInput
 from ferryman.services import triggers
-from ferryman.services.pipelines import PipelineVersion, register
+from ferryman.services.catalog import PipelineVersion, register
 from ferryman.services.queries import get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -34,9 +33,9 @@ def _fresh_spec_cache() -> None:
     """Specs are cached per process by version id; every test has a new database
     whose ids start again at 1, and pipelines registered by a CLI subprocess are
     not seen by this process's cache."""
-    from ferryman.services import pipelines
+    from ferryman.services import catalog
 
-    pipelines._SPEC_CACHE.clear()
+    catalog._SPEC_CACHE.clear()
 
 
 def deploy(store: Store, *names: str, namespace: str = "default") -> list[PipelineVersion]:
@@ -51,8 +50,7 @@ def start(store: Store, name: str, namespace: str = "default", **params: Any) ->
     spec = load_pipeline(f"{PIPES}:{name}")
     with store.write() as conn:
         pv = register(conn, namespace, spec)
-    run_id, _ = RunService(store).create_run(pv, validate_params(spec, params))
-    return run_id
+    return RunService(store).start_version(pv, params).id
 
 
 def open_runs(store: Store) -> set[str]:
@@ -185,7 +183,7 @@ def test_fires_exactly_once_when_firing_is_repeated(store: Store, settings: Sett
                 runs.c.cancel_reason, runs.c.error,
             ).where(runs.c.id == a)
         ).one()  # fmt: skip
-        tx._finish_run(a, row)
+        assert tx.finish_run(a, row) is False
         tx.flush()
     # Firing itself again (as a retried finalisation would): the unique row holds.
     with store.write() as conn:
@@ -217,7 +215,7 @@ def test_rolled_back_finish_fires_nothing(store: Store, settings: Settings) -> N
 
 
 def test_loops_stop_at_the_depth_limit(store: Store, settings: Settings) -> None:
-    store.trigger_max_depth = 3
+    settings.trigger_max_depth = 3  # the workers that end the runs read it
     deploy(store, "ping", "pong")
     first = start(store, "ping", n=0)
     drain(store, settings)
@@ -255,7 +253,7 @@ def test_unregistered_source_is_a_warning_then_checked_when_it_fires(
     )
     with store.write() as conn:  # a pipeline "later" without a step "load"
         pv_later = register(conn, "default", later)
-    a, _ = RunService(store).create_run(pv_later, validate_params(later, {}))
+    a = RunService(store).start_version(pv_later, {}).id
     drain(store, settings)
     assert runs_of(store, "early") == []
     (f,) = firings(store, a)

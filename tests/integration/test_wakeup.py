@@ -11,7 +11,7 @@ import pytest
 
 from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 from ferryman.engine.worker import Worker
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_events, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -61,7 +61,7 @@ def test_new_work_wakes_an_idle_worker_quickly(db_url: str, tmp_path: Path) -> N
         latencies = []
         for _ in range(5):
             t0 = time.perf_counter()
-            run_id, _ = RunService(client_store).create_run(pv, {})
+            run_id = RunService(client_store).start_version(pv, {}).id
             assert wait_state(client_store, run_id, 10) == "succeeded"
             latencies.append(time.perf_counter() - t0)
             time.sleep(0.2)
@@ -88,7 +88,7 @@ def test_two_workers_share_a_fan_out_without_running_a_step_twice(
     for t in threads:
         t.start()
     try:
-        run_id, _ = RunService(stores[0]).create_run(pv, {})
+        run_id = RunService(stores[0]).start_version(pv, {}).id
         assert wait_state(stores[0], run_id, 60) == "succeeded"
     finally:
         for w in workers:
@@ -127,7 +127,7 @@ def test_a_claim_never_takes_more_than_its_free_slots(store: Store, settings: Se
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    RunService(store).create_run(pv, {})
+    RunService(store).start_version(pv, {})
     worker = Worker(store, settings, concurrency=3)
     try:
         claimed = worker.turn()

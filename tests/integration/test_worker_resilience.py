@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ferryman.domain.params import validate_params
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.worker import Worker
-from ferryman.services.pipelines import register
+from ferryman.services.catalog import register
 from ferryman.services.queries import get_events, get_run
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -29,7 +28,7 @@ def test_transient_database_errors_are_retried(
     spec = load_pipeline(f"{PIPES}:fan")
     with store.write() as conn:
         pv = register(conn, "default", spec)
-    run_id, _ = RunService(store).create_run(pv, validate_params(spec, {"n": 6}))
+    run_id = RunService(store).start_version(pv, {"n": 6}).id
     real_write = store.write
     calls = {"n": 0}
     lock = threading.Lock()

@@ -1,4 +1,6 @@
-"""Layering rules: the domain stays pure, and step start-up stays light."""
+"""Layering rules: the domain stays pure, step start-up stays light, and the
+Python client stays import-light (the rest: import-linter contracts in
+pyproject.toml, and tests/unit/test_import_graph.py)."""
 
 from __future__ import annotations
 
@@ -205,3 +207,70 @@ def test_defining_steps_and_pipelines_stays_light(tmp_path: Path) -> None:
 def test_validator_markers_stay_light(tmp_path: Path) -> None:
     loaded = _modules_after("from ferryman import language_code", tmp_path)
     assert loaded["pydantic"] is False
+
+
+# --------------------------------------------------------------------------- the Python client
+
+#: What ``import ferryman.client`` may load of ferryman: the client itself, the
+#: domain, and the REST API's wire models (not its app, routes or dependencies).
+CLIENT_MAY_LOAD = {
+    "ferryman",
+    "ferryman.api",
+    "ferryman.api.accounts",
+    "ferryman.api.schemas",
+    "ferryman.api.subscription_schemas",
+}
+CLIENT_MAY_LOAD_UNDER = ("ferryman.client", "ferryman.domain")
+CLIENT_MUST_NOT_LOAD = {
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pwdlib",
+    "jwt",
+    "pydantic_settings",
+    "typer",
+    "yaml",
+    "docker",
+    "kubernetes",
+    "slack_sdk",
+    "aiohttp",
+}
+
+
+def test_client_import_is_light(tmp_path: Path) -> None:
+    """``import ferryman.client`` (in a fresh interpreter) loads httpx, pydantic,
+    the wire models and the domain: no server, database layer or services."""
+    probe = "import sys, json\nimport ferryman.client\nprint(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"httpx", "pydantic", "ferryman.client.sync", "ferryman.api.schemas"} <= loaded
+    tops = {m.split(".")[0] for m in loaded}
+    assert sorted(tops & CLIENT_MUST_NOT_LOAD) == []
+    ours = {m for m in loaded if m == "ferryman" or m.startswith("ferryman.")}
+    unexpected = {m for m in ours - CLIENT_MAY_LOAD if not m.startswith(CLIENT_MAY_LOAD_UNDER)}
+    assert sorted(unexpected) == []
+
+
+def test_client_keeps_its_public_names() -> None:
+    """What users import from ``ferryman.client`` stays there."""
+    import ferryman.client as client
+
+    for name in client.__all__:
+        assert getattr(client, name) is not None, name
+    users_import = (
+        "Client", "AsyncClient", "ApiError", "UNSET", "RunDetail", "LogLinePublic",
+        "RunOutputs", "PipelineRegistered", "UserPublic", "SubscriptionPublic",
+    )  # fmt: skip
+    for name in users_import:
+        assert name in client.__all__

@@ -1,24 +1,23 @@
 """Users and API tokens as the REST API shows and accepts them (shared by the
-routes and the Python client; no FastAPI import)."""
+routes and the Python client: pydantic and the domain only, no FastAPI, no
+services)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ferryman.services import auth
-
-#: Admins manage users and tokens; operators also run; viewers read.
-RoleName = Literal["admin", "operator", "viewer"]
+from ferryman.domain import accounts as rules
+from ferryman.domain.accounts import RoleName
 
 
 def _password() -> Any:
     return Field(
         default=None,
-        min_length=8,
-        max_length=auth.MAX_PASSWORD_LENGTH,
+        min_length=rules.MIN_PASSWORD_LENGTH,
+        max_length=rules.MAX_PASSWORD_LENGTH,
         description="At least 8 characters; stored as an Argon2 hash",
     )
 
@@ -26,7 +25,7 @@ def _password() -> Any:
 def _slack_id() -> Any:
     return Field(
         default=None,
-        pattern=f"^{auth.SLACK_ID_PATTERN}$",
+        pattern=f"^{rules.SLACK_ID_PATTERN}$",
         description="The Slack member id (e.g. U012AB3CD), to act from Slack",
     )
 
@@ -48,7 +47,7 @@ class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: str = Field(
-        pattern=f"^{auth.USERNAME_PATTERN}$",
+        pattern=f"^{rules.USERNAME_PATTERN}$",
         description="Letters, digits, '_', '.', '@' or '-', starting with a letter or digit",
     )
     password: str | None = _password()
@@ -102,8 +101,8 @@ class ApiTokenCreate(BaseModel):
         description="What the token is for, e.g. 'ci-deploy'",
     )
     user_id: int | None = Field(
-        default=None, ge=1, le=auth.MAX_ID, description="Whose token (default: yours)"
+        default=None, ge=1, le=rules.MAX_ID, description="Whose token (default: yours)"
     )
     expires_in_days: int | None = Field(
-        default=None, ge=1, le=auth.MAX_TOKEN_DAYS, description="Default: never expires"
+        default=None, ge=1, le=rules.MAX_TOKEN_DAYS, description="Default: never expires"
     )

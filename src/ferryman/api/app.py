@@ -30,7 +30,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store or Store.from_settings(settings)
-    app.state.runs = RunService(app.state.store)
+    app.state.runs = RunService(app.state.store, trigger_max_depth=settings.trigger_max_depth)
     errors.install(app)
     for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)

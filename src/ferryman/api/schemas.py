@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from ferryman.domain.options import RunOptions
 from ferryman.domain.spec import PipelineSpec
 from ferryman.domain.states import NodeState, RunState
 
@@ -78,18 +79,13 @@ class RunCreate(BaseModel):
             raise ValueError("slack_thread needs slack_channel")
         return self
 
-    def options(self) -> dict[str, Any]:
+    def options(self) -> RunOptions:
         """The run options stored with the run (only those that were given)."""
-        opts: dict[str, Any] = {}
-        if self.webhook_url is not None:
-            opts["webhook_url"] = str(self.webhook_url)
-        if self.slack_channel:
-            opts["slack_channel"] = self.slack_channel
-        if self.slack_thread:
-            opts["slack_thread"] = self.slack_thread
-        if self.timeout is not None:
-            opts["timeout"] = self.timeout
-        return opts
+        given = self.model_dump(mode="json", include=_OPTION_FIELDS, exclude_none=True)
+        return RunOptions.model_validate(given)
+
+
+_OPTION_FIELDS = {"webhook_url", "slack_channel", "slack_thread", "timeout"}
 
 
 class RunPublic(_Out):
@@ -126,14 +122,14 @@ class RunPublic(_Out):
 
 
 def _run_fields(row: dict[str, Any], base_url: str) -> dict[str, Any]:
-    opts = row.get("options") or {}
+    opts = RunOptions.from_stored(row.get("options"))
     return {
         **row,
         "labels": {str(k): str(v) for k, v in (row.get("labels") or {}).items()},
-        "timeout": opts.get("timeout"),
-        "has_webhook": bool(opts.get("webhook_url")),
-        "slack_channel": opts.get("slack_channel"),
-        "slack_thread": opts.get("slack_thread"),
+        "timeout": opts.timeout,
+        "has_webhook": bool(opts.webhook_url),
+        "slack_channel": opts.slack_channel,
+        "slack_thread": opts.slack_thread,
         "url": f"{base_url}/runs/{row['id']}",
     }
 

@@ -191,3 +191,9 @@ def setup_logging(level: str = "WARNING") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def looks_like_file(ref: str) -> bool:
+    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's name)."""
+    target = ref.partition(":")[0]
+    return ":" in ref or target.endswith((".py", ".yaml", ".yml", ".json")) or Path(target).exists()

@@ -39,7 +39,7 @@ def deploy_command(
     with clean_errors():
         from ferryman.domain.spec import PipelineSpec
         from ferryman.infra.registry import kind_problems
-        from ferryman.services.pipelines import register
+        from ferryman.services.catalog import register
 
         specs = specs_in(file)
         if not specs:
@@ -72,7 +72,7 @@ def deploy_command(
 def ls(namespace: str = typer.Option(None, "--namespace", "-n")) -> None:
     """List registered pipelines."""
     with clean_errors():
-        from ferryman.services.pipelines import list_pipelines
+        from ferryman.services.catalog import list_pipelines
 
         store = open_store()
         with store.read() as conn:
@@ -93,7 +93,7 @@ def ls(namespace: str = typer.Option(None, "--namespace", "-n")) -> None:
 def describe(name: str, namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
     """Show a pipeline's parameters (types, defaults), steps and event triggers."""
     with clean_errors():
-        from ferryman.services.pipelines import latest
+        from ferryman.services.catalog import latest
 
         store = open_store()
         with store.read() as conn:

@@ -27,18 +27,18 @@ def preview_command(
     with clean_errors():
         import yaml
 
-        from ferryman.cli.run import _looks_like_file
+        from ferryman.cli.common import looks_like_file
         from ferryman.domain.params import validate_params
         from ferryman.dsl.loader import load_pipeline
         from ferryman.infra.preview import preview_pipeline
         from ferryman.infra.registry import InfraPool
 
         s = settings()
-        if _looks_like_file(ref):
+        if looks_like_file(ref):
             spec = load_pipeline(ref)
         else:
             from ferryman.cli.common import open_store
-            from ferryman.services.pipelines import latest
+            from ferryman.services.catalog import latest
 
             store = open_store(s)
             try:

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from ferryman.cli.common import EXIT_FAILED, console, escape, fail, settings
+from ferryman.cli.render import fmt_duration, print_log_line, styled
 
 CREDENTIALS = "credentials.json"
 
@@ -139,8 +140,6 @@ def _type_remote(params: dict[str, Any], props: dict[str, Any]) -> dict[str, Any
 
 
 def follow_remote(c: Any, run_id: str, watch: bool) -> int:
-    from ferryman.cli.runs import fmt_duration, styled
-
     after = 0
 
     def show_events() -> None:
@@ -198,8 +197,6 @@ def runs_get(server: str, run_id: str) -> dict[str, Any]:
 
 
 def runs_logs(server: str, run_id: str, step: str | None, follow: bool) -> None:
-    from ferryman.cli.runs import print_log_line
-
     with client(server) as c:
         after = 0
         while True:

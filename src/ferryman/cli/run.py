@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 import typer
 
-if TYPE_CHECKING:
-    from rich.table import Table
-
 from ferryman.cli.common import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     clean_errors,
     console,
-    err_console,
-    escape,
     open_store,
     parse_params,
-    real_console,
     settings,
     setup_logging,
     type_params,
 )
-from ferryman.cli.runs import fmt_duration, styled
 
-
-def _looks_like_file(ref: str) -> bool:
-    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's name)."""
-    target = ref.partition(":")[0]
-    return ":" in ref or target.endswith((".py", ".yaml", ".yml", ".json")) or Path(target).exists()
+# (run_command and _run_on_server call them by these names)
+from ferryman.cli.common import looks_like_file as _looks_like_file
+from ferryman.cli.embedded import execute_embedded as _execute_embedded
 
 
 def run_command(
@@ -64,23 +48,19 @@ def run_command(
         raise typer.Exit(_run_on_server(server, ref, param, params_file, namespace, watch, wait,
                                         label, idempotency_key, timeout))  # fmt: skip
     with clean_errors():
+        from ferryman.domain.options import RunOptions
         from ferryman.domain.params import validate_params
         from ferryman.dsl.loader import load_pipeline
-        from ferryman.services.pipelines import latest, register
+        from ferryman.services.catalog import latest, register
         from ferryman.services.runs import RunService
 
         params = parse_params(param, params_file)
-        labels: dict[str, str] = {}
-        for item in label or []:
-            k, sep, v = item.partition("=")
-            if not sep or not k:
-                raise ValueError(f"label {item!r} must look like key=value")
-            labels[k] = v
+        labels = _labels(label)
         s = settings()
         spec = load_pipeline(ref) if _looks_like_file(ref) else None
         if spec is not None:
             params = type_params(params, spec)
-            values = validate_params(spec, params)  # before touching the database
+            validate_params(spec, params)  # before touching the database
         store = open_store(s)
         with store.write() as conn:
             pv = (
@@ -89,21 +69,18 @@ def run_command(
                 else latest(conn, namespace, ref)
             )
         if spec is None:
-            values = validate_params(pv.spec, type_params(params, pv.spec))
+            params = type_params(params, pv.spec)
         if infrastructure:
             from ferryman.infra.registry import infrastructure_class
 
             infrastructure_class(infrastructure)
-        options: dict[str, Any] = {}
-        if infrastructure:
-            options["infrastructure"] = infrastructure
-        if timeout:
-            options["timeout"] = timeout
-        svc = RunService(store)
-        run_id, created = svc.create_run(
-            pv, values, labels=labels, idempotency_key=idempotency_key, options=options
+        options = RunOptions(infrastructure=infrastructure or None, timeout=timeout or None)
+        svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
+        started = svc.start_version(
+            pv, params, options=options, labels=labels, idempotency_key=idempotency_key
         )
-        if not created:
+        run_id = started.id
+        if not started.created:
             console.print(f"run {run_id} already exists for this idempotency key")
         console.print(f"run [bold]{run_id}[/] of {namespace}/{pv.name} (version {pv.version})")
         code = _execute_embedded(store, s, svc, run_id, watch)
@@ -143,128 +120,3 @@ def _run_on_server(
         except Exception as exc:
             remote.api_errors(exc)
     return code
-
-
-def _execute_embedded(store: Any, s: Any, svc: Any, run_id: str, watch: bool) -> int:
-    from ferryman.engine.worker import Worker
-
-    worker = Worker(store, s, only_runs={run_id})
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            worker.run_until({run_id})
-        except BaseException as exc:  # surfaced to the main thread below
-            errors.append(exc)
-
-    thread = threading.Thread(target=serve, name="ferryman-embedded-worker", daemon=True)
-    thread.start()
-    interrupted = {"n": 0}
-
-    def on_sigint(_signum: int, _frame: FrameType | None) -> None:
-        interrupted["n"] += 1
-        if interrupted["n"] == 1:
-            err_console.print("[yellow]cancelling the run (Ctrl-C again to quit at once)…[/]")
-            try:
-                svc.cancel(run_id, "cancelled from the command line (Ctrl-C)")
-            except Exception as exc:  # already ended, for example
-                err_console.print(f"[dim]{exc}[/]")
-        else:
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        _follow(store, run_id, thread, watch)
-    except KeyboardInterrupt:
-        worker.stop()
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGINT, old)
-    thread.join(timeout=30)
-    if errors:
-        raise errors[0]
-    return _summary(store, run_id, interrupted["n"] > 0)
-
-
-def _follow(store: Any, run_id: str, thread: threading.Thread, watch: bool) -> None:
-    """Wait for the run, showing progress when ``watch``."""
-    from ferryman.services.queries import get_events, node_counts, running_nodes
-
-    last_seq = 0
-    live = None
-    if watch:
-        from rich.live import Live
-
-        live = Live(console=real_console(), refresh_per_second=8, transient=True)
-    if live is not None:
-        live.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.15)
-            if not watch:
-                continue
-            with store.read() as conn:
-                evs = get_events(conn, run_id, after_seq=last_seq)
-                counts = node_counts(conn, run_id)
-                running = running_nodes(conn, run_id)
-            for e in evs:
-                last_seq = e["seq"]
-                _print_event(e)
-            assert live is not None
-            live.update(_progress_table(counts, running))
-        if watch:
-            with store.read() as conn:
-                for e in get_events(conn, run_id, after_seq=last_seq, limit=100000):
-                    _print_event(e)
-    finally:
-        if live is not None:
-            live.stop()
-
-
-def _print_event(e: dict[str, Any]) -> None:
-    t = e["type"]
-    if t in ("NodeQueued",):
-        return
-    when = f"{e['time']:%H:%M:%S}"
-    target = f"{e['node']}#{e['attempt']}" if e["node"] else "run"
-    state = t[4:].lower() if t.startswith("Node") else t[3:].lower()
-    msg = f" — {escape(e['message'])}" if e["message"] else ""
-    console.print(f"[dim]{when}[/] {escape(target)} {styled(state)}{msg}", soft_wrap=True)
-
-
-def _progress_table(counts: dict[str, int], running: list[dict[str, Any]]) -> Table:
-    total = sum(counts.values())
-    done = sum(counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "cancelled"))
-    from rich.table import Table
-
-    t = Table.grid(padding=(0, 2))
-    summary = "  ".join(f"{styled(k)} {v}" for k, v in sorted(counts.items()))
-    t.add_row(f"[bold]{done}/{total}[/] steps ended", summary)
-    now = time.time()
-    for r in running[:10]:
-        age = now - r["started_at"].timestamp() if r["started_at"] else 0
-        t.add_row(f"  {escape(r['name'])}#{r['attempt']}", f"running {age:.1f}s")
-    return t
-
-
-def _summary(store: Any, run_id: str, interrupted: bool) -> int:
-    from ferryman.services.queries import get_logs, get_run
-
-    with store.read() as conn:
-        r = get_run(conn, run_id)
-        tail = get_logs(conn, run_id, node=r["failed_node"], tail=20) if r["failed_node"] else []
-    state = r["state"]
-    console.print(f"run {run_id} {styled(state)} in {fmt_duration(r['duration'])}")
-    if state == "succeeded":
-        return 0
-    if r["failed_node"]:
-        node = next(n for n in r["nodes"] if n["name"] == r["failed_node"])
-        console.print(f"[red]failed step:[/] {escape(node['name'])} (attempt {node['attempt']})")
-        console.print(f"[red]error:[/] {escape(node['error'] or '')}", soft_wrap=True)
-        if tail:
-            console.print("[dim]last log lines:[/]")
-            for rec in tail:
-                console.print(f"  {escape(rec['line'])}", soft_wrap=True, highlight=False)
-    elif r["error"]:
-        console.print(f"[red]error:[/] {escape(r['error'])}")
-    return EXIT_INTERRUPTED if interrupted and state == "cancelled" else EXIT_FAILED

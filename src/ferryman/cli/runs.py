@@ -7,7 +7,9 @@ from typing import Any
 
 import typer
 
-from ferryman.cli.common import clean_errors, console, escape, open_store, table
+from ferryman.cli.common import clean_errors, console, open_store, table
+from ferryman.cli.embedded import execute_embedded
+from ferryman.cli.render import fmt_duration, print_log_line, styled
 
 app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 
@@ -23,38 +25,6 @@ def _remote(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except Exception as exc:
         remote.api_errors(exc)
-
-
-def print_log_line(rec: dict[str, Any]) -> None:
-    prefix = f"[{rec['node']}#{rec['attempt']}]"
-    style = "red" if rec["stream"] == "stderr" else "dim"
-    console.print(f"[{style}]{escape(prefix)}[/] {escape(rec['line'])}", highlight=False,
-                  soft_wrap=True)  # fmt: skip
-
-
-STATE_STYLE = {
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-    "running": "cyan",
-    "retrying": "magenta",
-    "queued": "blue",
-    "pending": "dim",
-    "skipped": "dim",
-}
-
-
-def styled(state: str) -> str:
-    return f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.2f}s"
-    m, s = divmod(int(seconds), 60)
-    return f"{m}m{s:02d}s"
 
 
 @app.command("ls")
@@ -162,13 +132,15 @@ def cancel(run_id: str, server: str = SERVER) -> None:
             console.print(f"run {rid}: cancel requested")
         return
     with clean_errors():
+        from ferryman.cli.common import settings
         from ferryman.services.queries import find_run_id
         from ferryman.services.runs import RunService
 
-        store = open_store()
+        s = settings()
+        store = open_store(s)
         with store.read() as conn:
             rid = find_run_id(conn, run_id)
-        RunService(store).cancel(rid)
+        RunService(store, trigger_max_depth=s.trigger_max_depth).cancel(rid)
         console.print(f"run {rid}: cancel requested")
 
 
@@ -196,7 +168,6 @@ def rerun(
         raise typer.Exit(code)
     with clean_errors():
         from ferryman.cli.common import settings
-        from ferryman.cli.run import _execute_embedded
         from ferryman.services.queries import find_run_id
         from ferryman.services.runs import RunService
 
@@ -204,13 +175,13 @@ def rerun(
         store = open_store(s)
         with store.read() as conn:
             rid = find_run_id(conn, run_id)
-        svc = RunService(store)
+        svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
         new = svc.rerun(rid)
         if queue_only:
             console.print(f"run {new} queued (re-run of {rid})")
             return
         console.print(f"run [bold]{new}[/] (re-run of {rid})")
-        code = _execute_embedded(store, s, svc, new, watch)
+        code = execute_embedded(store, s, svc, new, watch)
     raise typer.Exit(code)
 
 

@@ -122,7 +122,8 @@ class Url(FieldValidator):
         return {} if self.schemes is None else {"schemes": list(self.schemes)}
 
 
-def _tuple_of_str(name: str, values: Iterable[str]) -> tuple[str, ...]:
+def tuple_of_str(name: str, values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` as a tuple; a lone string (a common slip for a list) is a ``TypeError``."""
     if isinstance(values, str):
         raise TypeError(f"{name} must be a list of strings, not a single string")
     return tuple(values)
@@ -136,7 +137,7 @@ def language_code(allowed: Iterable[str] | None = None) -> LanguageCode:
     """
     if allowed is None:
         return LanguageCode()
-    codes = _tuple_of_str("allowed", allowed)
+    codes = tuple_of_str("allowed", allowed)
     return LanguageCode(None if codes == DEFAULT_LANGUAGES else codes)
 
 
@@ -156,5 +157,5 @@ def date_string(
 
 def url(schemes: Iterable[str] = DEFAULT_URL_SCHEMES) -> Url:
     """Values must be absolute URLs with a host and one of ``schemes``."""
-    chosen = tuple(s.lower() for s in _tuple_of_str("schemes", schemes))
+    chosen = tuple(s.lower() for s in tuple_of_str("schemes", schemes))
     return Url(None if chosen == DEFAULT_URL_SCHEMES else chosen)

@@ -5,32 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+# ParamError and ParamsInvalid are imported from here too (their home before
+# they got their own module).
+from ferryman.domain.param_errors import ParamError as ParamError
+from ferryman.domain.param_errors import ParamsInvalid as ParamsInvalid
 from ferryman.domain.spec import ParamSpec, PipelineSpec
-
-
-@dataclass(frozen=True)
-class ParamError:
-    """One problem with the parameters of a run."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}" if self.path else self.reason
-
-
-class ParamsInvalid(ValueError):
-    """Raised when parameters fail validation; carries every error."""
-
-    def __init__(self, errors: list[ParamError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(str(e) for e in errors))
-
+from ferryman.domain.validators import run_validators
 
 _SCALARS: dict[str, Any] = {
     "string": str,
@@ -116,8 +100,6 @@ def validate_params(spec: PipelineSpec, raw: dict[str, Any] | None) -> dict[str,
     Raises ``ParamsInvalid`` listing every problem: type errors from pydantic
     and the results of every declarative validator, together.
     """
-    from ferryman.domain.validators import run_validators
-
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -60,12 +60,12 @@ from ferryman.domain.markers import (
     FieldValidator,
     LanguageCode,
     Url,
-    _tuple_of_str,
     date_string,
     language_code,
+    tuple_of_str,
     url,
 )
-from ferryman.domain.params import ParamError
+from ferryman.domain.param_errors import ParamError
 from ferryman.domain.spec import ValidatorSpec
 
 __all__ = [
@@ -554,7 +554,7 @@ def custom(ref: str, fields: Iterable[str] = ()) -> ValidatorSpec:
     the parameters it reads, so that it is skipped when one has a type error.
     """
     spec = ValidatorSpec(
-        kind="custom", fields=list(_tuple_of_str("fields", fields)), options={"ref": ref}
+        kind="custom", fields=list(tuple_of_str("fields", fields)), options={"ref": ref}
     )
     check_validator_spec(spec)
     return spec

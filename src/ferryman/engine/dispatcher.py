@@ -1,7 +1,7 @@
 """The dispatcher: delivers run-completion callbacks (webhooks and Slack).
 
 Callbacks are rows of the ``callbacks`` table, inserted in the same
-transaction as the run's final state (``Tx._enqueue_callbacks``), so a crash
+transaction as the run's final state (``services/callbacks.py``), so a crash
 or restart never loses one. This loop claims the rows that are due and
 delivers each in a thread pool, so a slow or dead receiver only ever holds
 one slot, for at most its timeouts.

@@ -36,7 +36,9 @@ from ferryman.domain.states import NodeState, RunState
 from ferryman.infra.base import OutputCapture, StepLaunch
 from ferryman.infra.registry import InfraPool, check_step
 from ferryman.infra.step_kinds import step_kind
-from ferryman.services.runs import RunService, Sel, Tx, sel_expired
+from ferryman.services.gate import Tx
+from ferryman.services.runs import RunService
+from ferryman.services.selectors import Sel, sel_expired
 from ferryman.settings import Settings
 from ferryman.store.engine import CANCEL_CHANNEL, WAKE_CHANNEL, Store
 from ferryman.store.tables import logs, nodes, runs, utcnow, workers
@@ -110,7 +112,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.service = RunService(store)
+        self.service = RunService(store, trigger_max_depth=settings.trigger_max_depth)
         self.only_runs = only_runs
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = concurrency or settings.concurrency
@@ -245,7 +247,7 @@ class Worker:
         """Timeouts of the runs whose steps we are running."""
         out = []
         for a in list(self._inflight.values()):
-            info = self.service.cache._runs.get(a.run_id)
+            info = self.service.cache.peek(a.run_id)
             if info is not None and info.deadline is not None:
                 out.append(info.deadline)
         return out
@@ -381,7 +383,7 @@ class Worker:
 
     def _claim(self, tx: Tx, limit: int) -> list[Attempt]:
         lease = tx.now + _seconds(self.settings.lease_seconds)
-        pos = len(tx._events)
+        mark = tx.event_mark()
         only = self.only_runs is not None
         one = only and len(self.only_runs or ()) == 1
         pg = self.store.is_postgres
@@ -432,14 +434,12 @@ class Worker:
             self._next_due = self._next_ready(tx.conn)
             return []
         # The run starts with its first claimed node; its event goes first.
-        node_events = tx._events[pos:]
-        del tx._events[pos:]
-        for run_id in {r.run_id for r in rows}:
-            info = tx.cache.get(tx.conn, run_id)
-            if not info.started:
-                tx.move_run(run_id, RunState.RUNNING)
-                info.started = True
-        tx._events.extend(node_events)
+        with tx.events_before(mark):
+            for run_id in {r.run_id for r in rows}:
+                info = tx.cache.get(tx.conn, run_id)
+                if not info.started:
+                    tx.move_run(run_id, RunState.RUNNING)
+                    info.started = True
         self.claimed_total += len(rows)
         return self._prepare(tx, rows)
 
@@ -473,9 +473,7 @@ class Worker:
             for r, s in zip(group, steps, strict=True):
                 a = Attempt(r.id, run_id, r.name, r.attempt, s)
                 a.kind = (
-                    info.options.get("infrastructure")
-                    or s.infrastructure
-                    or (info.spec.infrastructure)
+                    info.options.infrastructure or s.infrastructure or (info.spec.infrastructure)
                 )
                 try:
                     inputs = resolve(s.inputs, info.params, outputs)
@@ -495,7 +493,7 @@ class Worker:
                         labels=info.labels,
                         overrides={
                             **s.infra_overrides,
-                            **info.options.get("infra_overrides", {}).get(r.name, {}),
+                            **info.options.overrides_for(r.name),
                         },
                     )
                 except Exception as exc:  # bad reference or secret: fail the attempt
@@ -736,7 +734,7 @@ class Worker:
         ).all()
         for o in overdue:
             info = tx.cache.get(tx.conn, o.id)
-            secs = info.options.get("timeout", info.spec.timeout)
+            secs = info.timeout
             self.service.request_cancel(tx, o.id, f"run timed out after {secs:g}s", kind="timeout")
             self._cancel_flag.set()
         return self._adopt(tx, adopt) if adopt else []

@@ -17,41 +17,32 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+# The account rules live in the domain (the REST API's wire models declare them
+# too); they are re-exported here, where the services have always offered them.
+from ferryman.domain.accounts import MAX_ID as MAX_ID
+from ferryman.domain.accounts import MAX_PASSWORD_LENGTH as MAX_PASSWORD_LENGTH
+from ferryman.domain.accounts import MAX_TOKEN_DAYS as MAX_TOKEN_DAYS
+from ferryman.domain.accounts import MIN_PASSWORD_LENGTH as MIN_PASSWORD_LENGTH
+from ferryman.domain.accounts import SLACK_ID_PATTERN as SLACK_ID_PATTERN
+from ferryman.domain.accounts import TOKEN_ID_PATTERN as TOKEN_ID_PATTERN
+from ferryman.domain.accounts import TOKEN_PREFIX as TOKEN_PREFIX
+from ferryman.domain.accounts import USERNAME_PATTERN as USERNAME_PATTERN
+from ferryman.domain.accounts import Role as Role
 from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound
 from ferryman.store.engine import Store
 from ferryman.store.tables import api_tokens, users, utcnow
 
 MAX_FAILED_LOGINS = 5
 LOCK_SECONDS = 60
-TOKEN_PREFIX = "fm_"
-MAX_PASSWORD_LENGTH = 1024
-MAX_TOKEN_DAYS = 3650
-MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
-USERNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}"
-SLACK_ID_PATTERN = r"[A-Za-z0-9]{1,64}"
-TOKEN_ID_PATTERN = r"[0-9a-f]{1,32}"
 # fm_<hex id>_<urlsafe secret>; checked before any lookup so that junk never
 # reaches the database (PostgreSQL rejects NUL bytes in text with an error).
 _API_TOKEN_RE = re.compile(rf"{TOKEN_PREFIX}({TOKEN_ID_PATTERN})_([A-Za-z0-9_-]{{1,256}})")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class Role(StrEnum):
-    """What a user may do: admins manage users; operators run; viewers read."""
-
-    ADMIN = "admin"
-    OPERATOR = "operator"
-    VIEWER = "viewer"
-
-    def allows(self, needed: Role) -> bool:
-        order = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
-        return order[self] >= order[needed]
 
 
 class AuthError(FerrymanError):
@@ -142,10 +133,10 @@ def validate_username(name: str) -> str:
 
 
 def validate_password(password: str) -> str:
-    if len(password or "") < 8:
+    if len(password or "") < MIN_PASSWORD_LENGTH:
         raise InvalidInput(
-            "password too short (at least 8 characters)",
-            [{"path": "password", "reason": "at least 8 characters"}],
+            f"password too short (at least {MIN_PASSWORD_LENGTH} characters)",
+            [{"path": "password", "reason": f"at least {MIN_PASSWORD_LENGTH} characters"}],
         )
     if len(password) > MAX_PASSWORD_LENGTH:
         raise InvalidInput(

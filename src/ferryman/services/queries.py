@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
 from ferryman.errors import InvalidInput, NotFound
-from ferryman.services.pipelines import PipelineVersion, latest, spec_of_version
+from ferryman.services.catalog import PipelineVersion, latest, spec_of_version
 from ferryman.store.tables import events, logs, nodes, pipeline_versions, pipelines, runs
 
 RUN_FIELDS = (

@@ -21,10 +21,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from ferryman.settings import Settings
+from ferryman.store.locks import MIGRATION_LOCK_KEY
 
 # The newest migration; a unit test checks it against the Alembic scripts.
 HEAD_REVISION = "0006"
-MIGRATION_LOCK_KEY = 0x66657272  # advisory lock id ("ferr") serialising schema changes
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
@@ -60,7 +60,6 @@ class Store:
         self._wakers: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self.cancel_generation = 0
-        self.trigger_max_depth = 10  # FERRYMAN_TRIGGER_MAX_DEPTH, read where runs end
         if self.is_sqlite:
             self._tune_sqlite(synchronous)
 
@@ -69,7 +68,6 @@ class Store:
         """The store of ``settings``; with ``prepare`` (the default) its schema
         is brought to head first (when ``FERRYMAN_AUTO_MIGRATE`` allows)."""
         store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
-        store.trigger_max_depth = settings.trigger_max_depth
         if prepare and settings.auto_migrate:
             store.prepare_schema()
         return store

@@ -1,22 +1,41 @@
-"""Schema migrations with Alembic, run programmatically."""
+"""Schema migrations with Alembic, run programmatically.
+
+The functions take any ``MigrationTarget`` (a ``Store`` is one) rather than
+importing ``Store``: ``Store.prepare_schema`` calls ``upgrade``, so the store
+must not be imported from here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL, Engine
 
-from ferryman.store.engine import MIGRATION_LOCK_KEY, Store
+from ferryman.store.locks import MIGRATION_LOCK_KEY
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-_LOCK_KEY = MIGRATION_LOCK_KEY
 
 
-def alembic_config(store: Store) -> Config:
+class MigrationTarget(Protocol):
+    """The database to migrate (``Store`` has all of it)."""
+
+    @property
+    def url(self) -> URL: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def is_postgres(self) -> bool: ...
+
+
+def alembic_config(store: MigrationTarget) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", store.url.render_as_string(hide_password=False))
@@ -24,16 +43,16 @@ def alembic_config(store: Store) -> Config:
     return cfg
 
 
-def head_revision(store: Store) -> str | None:
+def head_revision(store: MigrationTarget) -> str | None:
     return ScriptDirectory.from_config(alembic_config(store)).get_current_head()
 
 
-def current_revision(store: Store) -> str | None:
+def current_revision(store: MigrationTarget) -> str | None:
     with store.engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(store: Store, revision: str = "head") -> bool:
+def upgrade(store: MigrationTarget, revision: str = "head") -> bool:
     """Bring the schema to ``revision``; returns True when something ran.
 
     Safe to call from several processes at once: on PostgreSQL an advisory
@@ -45,7 +64,7 @@ def upgrade(store: Store, revision: str = "head") -> bool:
         return False
     with store.engine.connect() as conn:
         if store.is_postgres:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         try:
             if current_revision(store) == target:
                 return False
@@ -54,6 +73,6 @@ def upgrade(store: Store, revision: str = "head") -> bool:
             conn.commit()
         finally:
             if store.is_postgres:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
                 conn.commit()
     return True

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Response
 from pydantic import ValidationError
 
-from ferryman.api.deps import Operator, SettingsDep, StoreDep
+from ferryman.api.deps import Operator, RunsDep, SettingsDep
 from ferryman.api.routes.pipelines import Namespace, PipelineName
-from ferryman.api.routes.runs import IdempotencyKey, RunsDep, start_run
+from ferryman.api.routes.runs import IdempotencyKey, start_run
 from ferryman.api.schemas import RunCreate, RunCreated
 from ferryman.domain.params import ParamError, ParamsInvalid
 from ferryman.errors import InvalidInput
@@ -57,7 +57,6 @@ def _body(raw: Any) -> RunCreate:
 def compat_run(
     namespace: Namespace,
     pipeline_name: PipelineName,
-    store: StoreDep,
     runs: RunsDep,
     settings: SettingsDep,
     principal: Operator,
@@ -67,7 +66,6 @@ def compat_run(
     """Pop ``webhook_uri`` (it becomes the run's webhook_url); the rest are the
     parameters, validated like any run's."""
     return start_run(
-        store=store,
         runs=runs,
         settings=settings,
         principal=principal,

@@ -22,7 +22,7 @@ from ferryman.domain.params import json_schema
 from ferryman.domain.spec import NAME_RE, PipelineSpec
 from ferryman.errors import InvalidInput
 from ferryman.services import queries, triggers
-from ferryman.services.pipelines import list_pipelines, register
+from ferryman.services.catalog import list_pipelines, register
 
 router = APIRouter(tags=["pipelines"])
 

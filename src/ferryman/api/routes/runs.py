@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from ferryman.api.deps import Operator, SettingsDep, StoreDep, Viewer
+from ferryman.api.deps import Operator, RunsDep, SettingsDep, StoreDep, Viewer
 from ferryman.api.routes.pipelines import (
     NAME_PATTERN,
     Namespace,
@@ -42,12 +42,12 @@ from ferryman.api.schemas import (
     RunOutputs,
     RunPublic,
 )
-from ferryman.domain.params import ParamError, ParamsInvalid, validate_params
+from ferryman.domain.options import Origin
+from ferryman.domain.params import ParamError, ParamsInvalid
 from ferryman.domain.states import RunState
-from ferryman.errors import Conflict, InvalidInput, NotFound
+from ferryman.errors import InvalidInput, NotFound
 from ferryman.services import queries, triggers
 from ferryman.services.auth import Principal
-from ferryman.services.pipelines import latest
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -74,15 +74,6 @@ RunId = Annotated[
 NameFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
 
 
-async def _run_service(request: Request) -> RunService:
-    # async: called in the event loop, no trip through the thread pool
-    service: RunService = request.app.state.runs
-    return service
-
-
-RunsDep = Annotated[RunService, Depends(_run_service)]
-
-
 def _check_text(name: str, value: str | None) -> None:
     if value is not None and "\x00" in value:
         raise InvalidInput(f"{name} contains a NUL character", [{"path": name, "reason": "NUL"}])
@@ -98,7 +89,6 @@ def _existing(conn: Any, run_id: str) -> tuple[str, str]:
 
 def start_run(
     *,
-    store: Store,
     runs: RunService,
     settings: Settings,
     principal: Principal,
@@ -108,7 +98,7 @@ def start_run(
     idempotency_key: str | None,
     via: str,
 ) -> Response:
-    """Validate and create a run of the newest version of ``pipeline``.
+    """Start a run of the newest version of ``pipeline`` (``RunService.start``).
 
     201 with the new run, 200 with the run an idempotency key already named. A
     key re-used for another pipeline or other parameters is a 409: silently
@@ -117,25 +107,19 @@ def start_run(
     bad = nul_paths(body.params)
     if bad:
         raise ParamsInvalid([ParamError(p, "contains a NUL character") for p in bad])
-    with store.read() as conn:
-        pv = latest(conn, namespace, pipeline)
-    params = validate_params(pv.spec, body.params)
-    row, created = runs.create_run_record(
-        pv,
-        params,
+    started = runs.start(
+        namespace,
+        pipeline,
+        body.params,
+        options=body.options(),
+        origin=Origin(kind=via, user=principal.username),
         labels=body.labels,
         idempotency_key=idempotency_key,
-        options=body.options(),
-        trigger={"kind": via, "user": principal.username},
     )
-    run_id = row["id"]
-    if not created and (row["pipeline"] != pipeline or row["params"] != params):
-        raise Conflict(
-            f"idempotency key {idempotency_key!r} was already used for run {run_id} "
-            f"of {row['namespace']}/{row['pipeline']} with other parameters",
-            {"run_id": run_id},
-        )
-    return respond(RunCreated.of(row, settings.base_url, created), 201 if created else 200)
+    return respond(
+        RunCreated.of(started.record, settings.base_url, started.created),
+        201 if started.created else 200,
+    )
 
 
 @router.post(
@@ -153,7 +137,6 @@ def start_run(
 def create_run(
     ns: Namespace,
     name: PipelineName,
-    store: StoreDep,
     runs: RunsDep,
     settings: SettingsDep,
     principal: Operator,
@@ -162,7 +145,6 @@ def create_run(
 ) -> Response:
     """Validate the parameters and queue a run of the pipeline's newest version."""
     return start_run(
-        store=store,
         runs=runs,
         settings=settings,
         principal=principal,

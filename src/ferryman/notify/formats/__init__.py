@@ -15,39 +15,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+
+# The built-in formats import these from ``base`` (not from this package, which
+# imports them): everyone else may take them from here.
+from ferryman.notify.formats.base import Format as Format
+from ferryman.notify.formats.base import FormatContext as FormatContext
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ferryman.formats"
-
-
-@dataclass(frozen=True)
-class FormatContext:
-    """What a format may need besides the event: links to the server."""
-
-    base_url: str = "http://127.0.0.1:8787"
-
-    def run_url(self, run_id: str) -> str:
-        """A link to the run in the REST API."""
-        return f"{self.base_url.rstrip('/')}/runs/{run_id}"
-
-
-@runtime_checkable
-class Format(Protocol):
-    """A payload format."""
-
-    name: str
-
-    def accepts(self, event_type: str) -> bool:
-        """Whether events of this type have an equivalent in this format."""
-        ...
-
-    def render(self, event: dict[str, Any], ctx: FormatContext) -> dict[str, Any]:
-        """The JSON body for ``event`` (the envelope as a dict)."""
-        ...
 
 
 _lock = threading.Lock()

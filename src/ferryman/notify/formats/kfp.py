@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferryman.notify.formats import FormatContext
+from ferryman.notify.formats.base import FormatContext
 
 KFP_EVENT_TYPES: dict[str, str] = {
     "RunRunning": "WorkflowRunning",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferryman.notify.formats import FormatContext
+from ferryman.notify.formats.base import FormatContext
 
 _ICON = {
     "RunSucceeded": ":white_check_mark:",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferryman.notify.formats import FormatContext
+from ferryman.notify.formats.base import FormatContext
 from ferryman.notify.formats.slack import summary
 
 _COLOR = {"Succeeded": "2EB67D", "Failed": "E01E5A", "Cancelled": "ECB22E"}

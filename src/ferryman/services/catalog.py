@@ -1,4 +1,10 @@
-"""Pipeline registration: every distinct definition is stored as a version."""
+"""The pipeline catalog: registered pipelines, their versions and their triggers.
+
+Every distinct definition of a pipeline is stored as a version (its spec's
+content hash). Registering also makes the newest version's event triggers the
+pipeline's active ones (``pipeline_triggers``); firing them is
+``services/triggers.py``'s business.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ferryman.domain.spec import PipelineSpec
-from ferryman.errors import NotFound
-from ferryman.services import triggers
-from ferryman.store.tables import pipeline_versions, pipelines, utcnow
+from ferryman.errors import InvalidInput, NotFound
+from ferryman.store.tables import pipeline_triggers, pipeline_versions, pipelines, utcnow
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ def register(conn: Connection, namespace: str, spec: PipelineSpec) -> PipelineVe
     a trigger reading a parameter or step its (registered) source lacks is an
     ``InvalidInput`` error and nothing is stored.
     """
-    warnings = triggers.check_sources(conn, namespace, spec) if spec.triggers else []
+    warnings = _check_trigger_sources(conn, namespace, spec) if spec.triggers else []
     now = utcnow()
     _insert_ignore(
         conn,
@@ -86,7 +91,7 @@ def register(conn: Connection, namespace: str, spec: PipelineSpec) -> PipelineVe
         sa.select(sa.func.max(pipeline_versions.c.id)).where(pipeline_versions.c.pipeline_id == pid)
     ).scalar()
     if newest == existing:  # re-registering an older version does not change what runs
-        triggers.sync(conn, namespace, spec)
+        _sync_triggers(conn, namespace, spec)
     _SPEC_CACHE[existing] = spec
     return PipelineVersion(existing, namespace, spec.name, version, spec, created, tuple(warnings))
 
@@ -162,3 +167,82 @@ def list_pipelines(conn: Connection, namespace: str | None = None) -> list[dict[
             }
         )
     return out
+
+
+# -- event triggers, as registered ----------------------------------------------
+
+
+def _latest_spec(conn: Connection, namespace: str, name: str) -> PipelineSpec | None:
+    vid = conn.execute(
+        sa.select(sa.func.max(pipeline_versions.c.id))
+        .join(pipelines, pipelines.c.id == pipeline_versions.c.pipeline_id)
+        .where(pipelines.c.namespace == namespace, pipelines.c.name == name)
+    ).scalar()
+    return None if vid is None else spec_of_version(conn, vid)
+
+
+def _check_trigger_sources(conn: Connection, namespace: str, spec: PipelineSpec) -> list[str]:
+    """Check ``spec``'s triggers against the registered triggering pipelines.
+
+    Raises ``InvalidInput`` listing every trigger that reads a parameter or
+    step its (registered) source does not have. Returns warnings for sources
+    that are not registered yet: those are checked when the trigger fires.
+    """
+    problems: list[str] = []
+    details: list[dict[str, str]] = []
+    warnings: list[str] = []
+    for i, t in enumerate(spec.triggers):
+        ns, name = t.source(namespace)
+        where = f"trigger {i} of {spec.name!r} (on {ns}/{name})"
+        src = _latest_spec(conn, ns, name)
+        if src is None:
+            warnings.append(
+                f"{where}: pipeline {name!r} is not registered in namespace {ns!r} yet; "
+                "the mapping is checked when the trigger fires"
+            )
+            continue
+        params, steps = t.referenced()
+        known_p = {p.name for p in src.params}
+        known_s = {s.name for s in src.steps}
+        reasons = [
+            f"{name!r} has no parameter {p!r} (params: {', '.join(sorted(known_p)) or 'none'})"
+            for p in sorted(params - known_p)
+        ] + [
+            f"{name!r} has no step {s!r} (steps: {', '.join(sorted(known_s))})"
+            for s in sorted(steps - known_s)
+        ]
+        problems.extend(f"{where}: {r}" for r in reasons)
+        details.extend({"path": f"triggers[{i}].params", "reason": r} for r in reasons)
+    if problems:
+        raise InvalidInput(
+            f"invalid trigger(s) in pipeline {spec.name!r}: " + "; ".join(problems), details
+        )
+    return warnings
+
+
+def _sync_triggers(conn: Connection, namespace: str, spec: PipelineSpec) -> None:
+    """Make ``spec``'s triggers the active ones of ``(namespace, spec.name)``."""
+    conn.execute(
+        sa.delete(pipeline_triggers).where(
+            pipeline_triggers.c.target_namespace == namespace,
+            pipeline_triggers.c.target_pipeline == spec.name,
+        )
+    )
+    now = utcnow()
+    rows = [
+        {
+            "target_namespace": namespace,
+            "target_pipeline": spec.name,
+            "position": i,
+            "source_namespace": ns,
+            "source_pipeline": name,
+            "state": state,
+            "spec": t.model_dump(mode="json"),
+            "created_at": now,
+        }
+        for i, t in enumerate(spec.triggers)
+        for ns, name in [t.source(namespace)]
+        for state in t.states
+    ]
+    if rows:
+        conn.execute(sa.insert(pipeline_triggers), rows)

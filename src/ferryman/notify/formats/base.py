@@ -1,0 +1,33 @@
+"""What a payload format is (``Format``) and what it may use besides the
+event (``FormatContext``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class FormatContext:
+    """What a format may need besides the event: links to the server."""
+
+    base_url: str = "http://127.0.0.1:8787"
+
+    def run_url(self, run_id: str) -> str:
+        """A link to the run in the REST API."""
+        return f"{self.base_url.rstrip('/')}/runs/{run_id}"
+
+
+@runtime_checkable
+class Format(Protocol):
+    """A payload format."""
+
+    name: str
+
+    def accepts(self, event_type: str) -> bool:
+        """Whether events of this type have an equivalent in this format."""
+        ...
+
+    def render(self, event: dict[str, Any], ctx: FormatContext) -> dict[str, Any]:
+        """The JSON body for ``event`` (the envelope as a dict)."""
+        ...

@@ -1,0 +1,151 @@
+"""Run creation inside a transaction: ``RunRequest`` and ``create_run``.
+
+``create_run`` is the single place that inserts a run and its nodes. It is
+called by ``RunService`` (start, re-run: one transaction of their own) and by
+whatever already runs inside a gate transaction (event triggers; later the
+scheduler). Parameters are validated before a request is built.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ferryman.domain.options import NO_OPTIONS, Origin, RunOptions
+from ferryman.domain.states import NodeState, RunState
+from ferryman.errors import Conflict
+from ferryman.services.cache import RunInfo
+from ferryman.services.catalog import PipelineVersion
+from ferryman.services.gate import CHUNK, Tx
+from ferryman.services.queries import RUN_FIELDS, run_dict
+from ferryman.store.tables import new_id, nodes, runs
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run to create: a version, its *validated* parameters and the rest.
+
+    ``reuse`` maps step names to the outputs of an earlier run (a re-run: those
+    steps start succeeded). ``origin`` is stored as the run's ``trigger``.
+    """
+
+    pv: PipelineVersion
+    params: dict[str, Any]
+    options: RunOptions = NO_OPTIONS
+    origin: Origin | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    rerun_of: str | None = None
+    reuse: Mapping[str, Any] = field(default_factory=dict)
+
+
+def create_run(tx: Tx, req: RunRequest) -> dict[str, Any]:
+    """Insert a queued run of ``req`` and its nodes, queue the nodes without
+    upstream, and record the events, all in ``tx``. Returns the new run as
+    ``queries.run_dict`` shows it (``["id"]`` is its id), without reading it
+    back. A used idempotency key makes the insert fail (``IntegrityError``):
+    callers that accept keys look first (``find_by_key``)."""
+    pv, spec, now, reuse = req.pv, req.pv.spec, tx.now, req.reuse
+    run_id = new_id()
+    labels = {**spec.labels, **req.labels}
+    options = req.options.stored()
+    trigger = req.origin.stored() if req.origin is not None else None
+    timeout = req.options.timeout if req.options.timeout is not None else spec.timeout
+    deadline = (now + dt.timedelta(seconds=timeout)) if timeout else None
+    todo = [s for s in spec.steps if s.name not in reuse]
+    values: dict[str, Any] = dict(
+        id=run_id,
+        namespace=pv.namespace,
+        pipeline=spec.name,
+        pipeline_version_id=pv.id,
+        version=pv.version,
+        state=RunState.QUEUED.value,
+        params=req.params,
+        labels=labels,
+        idempotency_key=req.idempotency_key,
+        nodes_total=len(spec.steps),
+        nodes_remaining=len(todo),
+        cancel_requested=False,
+        deadline=deadline,
+        rerun_of=req.rerun_of,
+        trigger=trigger,
+        options=options,
+        created_at=now,
+        updated_at=now,
+    )
+    tx.conn.execute(sa.insert(runs).values(**values))
+    record = {k: values.get(k) for k in RUN_FIELDS}
+    record["duration"] = 0.0
+    tx.cache.put(
+        RunInfo(
+            run_id,
+            pv.namespace,
+            spec.name,
+            pv.version,
+            pv.id,
+            labels,
+            req.params,
+            req.options,
+            spec,
+            spec.downstream(),
+            deadline=deadline,
+        )
+    )
+    rows = []
+    for s in spec.steps:
+        reused = s.name in reuse
+        rows.append(
+            {
+                "run_id": run_id,
+                "name": s.name,
+                "state": NodeState.SUCCEEDED.value if reused else NodeState.PENDING.value,
+                "attempt": 0,
+                "max_attempts": s.retries + 1,
+                "waiting_on": sum(1 for d in set(s.depends_on) if d not in reuse),
+                "ready_at": None,
+                "cancel_requested": False,
+                "has_output": reused,
+                "output": reuse.get(s.name),
+                "reused": reused,
+                "ended_at": now if reused else None,
+            }
+        )
+    for i in range(0, len(rows), CHUNK):
+        tx.conn.execute(sa.insert(nodes), rows[i : i + CHUNK])
+    tx.run_created(
+        run_id,
+        f"re-run of {req.rerun_of}" if req.rerun_of else "",
+        {"trigger": trigger} if trigger else None,
+    )
+    tx.move_nodes(
+        NodeState.QUEUED,
+        where=sa.and_(nodes.c.run_id == run_id, nodes.c.waiting_on == 0),
+        values={"ready_at": now},
+    )
+    return record
+
+
+def find_by_key(
+    conn: Connection, pv: PipelineVersion, key: str, params: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The run already created with idempotency ``key`` in ``pv``'s namespace
+    (as ``queries.run_dict`` shows it), or None. A ``Conflict`` (409) if that
+    run was for another pipeline or other parameters: silently returning an
+    unrelated run would be worse."""
+    row = conn.execute(
+        sa.select(runs).where(runs.c.namespace == pv.namespace, runs.c.idempotency_key == key)
+    ).first()
+    if row is None:
+        return None
+    if row.pipeline != pv.name or row.params != params:
+        raise Conflict(
+            f"idempotency key {key!r} was already used for run {row.id} with a different "
+            "pipeline or different parameters",
+            {"run_id": row.id},
+        )
+    return run_dict(row)
