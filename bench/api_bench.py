@@ -34,7 +34,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 
 HERE = Path(__file__).resolve().parent
 PG_URL = os.environ.get(
@@ -53,7 +53,7 @@ def spec() -> PipelineSpec:
     noop = FunctionRef(file=str(HERE / "steps.py"), qualname="noop")
     return PipelineSpec(
         name="api-bench",
-        steps=[StepSpec(name="a", function=noop, infrastructure="inline")],
+        steps=[PythonStep(name="a", function=noop, infrastructure="inline")],
     )
 
 

@@ -38,7 +38,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ferryman.domain.spec import PipelineSpec, StepSpec  # noqa: E402
+from ferryman.domain.spec import ContainerStep, PipelineSpec  # noqa: E402
 from ferryman.engine.worker import Worker  # noqa: E402
 from ferryman.services.catalog import register  # noqa: E402
 from ferryman.services.runs import RunService  # noqa: E402
@@ -69,9 +69,7 @@ def ensure_image() -> None:
 def fan(n: int) -> PipelineSpec:
     """``n`` independent container steps (they run ``concurrency`` at a time)."""
     steps = [
-        StepSpec(
-            name=f"p{i}", kind="container", image=IMAGE, command=["true"], infrastructure="docker"
-        )
+        ContainerStep(name=f"p{i}", image=IMAGE, command=["true"], infrastructure="docker")
         for i in range(n)
     ]
     return PipelineSpec(name="docker-bench-fan", steps=steps)
@@ -81,9 +79,8 @@ def chain(n: int) -> PipelineSpec:
     steps = []
     for i in range(n):
         steps.append(
-            StepSpec(
+            ContainerStep(
                 name=f"s{i}",
-                kind="container",
                 image=IMAGE,
                 command=["true"],
                 infrastructure="docker",

@@ -31,7 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 from ferryman.engine.worker import Worker
 from ferryman.services.catalog import register
 from ferryman.services.runs import RunService
@@ -47,7 +47,7 @@ def chain(n: int, infra: str = "inline") -> PipelineSpec:
     return PipelineSpec(
         name=f"chain{n}",
         steps=[
-            StepSpec(
+            PythonStep(
                 name=f"s{i}",
                 function=NOOP,
                 infrastructure=infra,
@@ -59,9 +59,9 @@ def chain(n: int, infra: str = "inline") -> PipelineSpec:
 
 
 def fan(n: int) -> PipelineSpec:
-    root = StepSpec(name="root", function=NOOP, infrastructure="inline")
+    root = PythonStep(name="root", function=NOOP, infrastructure="inline")
     leaves = [
-        StepSpec(name=f"s{i}", function=NOOP, infrastructure="inline", depends_on=["root"])
+        PythonStep(name=f"s{i}", function=NOOP, infrastructure="inline", depends_on=["root"])
         for i in range(n - 1)
     ]
     return PipelineSpec(name=f"fan{n}", steps=[root, *leaves])
@@ -78,7 +78,7 @@ def layered(layers: int, width: int, seed: int = 1) -> PipelineSpec:
                 else sorted({f"n{layer - 1}-{rng.randrange(width)}" for _ in range(3)})
             )
             steps.append(
-                StepSpec(
+                PythonStep(
                     name=f"n{layer}-{i}", function=NOOP, infrastructure="inline", depends_on=deps
                 )
             )

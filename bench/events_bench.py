@@ -47,7 +47,7 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 from ferryman.services import subscriptions as subs
 from ferryman.services.catalog import register
 from ferryman.services.runs import RunService
@@ -135,7 +135,7 @@ def _deliverer_main(url: str, home: str) -> None:
 def roots(k: int) -> PipelineSpec:
     return PipelineSpec(
         name=f"roots{k}",
-        steps=[StepSpec(name=f"s{i}", function=NOOP, infrastructure="inline") for i in range(k)],
+        steps=[PythonStep(name=f"s{i}", function=NOOP, infrastructure="inline") for i in range(k)],
     )
 
 

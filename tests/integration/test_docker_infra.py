@@ -28,11 +28,11 @@ from tests.docker_support import (
 )
 
 from ferryman.domain.options import RunOptions
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PipelineSpec, PythonStep, StepSpec
 from ferryman.engine.worker import Worker
 from ferryman.infra.base import RESULT_MARKER, StepLaunch
 from ferryman.infra.docker import DockerConfig, DockerInfrastructure
-from ferryman.infra.docker_names import container_name
+from ferryman.infra.docker.names import container_name
 from ferryman.services.catalog import register
 from ferryman.services.queries import get_logs, get_run
 from ferryman.services.runs import RunService
@@ -55,9 +55,8 @@ def dsettings(settings: Settings, docker_client: Any) -> Settings:
 
 def box(name: str, image: str, *args: str, **kw: Any) -> StepSpec:
     """A container step running ``sh -c ARGS`` on the test image."""
-    return StepSpec(
+    return ContainerStep(
         name=name,
-        kind="container",
         image=image,
         command=["sh", "-c"],
         args=list(args),
@@ -128,7 +127,7 @@ def test_pipeline_env_labels_templates_and_logs(
         params=[{"name": "who", "type": "string"}],  # type: ignore[list-item]
         labels={"example.com/team": "data"},
         steps=[
-            StepSpec(
+            PythonStep(
                 name="make",
                 function=FunctionRef(file=str(BASIC), qualname="ok"),
                 inputs={"tag": {"$param": "who"}},
@@ -357,9 +356,8 @@ def test_pull_never_with_missing_image_is_a_clear_step_error(
     spec = PipelineSpec(
         name="docker-never",
         steps=[
-            StepSpec(
+            ContainerStep(
                 name="s",
-                kind="container",
                 image="ferryman-test/does-not-exist:9",
                 infrastructure="docker",
                 infra_overrides={"pull_policy": "never"},
@@ -393,7 +391,7 @@ def test_container_removed_from_outside_fails_the_step(
 
 
 def _launch(image: str, script: str, run_id: str = "attach0000000001") -> StepLaunch:
-    step = StepSpec(name="s", kind="container", image=image, command=["sh", "-c"], args=[script])
+    step = ContainerStep(name="s", image=image, command=["sh", "-c"], args=[script])
     return StepLaunch(
         run_id=run_id,
         node="s",
@@ -488,7 +486,7 @@ def test_failed_pull_is_a_clear_error_without_the_password(
         )
     )
     launch = _launch(busybox_image, "true", run_id="pullfails0000001")
-    launch.step = StepSpec(name="s", kind="container", image="127.0.0.1:1/ferryman/absent:1")
+    launch.step = ContainerStep(name="s", image="127.0.0.1:1/ferryman/absent:1")
     try:
         with pytest.raises(RuntimeError) as exc:
             infra.start(launch, lambda s, line: None)
@@ -503,7 +501,7 @@ def test_failed_pull_is_a_clear_error_without_the_password(
 def test_missing_executable_is_a_clear_start_error(busybox_image: str, docker_client: Any) -> None:
     infra = DockerInfrastructure(DockerConfig(network_mode="none"))
     launch = _launch(busybox_image, "true", run_id="noexec0000000001")
-    launch.step = StepSpec(name="s", kind="container", image=busybox_image, command=["/nope"])
+    launch.step = ContainerStep(name="s", image=busybox_image, command=["/nope"])
     try:
         with pytest.raises(RuntimeError, match=r"could not start the container: .*nope"):
             infra.start(launch, lambda s, line: None)
@@ -526,13 +524,13 @@ def test_python_step_runs_inside_a_container(
     spec = PipelineSpec(
         name="docker-python",
         steps=[
-            StepSpec(
+            PythonStep(
                 name="numbers",
                 function=FunctionRef(file=str(BASIC), qualname="numbers"),
                 inputs={"n": 7},
                 infrastructure="inline",
             ),
-            StepSpec(
+            PythonStep(
                 name="square",
                 function=FunctionRef(file=str(BASIC), qualname="square_sum"),
                 inputs={"xs": {"$step": "numbers"}, "shard": 1, "shards": 2},

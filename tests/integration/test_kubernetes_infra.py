@@ -23,7 +23,14 @@ import pytest
 import sqlalchemy as sa
 from kubernetes.client import BatchV1Api, CoreV1Api
 
-from ferryman.domain.spec import FunctionRef, ParamSpec, PipelineSpec, StepSpec
+from ferryman.domain.spec import (
+    ContainerStep,
+    FunctionRef,
+    ParamSpec,
+    PipelineSpec,
+    PythonStep,
+    StepSpec,
+)
 from ferryman.engine.worker import Worker
 from ferryman.infra.base import EXIT_KILLED, EXIT_LOST, MASK, StepLaunch
 from ferryman.infra.kubernetes import KubernetesConfig, KubernetesInfrastructure
@@ -57,9 +64,8 @@ def make_infra(cluster: FakeCluster, **cfg: Any) -> KubernetesInfrastructure:
 
 
 def container(script: str, **kw: Any) -> StepSpec:
-    return StepSpec(
+    return ContainerStep(
         name=kw.pop("name", "work"),
-        kind="container",
         image=kw.pop("image", "python:3.12"),
         command=["python", "-c", script],
         **kw,
@@ -460,29 +466,26 @@ def test_pipeline_on_kubernetes_through_the_engine(
         labels={"owner": "data team"},
         params=[ParamSpec(name="who", type="string")],
         steps=[
-            StepSpec(
+            ContainerStep(
                 name="greet",
-                kind="container",
                 image="python:3.12",
                 command=["python", "-c", "print('hello {{ params.who }}'); print('bye')"],
             ),
-            StepSpec(
+            PythonStep(
                 name="square",
                 function=FunctionRef(file=str(BASIC), qualname="square_sum"),
                 inputs={"xs": [1, 2, 3], "shard": 0, "shards": 1},
                 depends_on=["greet"],
             ),
-            StepSpec(
+            ContainerStep(
                 name="report",
-                kind="container",
                 image="python:3.12",
                 inputs={"total": {"$step": "square"}},
                 depends_on=["square"],
                 command=["python", "-c", "print('total={{ inputs.total }}')"],
             ),
-            StepSpec(
+            ContainerStep(
                 name="broken",
-                kind="container",
                 image="python:3.12",
                 command=["python", "-c", "import sys; print('oops'); sys.exit(2)"],
                 depends_on=["report"],
@@ -548,9 +551,8 @@ def test_step_timeout_deletes_the_job_through_the_engine(
         name="slow",
         infrastructure="kubernetes",
         steps=[
-            StepSpec(
+            ContainerStep(
                 name="sleepy",
-                kind="container",
                 image="python:3.12",
                 timeout=3,
                 command=["python", "-c", "import time; print('zz', flush=True); time.sleep(60)"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ferryman.domain.spec import PipelineSpec, StepSpec
+from ferryman.domain.spec import ContainerStep, PipelineSpec
 from ferryman.infra.base import MASK
 from ferryman.infra.preview import UnknownStep, preview_pipeline
 
@@ -81,7 +81,7 @@ def test_preview_of_a_deployed_pipeline(tmp_path: Path) -> None:
 def test_preview_pipeline_function() -> None:
     spec = PipelineSpec(
         name="p",
-        steps=[StepSpec(name="a", kind="container", image="busybox", command=["true"])],
+        steps=[ContainerStep(name="a", image="busybox", command=["true"])],
     )
     try:
         preview_pipeline(spec, {}, step="b")

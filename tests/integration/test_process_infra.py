@@ -16,9 +16,10 @@ from typing import Any
 import psutil
 import pytest
 
-from ferryman.domain.spec import FunctionRef, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep
 from ferryman.infra.base import MASK, PAYLOAD_ENV, OutputCapture, StepLaunch
 from ferryman.infra.process import ProcessConfig, ProcessInfrastructure, parse_identifier
+from ferryman.infra.registry import UnsupportedStepKind, check_step
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
 
@@ -63,9 +64,9 @@ def make_launch(
     f = tmp_path / "proc_steps.py"
     f.write_text(textwrap.dedent(source))
     if kind == "container":
-        spec = StepSpec(name="s", kind="container", image="alpine:3", command=["true"])
+        spec = ContainerStep(name="s", image="alpine:3", command=["true"])
     else:
-        spec = StepSpec(name="s", function=FunctionRef(file=str(f), qualname="step"))
+        spec = PythonStep(name="s", function=FunctionRef(file=str(f), qualname="step"))
     return StepLaunch(
         run_id="run-1",
         node="s",
@@ -283,9 +284,11 @@ def test_large_payload_goes_through_a_file(infra: ProcessInfrastructure, tmp_pat
 
 
 def test_container_steps_are_rejected(infra: ProcessInfrastructure, tmp_path: Path) -> None:
+    # the worker and the preview refuse them with the one generic check
     launch = make_launch(tmp_path, "", kind="container")
-    with pytest.raises(ValueError, match="docker or kubernetes"):
-        infra.start(launch, lambda s, line: None)
+    assert infra.kinds == {"python"} and infra.records_identifier
+    with pytest.raises(UnsupportedStepKind, match="docker or kubernetes"):
+        check_step(ProcessInfrastructure, launch.step)
 
 
 def test_keep_workdir(tmp_path: Path) -> None:

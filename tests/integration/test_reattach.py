@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import pytest
 import sqlalchemy as sa
 
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PipelineSpec, PythonStep
 from ferryman.engine.worker import Worker
 from ferryman.infra.base import Infrastructure, LogSink, Result, StepLaunch
 from ferryman.infra.container import container_command, container_env
@@ -183,7 +183,7 @@ def test_a_lost_workers_container_step_is_adopted_not_relaunched(
     spec = PipelineSpec(
         name="adopt",
         infrastructure="detached",
-        steps=[StepSpec(name="job", kind="container", image="none", command=["sh", "-c", script])],
+        steps=[ContainerStep(name="job", image="none", command=["sh", "-c", script])],
     )
     run_id = create(store, spec)
     launch_then_lose(store, settings, run_id)
@@ -209,7 +209,7 @@ def test_a_python_steps_result_survives_the_re_attach(
     spec = PipelineSpec(
         name="adopt-py",
         infrastructure="detached",
-        steps=[StepSpec(name="slow", function=FunctionRef(file=str(code), qualname="slow"))],
+        steps=[PythonStep(name="slow", function=FunctionRef(file=str(code), qualname="slow"))],
     )
     run_id = create(store, spec)
     launch_then_lose(store, settings, run_id)
@@ -230,9 +230,8 @@ def test_a_lost_step_whose_container_is_gone_is_retried(
         name="gone",
         infrastructure="detached",
         steps=[
-            StepSpec(
+            ContainerStep(
                 name="job",
-                kind="container",
                 image="none",
                 command=["sh", "-c", f"echo x >> {marker}; sleep 1"],
                 retries=1,

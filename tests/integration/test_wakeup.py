@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ferryman.domain.spec import FunctionRef, PipelineSpec, StepSpec
+from ferryman.domain.spec import FunctionRef, PipelineSpec, PythonStep
 from ferryman.engine.worker import Worker
 from ferryman.services.catalog import register
 from ferryman.services.queries import get_events, get_run
@@ -22,9 +22,9 @@ NOOP = FunctionRef(file=str(STEPS), qualname="noop")
 
 
 def fan(n: int) -> PipelineSpec:
-    root = StepSpec(name="root", function=NOOP, infrastructure="inline")
+    root = PythonStep(name="root", function=NOOP, infrastructure="inline")
     leaves = [
-        StepSpec(name=f"s{i}", function=NOOP, infrastructure="inline", depends_on=["root"])
+        PythonStep(name=f"s{i}", function=NOOP, infrastructure="inline", depends_on=["root"])
         for i in range(n)
     ]
     return PipelineSpec(name=f"fan{n}", steps=[root, *leaves])
@@ -54,7 +54,7 @@ def test_new_work_wakes_an_idle_worker_quickly(db_url: str, tmp_path: Path) -> N
     t.start()
     try:
         time.sleep(0.5)  # the worker is idle, waiting
-        spec = PipelineSpec(name="one", steps=[StepSpec(name="a", function=NOOP,
+        spec = PipelineSpec(name="one", steps=[PythonStep(name="a", function=NOOP,
                                                         infrastructure="inline")])  # fmt: skip
         with client_store.write() as conn:
             pv = register(conn, "default", spec)
@@ -123,7 +123,7 @@ def test_a_claim_never_takes_more_than_its_free_slots(store: Store, settings: Se
     LOCKED) may claim more than n rows on PostgreSQL (the subquery re-runs)."""
     spec = PipelineSpec(
         name="wide",
-        steps=[StepSpec(name=f"s{i}", function=NOOP, infrastructure="inline") for i in range(40)],
+        steps=[PythonStep(name=f"s{i}", function=NOOP, infrastructure="inline") for i in range(40)],
     )
     with store.write() as conn:
         pv = register(conn, "default", spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferryman.domain.spec import FunctionRef, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep, StepSpec
 from ferryman.infra.base import PAYLOAD_ENV, StepLaunch
 from ferryman.infra.container import TemplateError, container_command, container_env, render
 
@@ -26,7 +26,7 @@ def _launch(step: StepSpec, **kw: object) -> StepLaunch:
 
 
 def test_render_fills_params_inputs_and_scalars() -> None:
-    step = StepSpec(name="s", kind="container", image="busybox")
+    step = ContainerStep(name="s", image="busybox")
     launch = _launch(step)
     assert render("{{ params.lang }}-{{inputs.n}}", launch) == "en-3"
     assert render("{{ inputs.rows }} {{ params.flag }}", launch) == "[1,2] true"
@@ -39,23 +39,21 @@ def test_render_fills_params_inputs_and_scalars() -> None:
     [("{{ params.nope }}", "params: flag, lang"), ("{{ secrets.x }}", "use params.NAME")],
 )
 def test_unknown_placeholder_names_it(text: str, fragment: str) -> None:
-    launch = _launch(StepSpec(name="s", kind="container", image="busybox"))
+    launch = _launch(ContainerStep(name="s", image="busybox"))
     with pytest.raises(TemplateError) as exc:
         render(text, launch)
     assert fragment in str(exc.value)
 
 
 def test_container_step_command_and_args_rendered() -> None:
-    step = StepSpec(
-        name="s", kind="container", image="b", command=["sh", "-c"], args=["echo {{ params.lang }}"]
-    )
+    step = ContainerStep(name="s", image="b", command=["sh", "-c"], args=["echo {{ params.lang }}"])
     assert container_command(_launch(step)) == (["sh", "-c"], ["echo en"])
-    bare = StepSpec(name="s", kind="container", image="b")
+    bare = ContainerStep(name="s", image="b")
     assert container_command(_launch(bare)) == (None, None)
 
 
 def test_python_step_runs_the_runtime() -> None:
-    step = StepSpec(name="s", function=FunctionRef(module="m", qualname="f"))
+    step = PythonStep(name="s", function=FunctionRef(module="m", qualname="f"))
     assert container_command(_launch(step), python="python3") == (
         ["python3", "-m", "ferryman.runtime"],
         None,
@@ -65,7 +63,7 @@ def test_python_step_runs_the_runtime() -> None:
 
 
 def test_env_merge_layers_and_none_unsets() -> None:
-    step = StepSpec(name="s", kind="container", image="b")
+    step = ContainerStep(name="s", image="b")
     launch = _launch(
         step,
         env={"GREETING": "hi {{ params.lang }}", "DROP": None},

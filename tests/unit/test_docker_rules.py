@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from ferryman.domain.spec import FunctionRef, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep, StepSpec
 from ferryman.infra.base import MASK, PAYLOAD_ENV, StepLaunch
 from ferryman.infra.docker import DockerConfig, DockerConfigError, DockerInfrastructure
-from ferryman.infra.docker_names import (
+from ferryman.infra.docker.names import (
     NAME_RE,
     Volume,
     container_name,
@@ -218,7 +218,7 @@ def test_registry_needs_exactly_one_password_source() -> None:
 
 
 def test_overrides_keep_the_configured_registry_password() -> None:
-    step = StepSpec(name="s", kind="container", image="busybox")
+    step = ContainerStep(name="s", image="busybox")
     infra = DockerInfrastructure(
         DockerConfig.model_validate({"registry": {"username": "u", "password": "pw"}})
     )
@@ -256,9 +256,8 @@ def _launch(step: StepSpec, **kw: Any) -> StepLaunch:
 
 
 def test_plan_and_preview_mask_secrets() -> None:
-    step = StepSpec(
+    step = ContainerStep(
         name="greet",
-        kind="container",
         image="busybox:1",
         command=["sh", "-c"],
         args=["echo hello {{ params.who }} {{ inputs.n }}"],
@@ -297,7 +296,7 @@ def test_plan_and_preview_mask_secrets() -> None:
 
 
 def test_overrides_merge_and_are_validated() -> None:
-    step = StepSpec(name="s", kind="container", image="busybox")
+    step = ContainerStep(name="s", image="busybox")
     infra = DockerInfrastructure(DockerConfig(env={"A": "1"}, network_mode="none"))
     plan = infra.plan(_launch(step, overrides={"env": {"B": "2"}, "pull_policy": "never"}))
     assert plan.environment["A"] == "1" and plan.environment["B"] == "2"
@@ -309,7 +308,7 @@ def test_overrides_merge_and_are_validated() -> None:
 
 
 def test_python_step_needs_an_image_and_runs_the_runtime() -> None:
-    step = StepSpec(name="py", function=FunctionRef(module="m", qualname="f"))
+    step = PythonStep(name="py", function=FunctionRef(module="m", qualname="f"))
     infra = DockerInfrastructure(DockerConfig(python="/usr/bin/python3"))
     with pytest.raises(DockerConfigError, match="needs an image with ferryman"):
         infra.plan(_launch(step))
@@ -320,7 +319,7 @@ def test_python_step_needs_an_image_and_runs_the_runtime() -> None:
 
 
 def test_bad_resources_are_a_clear_error() -> None:
-    step = StepSpec(name="s", kind="container", image="busybox", resources={"memory": "lots"})
+    step = ContainerStep(name="s", image="busybox", resources={"memory": "lots"})
     with pytest.raises(DockerConfigError, match="step 's' resources: memory 'lots'"):
         DockerInfrastructure().plan(_launch(step))
 
@@ -341,7 +340,7 @@ def test_bad_resources_are_a_clear_error() -> None:
 def test_dollar_placeholders_render(template: str, expected: str) -> None:
     from ferryman.infra.container import render
 
-    step = StepSpec(name="s", kind="container", image="b")
+    step = ContainerStep(name="s", image="b")
     launch = _launch(step, inputs={"load": {"n": 3, "tags": ["a"]}})
     assert render(template, launch) == expected
 
@@ -357,7 +356,7 @@ def test_dollar_placeholders_render(template: str, expected: str) -> None:
 def test_dollar_placeholder_errors_say_what_is_wrong(template: str, fragment: str) -> None:
     from ferryman.infra.container import TemplateError, render
 
-    step = StepSpec(name="s", kind="container", image="b")
+    step = ContainerStep(name="s", image="b")
     with pytest.raises(TemplateError) as exc:
         render(template, _launch(step, inputs={"load": {"n": 3}}))
     assert fragment in str(exc.value)
@@ -366,6 +365,6 @@ def test_dollar_placeholder_errors_say_what_is_wrong(template: str, fragment: st
 def test_inserted_values_are_not_rendered_again() -> None:
     from ferryman.infra.container import render
 
-    step = StepSpec(name="s", kind="container", image="b")
+    step = ContainerStep(name="s", image="b")
     launch = _launch(step, params={"who": "${params.who} {{ step }}"})
     assert render("{{ params.who }}", launch) == "${params.who} {{ step }}"

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from ferryman.domain.spec import FunctionRef, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep
 from ferryman.infra.base import EXIT_KILLED, MASK, OutputCapture, StepLaunch
 from ferryman.infra.inline import InlineConfig, InlineInfrastructure
+from ferryman.infra.registry import UnsupportedStepKind, check_step
 
 
 class Collector:
@@ -56,7 +57,7 @@ def make_launch(
         attempt=1,
         pipeline="pipe",
         namespace="team",
-        step=StepSpec(name="s", function=FunctionRef(file=str(f), qualname=qualname)),
+        step=PythonStep(name="s", function=FunctionRef(file=str(f), qualname=qualname)),
         inputs=inputs or {},
         params={},
         nonce="nonce-7",
@@ -281,16 +282,7 @@ def test_kill_cancels_a_queued_step(tmp_path: Path) -> None:
 
 
 def test_container_steps_rejected(infra: InlineInfrastructure) -> None:
-    launch = StepLaunch(
-        run_id="r",
-        node="c",
-        attempt=1,
-        pipeline="p",
-        namespace="n",
-        step=StepSpec(name="c", kind="container", image="alpine"),
-        inputs={},
-        params={},
-        nonce="x",
-    )
-    with pytest.raises(ValueError, match="python steps only"):
-        infra.start(launch, Collector())
+    # the worker and the preview refuse them with the one generic check
+    assert infra.kinds == {"python"} and not infra.records_identifier
+    with pytest.raises(UnsupportedStepKind, match="python steps only"):
+        check_step(InlineInfrastructure, ContainerStep(name="c", image="alpine"))

@@ -16,24 +16,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ferryman.domain.spec import FunctionRef, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep, StepSpec
 from ferryman.infra.base import MASK, StepLaunch
-from ferryman.infra.k8s_manifest import (
+from ferryman.infra.kubernetes import KubernetesConfig, KubernetesInfrastructure, parse_identifier
+from ferryman.infra.kubernetes.manifest import (
     REQUIRED_PATHS,
     ManifestError,
     apply_customizations,
     check_base_manifest,
+    merge_resources,
+    missing_paths,
+    parse_patch,
+)
+from ferryman.infra.kubernetes.names import (
     is_dns_label,
     is_label_key,
     is_label_value,
     job_name_prefix,
     label_key,
     label_value,
-    merge_resources,
-    missing_paths,
-    parse_patch,
 )
-from ferryman.infra.kubernetes import KubernetesConfig, KubernetesInfrastructure, parse_identifier
 from ferryman.infra.registry import InfraPool
 
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -338,14 +340,13 @@ def _launch(step: StepSpec, **kw: Any) -> StepLaunch:
     return StepLaunch(**base)
 
 
-CONTAINER = StepSpec(
+CONTAINER = ContainerStep(
     name="extract",
-    kind="container",
     image="busybox:1.36",
     command=["sh", "-c"],
     args=["echo {{ params.lang }} {{ inputs.n }}"],
 )
-PYTHON = StepSpec(name="train", function=FunctionRef(module="pipes", qualname="train"))
+PYTHON = PythonStep(name="train", function=FunctionRef(module="pipes", qualname="train"))
 
 
 def _infra(**cfg: Any) -> KubernetesInfrastructure:

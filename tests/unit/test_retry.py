@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ferryman.domain.retry import RetryPolicy
-from ferryman.domain.spec import StepSpec
+from ferryman.domain.spec import ContainerStep
 
 # --------------------------------------------------------------------------- attempts
 
@@ -122,9 +122,8 @@ def test_delay_after_without_rng_uses_the_module_random() -> None:
 
 
 def test_step_spec_builds_the_policy() -> None:
-    s = StepSpec(
+    s = ContainerStep(
         name="s",
-        kind="container",
         image="alpine",
         retries=3,
         retry_delay=0.5,
@@ -223,14 +222,14 @@ def test_step_spec_rejects_what_the_policy_rejects(field: str) -> None:
     bad = {"retries": -1, "retry_delay": -1.0, "retry_backoff": 0.5, "retry_jitter": 2.0}
     bad["retry_max_delay"] = -1.0
     with pytest.raises(ValueError):
-        StepSpec(name="s", kind="container", image="alpine", **{field: bad[field]})
+        ContainerStep(name="s", image="alpine", **{field: bad[field]})
 
 
 # --------------------------------------------------------------------------- known bugs
 
 
 def test_huge_backoff_is_capped_not_overflowing() -> None:
-    s = StepSpec(name="s", kind="container", image="alpine", retries=100, retry_backoff=10000.0)
+    s = ContainerStep(name="s", image="alpine", retries=100, retry_backoff=10000.0)
     p = s.retry_policy
     assert p.delay_after(100, random.Random(0)) == pytest.approx(300.0, rel=0.1)
 

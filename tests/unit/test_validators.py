@@ -15,7 +15,7 @@ import pytest
 
 from ferryman.domain import validators as v
 from ferryman.domain.params import ParamError, ParamsInvalid, validate_params
-from ferryman.domain.spec import FunctionRef, ParamSpec, PipelineSpec, StepSpec, ValidatorSpec
+from ferryman.domain.spec import FunctionRef, ParamSpec, PipelineSpec, PythonStep, ValidatorSpec
 
 
 def run(kind: str, fields: list[str], params: dict[str, Any], **options: Any) -> list[ParamError]:
@@ -506,7 +506,7 @@ def _pipeline() -> PipelineSpec:
             v.required_together("start", "end"),
             v.url().to_spec("callback"),
         ],
-        steps=[StepSpec(name="a", function=FunctionRef(module="m", qualname="f"))],
+        steps=[PythonStep(name="a", function=FunctionRef(module="m", qualname="f"))],
     )
 
 

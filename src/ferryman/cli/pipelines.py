@@ -38,11 +38,17 @@ def deploy_command(
     """Register the pipelines a file defines (a new version only when changed)."""
     with clean_errors():
         from ferryman.domain.spec import PipelineSpec
+        from ferryman.infra.registry import kind_problems
         from ferryman.services.catalog import register
 
         specs = specs_in(file)
         if not specs:
             fail(f"{file} defines no pipeline")
+        for spec in specs:
+            assert isinstance(spec, PipelineSpec)
+            problems = kind_problems(spec)
+            if problems:
+                fail(f"pipeline {spec.name!r}: " + "; ".join(why for _, why in problems))
         if server:
             from ferryman.cli import remote
 

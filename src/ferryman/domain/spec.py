@@ -14,6 +14,9 @@ objects are references resolved when the step starts:
 Any other list or dict is walked recursively, so fan-in is simply a list of
 ``$step`` references.
 
+Steps are a union of models discriminated by ``kind`` (``PythonStep``,
+``ContainerStep``): see ``ferryman.domain.steps``.
+
 A pipeline's *triggers* (``TriggerSpec``) map the parameters of a run started
 by another pipeline's run. Their expressions use the same form, read against
 the *triggering* run: ``{"$param": x}`` is its parameter, ``{"$step": y}`` the
@@ -37,42 +40,26 @@ from pydantic import (
     model_validator,
 )
 
-from ferryman.domain.retry import RetryPolicy
+# Steps and names are defined in their own modules; this module is where the
+# whole spec is imported from, so they are re-exported here.
+from ferryman.domain.names import NAME_RE as NAME_RE
+from ferryman.domain.names import check_name as check_name
+from ferryman.domain.steps import STEP_MODELS as STEP_MODELS
+from ferryman.domain.steps import ContainerStep as ContainerStep
+from ferryman.domain.steps import FunctionRef as FunctionRef
+from ferryman.domain.steps import PythonStep as PythonStep
+from ferryman.domain.steps import StepBase as StepBase
+from ferryman.domain.steps import StepSpec as StepSpec
+from ferryman.domain.steps import error_loc as error_loc
+from ferryman.domain.steps import parse_step as parse_step
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 REF_KEYS = ("$param", "$step", "$value")
 
 ParamType = Literal["string", "integer", "number", "boolean", "array", "object", "date", "any"]
 
 
-def check_name(kind: str, value: str) -> str:
-    if not NAME_RE.match(value):
-        raise ValueError(
-            f"invalid {kind} name {value!r}: use letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (at most 128 characters)"
-        )
-    return value
-
-
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class FunctionRef(_Frozen):
-    """Where the code of a python step lives: an importable module or a file."""
-
-    module: str | None = None
-    file: str | None = None
-    qualname: str
-
-    @model_validator(mode="after")
-    def _one_source(self) -> FunctionRef:
-        if not self.module and not self.file:
-            raise ValueError("a function reference needs a module or a file")
-        return self
-
-    def display(self) -> str:
-        return f"{self.module or self.file}:{self.qualname}"
 
 
 class ParamSpec(_Frozen):
@@ -106,53 +93,6 @@ class ValidatorSpec(_Frozen):
     kind: str
     fields: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
-
-
-class StepSpec(_Frozen):
-    """One node of the DAG."""
-
-    name: str
-    kind: str = "python"
-    function: FunctionRef | None = None
-    image: str | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
-    inputs: dict[str, Any] = Field(default_factory=dict)
-    depends_on: list[str] = Field(default_factory=list)
-    retries: int = Field(default=0, ge=0, le=100)
-    retry_delay: float = Field(default=1.0, ge=0)
-    retry_backoff: float = Field(default=2.0, ge=1)
-    retry_jitter: float = Field(default=0.1, ge=0, le=1)
-    retry_max_delay: float = Field(default=300.0, ge=0)
-    timeout: float | None = Field(default=None, gt=0)
-    infrastructure: str | None = None
-    infra_overrides: dict[str, Any] = Field(default_factory=dict)
-    env: dict[str, str | None] = Field(default_factory=dict)
-    secrets: list[str] = Field(default_factory=list)
-    resources: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return check_name("step", v)
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> StepSpec:
-        if self.kind == "python" and self.function is None:
-            raise ValueError(f"python step {self.name!r} needs a function")
-        if self.kind == "container" and not self.image:
-            raise ValueError(f"container step {self.name!r} needs an image")
-        return self
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            retries=self.retries,
-            delay=self.retry_delay,
-            backoff=self.retry_backoff,
-            jitter=self.retry_jitter,
-            max_delay=self.retry_max_delay,
-        )
 
 
 RunFinalState = Literal["succeeded", "failed", "cancelled"]
@@ -383,7 +323,13 @@ class PipelineSpec(_Frozen):
         return index[name]
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The JSON the version hashes: sorted keys, no spaces, and each step's
+        ``legacy_nulls`` (so a pipeline hashes as it did before step kinds
+        were split; see ``ferryman.domain.steps``)."""
+        data = self.model_dump(mode="json")
+        for step, dumped in zip(self.steps, data["steps"], strict=True):
+            dumped.update(dict.fromkeys(step.legacy_nulls))
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def version(self) -> str:

@@ -459,7 +459,7 @@ class Pipeline:
     def _compile(self) -> PipelineSpec:
         from pydantic import ValidationError
 
-        from ferryman.domain.spec import PipelineSpec, StepSpec
+        from ferryman.domain.spec import PipelineSpec, error_loc, parse_step
 
         where = f"pipeline {self.name!r}"
         hints = typing.get_type_hints(self.fn, include_extras=True)
@@ -489,7 +489,7 @@ class Pipeline:
             except ValueError as exc:
                 raise DSLError(f"{where}: {exc}") from None
         try:
-            steps = [StepSpec.model_validate(n) for n in builder.nodes.values()]
+            steps = [parse_step(n) for n in builder.nodes.values()]
             return PipelineSpec(
                 name=self.name,
                 description=self.options.get("description") or inspect.getdoc(self.fn) or "",
@@ -503,7 +503,9 @@ class Pipeline:
             )
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                f"{'.'.join(str(x) for x in error_loc(e['loc']))}: {e['msg']}"
+                if error_loc(e["loc"])
+                else e["msg"]
                 for e in exc.errors(include_url=False)
             )
             raise DSLError(f"{where}: {problems}") from None

@@ -18,7 +18,6 @@ only a fallback.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -34,8 +33,9 @@ from sqlalchemy.engine import Connection
 
 from ferryman.domain.spec import StepSpec, iter_refs, resolve
 from ferryman.domain.states import NodeState, RunState
-from ferryman.infra.base import EXIT_KILLED, OutputCapture, StepLaunch
-from ferryman.infra.registry import InfraPool
+from ferryman.infra.base import OutputCapture, StepLaunch
+from ferryman.infra.registry import InfraPool, check_step
+from ferryman.infra.step_kinds import step_kind
 from ferryman.services.gate import Tx
 from ferryman.services.runs import RunService
 from ferryman.services.selectors import Sel, sel_expired
@@ -538,12 +538,12 @@ class Worker:
             log.warning("re-attached to %s %s (%s#%s)", a.kind, ident, a.name, a.attempt)
         else:
             try:
+                check_step(type(infra), launch.step)
                 ident = infra.start(launch, capture)
             except Exception as exc:
                 return Outcome(a, ok=False, error=f"could not start on {a.kind}: {exc}")
             a.identifier = ident
-        # an inline step can be neither re-attached nor killed remotely
-        if a.kind != "inline" and not a.reattach:
+        if infra.records_identifier and not a.reattach:
             with self._lock:
                 self._buf.started.append(a)
             self._wake.set()
@@ -565,28 +565,8 @@ class Worker:
             return Outcome(a, False, error="worker shut down before the step ended", exit_code=code)
         if a.stop_reason == "lease":
             return Outcome(a, False, error="lease lost", exit_code=code)
-        result: dict[str, Any] | None = None
-        if capture.result_json is not None:
-            try:
-                result = json.loads(capture.result_json)
-            except ValueError:
-                result = {"ok": False, "error": "the step's result line could not be parsed"}
-        if a.step.kind == "python":
-            if result is None:
-                why = reason or f"exit code {code}"
-                if code == EXIT_KILLED:
-                    why = "killed"
-                return Outcome(
-                    a, False, error=f"step ended without a result ({why})", exit_code=code
-                )
-            if result.get("ok") and code == 0:
-                return Outcome(a, True, output=result.get("value"), has_output=True, exit_code=0)
-            return Outcome(
-                a, False, error=str(result.get("error") or f"exit code {code}"), exit_code=code
-            )
-        if code == 0:
-            return Outcome(a, True, exit_code=0)
-        return Outcome(a, False, error=reason or f"exit code {code}", exit_code=code)
+        r = step_kind(a.step.kind).read_result(a.step, code, capture, reason)
+        return Outcome(a, r.ok, r.output, r.has_output, r.error, exit_code=code)
 
     def _log(self, a: Attempt, stream: str, line: str) -> None:
         rec = {

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ferryman.domain.spec import StepSpec
+from ferryman.domain.spec import STEP_MODELS, PythonStep, StepSpec
 
 RESULT_MARKER = "\x1eferryman-result "
 PAYLOAD_ENV = "FERRYMAN_STEP_PAYLOAD"
@@ -62,8 +62,11 @@ class StepLaunch:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
-        """What the runtime entry point needs (never contains secret values)."""
-        fn = self.step.function
+        """What the runtime entry point needs (never contains secret values).
+
+        Only steps whose kind ``needs_payload`` (python) read it; for others
+        ``function`` is ``None``."""
+        fn = self.step.function if isinstance(self.step, PythonStep) else None
         return {
             "function": fn.model_dump() if fn else None,
             "inputs": self.inputs,
@@ -120,10 +123,22 @@ class InfraConfig(BaseModel):
 
 
 class Infrastructure(ABC):
-    """One place steps can run. Subclasses set ``kind`` and ``config_model``."""
+    """One place steps can run. Subclasses set ``kind``, ``config_model`` and
+    ``kinds``, and the capabilities below when they differ from the default."""
 
     kind: ClassVar[str]
     config_model: ClassVar[type[InfraConfig]] = InfraConfig
+    #: The step kinds (``StepSpec.kind``) this infrastructure runs. ``start`` and
+    #: ``preview`` are only called with steps of these kinds: the worker, the
+    #: preview and ``ferryman deploy`` refuse others (``registry.check_step``).
+    #: The default, every kind, keeps infrastructures written before kinds were
+    #: declared working as they did (they checked kinds themselves in ``start``).
+    kinds: ClassVar[frozenset[str]] = frozenset(STEP_MODELS)
+    #: True when an identifier means something outside this worker process, so
+    #: the worker records it in the database: any worker can then kill the
+    #: attempt, and (with ``reattachable``) adopt it. False for things that live
+    #: only in this process, such as the threads of ``inline``.
+    records_identifier: ClassVar[bool] = True
 
     def __init__(self, config: InfraConfig | None = None) -> None:
         self.config = config or self.config_model()

@@ -27,7 +27,9 @@ import json
 import re
 from typing import Any
 
+from ferryman.domain.spec import ContainerStep
 from ferryman.infra.base import PAYLOAD_ENV, StepLaunch
+from ferryman.infra.step_kinds import step_kind
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z0-9_\-]+))?\s*\}\}")
 
@@ -112,8 +114,10 @@ def container_command(
     ``container_env``).
     """
     step = launch.step
-    if step.kind == "python":
+    if step_kind(step.kind).needs_payload:
         return [python, "-m", "ferryman.runtime"], None
+    if not isinstance(step, ContainerStep):
+        raise ValueError(f"a container infrastructure cannot run {step.kind} step {step.name!r}")
     command = [render(c, launch) for c in step.command] if step.command is not None else None
     args = [render(a, launch) for a in step.args] if step.args is not None else None
     return command, args
@@ -129,7 +133,7 @@ def container_env(launch: StepLaunch, base: dict[str, str | None] | None = None)
         k: (render(v, launch) if v is not None else None) for k, v in launch.env.items()
     }
     full = launch.full_env(base={})
-    if launch.step.kind != "python":
+    if not step_kind(launch.step.kind).needs_payload:
         full.pop(PAYLOAD_ENV, None)
     for k in step_env:
         full.pop(k, None)

@@ -187,6 +187,8 @@ class InlineInfrastructure(Infrastructure):
 
     kind = "inline"
     config_model = InlineConfig
+    kinds = frozenset({"python"})
+    records_identifier = False  # a thread of this process: nobody else can kill it
     config: InlineConfig
 
     def __init__(self, config: InlineConfig | None = None) -> None:
@@ -197,16 +199,7 @@ class InlineInfrastructure(Infrastructure):
         self._tasks: dict[str, _Task] = {}
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _check(launch: StepLaunch) -> None:
-        if launch.step.kind != "python" or launch.step.function is None:
-            raise ValueError(
-                f"the inline infrastructure runs python steps only "
-                f"(step {launch.node!r} is of kind {launch.step.kind!r})"
-            )
-
     def start(self, launch: StepLaunch, sink: LogSink) -> str:
-        self._check(launch)
         identifier = f"inline:{uuid.uuid4()}"
         task = _Task(identifier, launch.nonce, sink)
         payload = launch.payload()
@@ -275,11 +268,9 @@ class InlineInfrastructure(Infrastructure):
             task.future.cancel()
 
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
-        self._check(launch)
-        fn = launch.step.function
         return {
             "kind": self.kind,
-            "function": fn.model_dump() if fn is not None else None,
+            "function": launch.payload()["function"],
             "inputs": _mask_deep(launch.inputs, launch.mask),
         }
 

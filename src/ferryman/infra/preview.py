@@ -2,9 +2,11 @@
 
 ``preview_pipeline`` builds each step's ``StepLaunch`` the way the worker
 does (same infrastructure choice: run override > step > pipeline; same
-overrides; same env and secrets) and asks its infrastructure for
-``preview``. Values that only exist at run time are shown as placeholders:
-an upstream step's output as ``<output of STEP>``, run ids as ``<run id>``.
+overrides; same env and secrets), refuses a step whose kind that
+infrastructure does not run (``registry.check_step``, as the worker does) and
+asks the infrastructure for ``preview``. Values that only exist at run time
+are shown as placeholders: an upstream step's output as ``<output of
+STEP>``, run ids as ``<run id>``.
 Secret values are never shown: each infrastructure masks them, and a secret
 that is not set here is previewed as ``<not set>`` (still masked).
 """
@@ -17,7 +19,7 @@ from typing import Any
 
 from ferryman.domain.spec import PipelineSpec, iter_refs, resolve
 from ferryman.infra.base import MASK, StepLaunch
-from ferryman.infra.registry import InfraPool
+from ferryman.infra.registry import InfraPool, check_step
 
 
 @dataclass
@@ -87,7 +89,9 @@ def preview_pipeline(
                 labels=dict(spec.labels),
                 overrides={**s.infra_overrides, **(overrides or {}).get(s.name, {})},
             )
-            shown = infra.get(kind).preview(launch)
+            runner = infra.get(kind)
+            check_step(type(runner), s)
+            shown = runner.preview(launch)
             out.append(StepPreview(s.name, kind, _mask_all(shown, secrets)))
     finally:
         if own_pool:

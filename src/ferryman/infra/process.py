@@ -138,6 +138,7 @@ class ProcessInfrastructure(Infrastructure):
 
     kind = "process"
     config_model = ProcessConfig
+    kinds = frozenset({"python"})
     config: ProcessConfig
 
     def __init__(self, config: ProcessConfig | None = None) -> None:
@@ -150,23 +151,9 @@ class ProcessInfrastructure(Infrastructure):
     def _command(self) -> list[str]:
         return [self.config.python or sys.executable, "-m", "ferryman.runtime"]
 
-    @staticmethod
-    def _check(launch: StepLaunch) -> None:
-        if launch.step.kind == "container":
-            raise ValueError(
-                f"step {launch.node!r} is a container step: container steps need the "
-                "docker or kubernetes infrastructure, not 'process'"
-            )
-        if launch.step.kind != "python" or launch.step.function is None:
-            raise ValueError(
-                f"the process infrastructure runs python steps only "
-                f"(step {launch.node!r} is of kind {launch.step.kind!r})"
-            )
-
     # -- Infrastructure ----------------------------------------------------------
 
     def start(self, launch: StepLaunch, sink: LogSink) -> str:
-        self._check(launch)
         workdir = tempfile.mkdtemp(prefix="ferryman-", dir=self.config.workdir_root)
         token = uuid.uuid4().hex[:16]
         env = launch.full_env()
@@ -283,7 +270,6 @@ class ProcessInfrastructure(Infrastructure):
             _killpg(pid, signal.SIGKILL)
 
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
-        self._check(launch)
         env: dict[str, str | None] = {}
         env.update(launch.full_env(base={}))
         for key, value in launch.env.items():

@@ -1,5 +1,6 @@
 """Find infrastructure kinds: built-ins plus the ``ferryman.infrastructure``
-entry-point group, so third parties can add their own."""
+entry-point group, so third parties can add their own; and check that an
+infrastructure runs a step's kind (``check_step``, the one such check)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
+from ferryman.domain.spec import PipelineSpec, StepSpec
 from ferryman.infra.base import Infrastructure
 
 GROUP = "ferryman.infrastructure"
@@ -43,6 +45,61 @@ def infrastructure_class(kind: str) -> type[Infrastructure]:
     if not (isinstance(cls, type) and issubclass(cls, Infrastructure)):
         raise UnknownInfrastructure(f"{target} is not an Infrastructure class")
     return cls
+
+
+class UnsupportedStepKind(ValueError):
+    """A step's kind is not among the kinds its infrastructure runs."""
+
+
+def runners_of(step_kind: str) -> list[str]:
+    """The installed infrastructures that run steps of ``step_kind``.
+
+    Imports every infrastructure's module: meant for error messages."""
+    found = []
+    for name in sorted(available()):
+        try:
+            cls = infrastructure_class(name)
+        except Exception:  # a broken plugin must not hide the real message
+            continue
+        if step_kind in cls.kinds:
+            found.append(name)
+    return found
+
+
+def check_step(infra: type[Infrastructure], step: StepSpec) -> None:
+    """Raise ``UnsupportedStepKind`` unless ``infra`` runs the kind of ``step``."""
+    if step.kind in infra.kinds:
+        return
+    runs = ", ".join(sorted(infra.kinds)) or "no"
+    message = (
+        f"step {step.name!r} is a {step.kind} step: "
+        f"the {infra.kind} infrastructure runs {runs} steps only"
+    )
+    others = runners_of(step.kind)
+    if others:
+        message += f"; {step.kind} steps run on {' or '.join(others)}"
+    raise UnsupportedStepKind(message)
+
+
+def kind_problems(spec: PipelineSpec) -> list[tuple[int, str]]:
+    """``(step index, why)`` for each step of ``spec`` whose own infrastructure
+    (the step's, else the pipeline's) does not run its kind: checked at deploy
+    time. An infrastructure that is not installed here is not checked (the
+    workers may have it), nor is a run's ``infrastructure`` override."""
+    problems = []
+    for i, step in enumerate(spec.steps):
+        name = step.infrastructure or spec.infrastructure
+        if name not in available():
+            continue
+        try:
+            cls = infrastructure_class(name)
+        except Exception:  # cannot be loaded here: the worker will say why
+            continue
+        try:
+            check_step(cls, step)
+        except UnsupportedStepKind as exc:
+            problems.append((i, str(exc)))
+    return problems
 
 
 class InfraPool:

@@ -87,6 +87,14 @@ def _check_validators(spec: PipelineSpec) -> None:
         raise InvalidInput(f"{len(problems)} invalid validator(s)", problems)
 
 
+def _check_step_kinds(spec: PipelineSpec) -> None:
+    from ferryman.infra.registry import kind_problems
+
+    problems = [{"path": f"steps.{i}", "reason": why} for i, why in kind_problems(spec)]
+    if problems:
+        raise InvalidInput(f"{len(problems)} step(s) cannot run on their infrastructure", problems)
+
+
 @router.post(
     "/namespaces/{ns}/pipelines",
     response_model=PipelineRegistered,
@@ -104,6 +112,7 @@ def register_pipeline(ns: Namespace, spec: PipelineSpec, store: StoreDep, _: Ope
         details = [{"path": p, "reason": "contains a NUL character"} for p in bad]
         raise InvalidInput("NUL characters are not allowed", details)
     _check_validators(spec)
+    _check_step_kinds(spec)
     with store.write() as conn:
         pv = register(conn, ns, spec)
     out = PipelineRegistered(

@@ -1,0 +1,110 @@
+"""Step kinds: what ferryman does with a step of each kind besides running it.
+
+The step's model (``ferryman.domain.steps``) says what a step *is*; an
+infrastructure says where it runs and which kinds it runs
+(``Infrastructure.kinds``); the ``StepKind`` object of the step's kind says
+how its outcome is *read*. The worker finds it with ``step_kind(step.kind)``
+and calls ``read_result`` once the infrastructure reports the end of an
+attempt, unless the worker itself stopped the attempt (timeout, cancel,
+shutdown, lost lease): those outcomes are the worker's.
+
+A new kind adds one ``StepKind`` subclass here, listed in ``STEP_KINDS``, next
+to its model in ``ferryman.domain.steps``; nothing in the worker changes.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ferryman.domain.spec import StepSpec
+from ferryman.infra.base import EXIT_KILLED, OutputCapture
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How one attempt ended, as its kind reads it."""
+
+    ok: bool
+    output: Any = None
+    #: False when the step produces no output (its children get ``None``).
+    has_output: bool = False
+    error: str = ""
+
+
+class UnknownStepKind(LookupError):
+    """No ``StepKind`` object for a step's kind."""
+
+
+class StepKind(ABC):
+    """How ferryman treats the steps of one kind, whatever runs them."""
+
+    #: The kind's name: the value of the step's ``kind`` field.
+    name: ClassVar[str]
+    #: True when the step runs ferryman's runtime entry point, which reads the
+    #: payload (function reference, inputs, nonce) from ``FERRYMAN_STEP_PAYLOAD``.
+    needs_payload: ClassVar[bool] = False
+
+    @abstractmethod
+    def read_result(
+        self, step: StepSpec, exit_code: int, capture: OutputCapture, reason: str | None
+    ) -> StepResult:
+        """The outcome of an attempt that ended by itself.
+
+        ``exit_code`` and ``reason`` come from ``Infrastructure.watch``;
+        ``capture`` holds the result line the step printed, if any.
+        """
+
+
+class PythonKind(StepKind):
+    """A python step succeeds when it exits 0 *and* printed an ``ok`` result
+    line; the value of that line is its output."""
+
+    name = "python"
+    needs_payload = True
+
+    def read_result(
+        self, step: StepSpec, exit_code: int, capture: OutputCapture, reason: str | None
+    ) -> StepResult:
+        if capture.result_json is None:
+            why = reason or f"exit code {exit_code}"
+            if exit_code == EXIT_KILLED:
+                why = "killed"
+            return StepResult(False, error=f"step ended without a result ({why})")
+        try:
+            result = json.loads(capture.result_json)
+        except ValueError:
+            result = None
+        if not isinstance(result, dict):
+            return StepResult(False, error="the step's result line could not be parsed")
+        if result.get("ok") and exit_code == 0:
+            return StepResult(True, output=result.get("value"), has_output=True)
+        return StepResult(False, error=str(result.get("error") or f"exit code {exit_code}"))
+
+
+class ContainerKind(StepKind):
+    """A container step succeeds when it exits 0; it has no output."""
+
+    name = "container"
+
+    def read_result(
+        self, step: StepSpec, exit_code: int, capture: OutputCapture, reason: str | None
+    ) -> StepResult:
+        if exit_code == 0:
+            return StepResult(True)
+        return StepResult(False, error=reason or f"exit code {exit_code}")
+
+
+#: Kind name → its ``StepKind``: one for every member of ``StepSpec``.
+STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (PythonKind(), ContainerKind())}
+
+
+def step_kind(name: str) -> StepKind:
+    """The ``StepKind`` of ``name``; ``UnknownStepKind`` if there is none."""
+    kind = STEP_KINDS.get(name)
+    if kind is None:
+        known = ", ".join(sorted(STEP_KINDS))
+        raise UnknownStepKind(f"unknown step kind {name!r} (known: {known})")
+    return kind
