@@ -119,12 +119,12 @@ def _free_port() -> int:
 def _deliverer_main(url: str, home: str) -> None:
     import logging
 
-    from ferryman.engine.deliverer import Deliverer
+    from ferryman.engine.event_deliverer import EventDeliverer
 
     logging.basicConfig(level=logging.ERROR)
     settings = Settings(home=Path(home), database_url=url, delivery_timeout=2.0)
     store = Store.from_settings(settings)
-    d = Deliverer(store, settings)
+    d = EventDeliverer(store, settings)
     signal.signal(signal.SIGTERM, lambda *_: d.stop())
     d.run()
 
@@ -204,10 +204,10 @@ class Scenario:
             # SQLite has no cross-process wake-up (LISTEN/NOTIFY): as in the
             # embedded server, the deliverer shares the process (and store)
             # of what makes the events, and is woken in-process.
-            from ferryman.engine.deliverer import Deliverer
+            from ferryman.engine.event_deliverer import EventDeliverer
 
             s = Settings(home=self.tmp, database_url=self.url, delivery_timeout=2.0)
-            self.deliverer = Deliverer(self.store, s)
+            self.deliverer = EventDeliverer(self.store, s)
             self.thread = threading.Thread(target=self.deliverer.run, daemon=True)
             self.thread.start()
         else:

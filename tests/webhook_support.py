@@ -165,7 +165,7 @@ L = TypeVar("L", bound=_Loop)
 
 @contextmanager
 def serving(loop: L) -> Iterator[L]:
-    """A loop (dispatcher, deliverer) serving in a thread, as in the server."""
+    """A loop (callback sender, event deliverer) serving in a thread, as in the server."""
     t = threading.Thread(target=loop.run, name=f"test-{type(loop).__name__.lower()}")
     t.start()
     try:

@@ -1,17 +1,18 @@
-"""``ferryman server``: the REST API plus, in the same process, an embedded
-worker and the callback dispatcher.
+"""``ferryman server``: the REST API plus, in the same process, the loops:
+an embedded worker, the callback sender and the event deliverer.
 
 Start-up: refuse production without a strong access-token secret; open the
 database (migrating it); make sure access tokens and webhooks can be signed
 (the configured secrets, or per-install ones generated under
 ``FERRYMAN_HOME``, see ``ferryman.home_secrets``); create the first admin
 when there is no user yet (its generated password is printed once, to
-stdout, and never logged); serve HTTP; once it answers, start the loops.
+stdout, and never logged); serve HTTP; once it answers, start the loops, each under a supervisor
+(``engine/supervisor.py``) that restarts it after a crash.
 
 Shutdown on SIGTERM/SIGINT: the listening socket closes at once, the loops
 are told to stop, in-flight HTTP requests finish (up to ``grace_seconds``),
-the worker lets running steps finish (then stops them), the dispatcher lets
-in-flight deliveries finish. A second signal forces the exit. Nothing the
+the worker lets running steps finish (then stops them), the callback sender
+and the event deliverer let in-flight posts finish. A second signal forces the exit. Nothing the
 server prints can keep a signal from working: a closed stdout or stderr
 (whoever read it went away) is silenced, not an error.
 
@@ -20,9 +21,9 @@ time (``ferryman.server_protocol``), idle keep-alive connections close, and
 past a number of connections and requests at once the server answers 503.
 
 Start-up is kept light (time to the first ``/health`` and idle memory
-matter): heavy modules are imported inside ``serve``, the loops are built
-after HTTP is up, and the dispatcher imports its HTTP and Slack clients on
-first use.
+matter): heavy modules are imported inside ``serve``, the loops (and their
+supervisors) are imported and built after HTTP is up, and the callback
+sender imports its HTTP and Slack clients on first use.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from types import FrameType
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ferryman.settings import Settings
+
+if TYPE_CHECKING:
+    from ferryman.engine.supervisor import Runnable, Supervisor
+
+LoopSpec = tuple[str, "Callable[[], Runnable]"]  # a loop's name and its factory
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -62,73 +68,6 @@ def say(message: str, stream: TextIO) -> None:
                 os.dup2(devnull, stream.fileno())
             finally:
                 os.close(devnull)
-
-
-class _Runnable(Protocol):
-    def run(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-class LoopThread:
-    """Runs a loop (worker, dispatcher) in a daemon thread and keeps it running:
-    if it dies of an error it is logged and rebuilt after a backoff, so a
-    database outage never leaves the server serving without its loops."""
-
-    def __init__(self, name: str, factory: Callable[[], _Runnable]) -> None:
-        self.name = name
-        self._factory = factory
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._current: _Runnable | None = None
-        self.thread = threading.Thread(target=self._main, name=f"ferryman-{name}", daemon=True)
-
-    def start(self) -> None:
-        with self._lock:
-            if not self._stop.is_set() and self.thread.ident is None:
-                self.thread.start()
-
-    def _main(self) -> None:
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                loop = self._factory()
-                with self._lock:
-                    self._current = loop
-                    stopped = self._stop.is_set()
-                if stopped:  # stop() ran while we were building it
-                    loop.stop()
-                loop.run()
-                if self._stop.is_set():
-                    return
-                log.error("the %s stopped unexpectedly; restarting it", self.name)
-            except Exception as exc:
-                from ferryman.store.engine import describe_unavailable, is_unavailable
-
-                if is_unavailable(exc):  # an outage: one line per attempt, no traceback
-                    log.error(
-                        "the %s stopped: database unavailable (%s); restarting it in %.0fs",
-                        self.name,
-                        describe_unavailable(exc),
-                        backoff,
-                    )
-                else:
-                    log.exception("the %s failed; restarting it in %.0fs", self.name, backoff)
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
-
-    def stop(self) -> None:
-        """Ask the loop to stop (returns at once; see ``join``)."""
-        with self._lock:
-            self._stop.set()
-            current = self._current
-        if current is not None:
-            current.stop()
-
-    def join(self, timeout: float) -> bool:
-        if self.thread.ident is None:  # never started
-            return True
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
 
 
 class AdminSeed:
@@ -229,13 +168,36 @@ class _Shutdown:
     stops gracefully (HTTP stops accepting, loops are told to stop), a second
     one forces the exit. uvicorn's own handling is switched off: it re-raises
     the signal after its shutdown, which would end the process before the
-    loops have finished their in-flight work."""
+    loops have finished their in-flight work. It also holds the loops'
+    supervisors, started once HTTP answers (``start_loops``)."""
 
-    def __init__(self, loops: list[LoopThread]) -> None:
-        self.loops = loops
+    def __init__(self) -> None:
+        self.loops: list[Supervisor] = []
         self.server: Any = None
         self.stopping = False
         self._count = 0
+        # Re-entrant: the signal handler runs in the main thread, which may hold it.
+        self._lock = threading.RLock()
+
+    def start_loops(self, specs: list[LoopSpec]) -> None:
+        """Start each loop under a supervisor, unless a stop came first."""
+        from ferryman.engine.supervisor import Supervisor
+
+        with self._lock:
+            if self.stopping:
+                return
+            for name, factory in specs:
+                supervisor = Supervisor(name, factory)
+                self.loops.append(supervisor)
+                supervisor.start()
+
+    def stop_loops(self) -> None:
+        """Tell every loop to stop (returns at once); none starts after this."""
+        with self._lock:
+            self.stopping = True
+            loops = list(self.loops)
+        for loop in loops:
+            loop.stop()
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._count += 1
@@ -247,8 +209,7 @@ class _Shutdown:
         self.stopping = True
         if self.server is not None:
             self.server.should_exit = True
-        for loop in self.loops:
-            loop.stop()
+        self.stop_loops()
         say(
             "ferryman server: stopping (finishing in-flight requests, steps and callbacks)…",
             sys.stderr,
@@ -320,8 +281,7 @@ def _serve(
             "(receivers verify callbacks with it; set FERRYMAN_WEBHOOK_SECRET to choose one)",
             stream,
         )
-    loops: list[LoopThread] = []
-    stop = _Shutdown(loops)
+    stop = _Shutdown()
     with stop.installed():
         store = Store.from_settings(settings, prepare=False)
         try:
@@ -329,22 +289,22 @@ def _serve(
             # while this one imports and builds the API: both are needed before
             # HTTP answers, and the database part mostly waits on I/O.
             db_ready = _in_background("ferryman-db-prepare", lambda: _prepare_db(store, settings))
-            if not no_worker:
-                loops.append(LoopThread("worker", lambda: _worker(store, settings)))
-            loops.append(LoopThread("dispatcher", lambda: _dispatcher(store, settings)))
-            loops.append(LoopThread("deliverer", lambda: _deliverer(store, settings)))
             # The loops start once HTTP answers (``_serve_http``): importing and
             # building them first would only delay the first /health.
+            loops: list[LoopSpec] = []
+            if not no_worker:
+                loops.append(("worker", lambda: _worker(store, settings)))
+            loops.append(("callback sender", lambda: _callback_sender(store, settings)))
+            loops.append(("event deliverer", lambda: _event_deliverer(store, settings)))
             if not stop.stopping:
                 _serve_http(
-                    settings, store, stop, log_level, access_log, stream, no_worker, db_ready
+                    settings, store, stop, log_level, access_log, stream, no_worker, db_ready, loops
                 )
         finally:
             # The loops finish their in-flight work (bounded by their grace).
-            for loop in loops:
-                loop.stop()
+            stop.stop_loops()
             deadline = time.monotonic() + settings.grace_seconds + 10
-            for loop in loops:
+            for loop in stop.loops:
                 if not loop.join(max(deadline - time.monotonic(), 0.1)):
                     log.warning("the %s did not stop in time", loop.name)
             store.dispose()
@@ -370,22 +330,22 @@ def _in_background(name: str, fn: Callable[[], _T]) -> Future[_T]:
     return future
 
 
-def _worker(store: Any, settings: Settings) -> _Runnable:
+def _worker(store: Any, settings: Settings) -> Runnable:
     from ferryman.engine.worker import Worker
 
     return Worker(store, settings)
 
 
-def _dispatcher(store: Any, settings: Settings) -> _Runnable:
-    from ferryman.engine.dispatcher import Dispatcher
+def _callback_sender(store: Any, settings: Settings) -> Runnable:
+    from ferryman.engine.callback_sender import CallbackSender
 
-    return Dispatcher(store, settings)
+    return CallbackSender(store, settings)
 
 
-def _deliverer(store: Any, settings: Settings) -> _Runnable:
-    from ferryman.engine.deliverer import Deliverer
+def _event_deliverer(store: Any, settings: Settings) -> Runnable:
+    from ferryman.engine.event_deliverer import EventDeliverer
 
-    return Deliverer(store, settings)
+    return EventDeliverer(store, settings)
 
 
 def _serve_http(
@@ -397,6 +357,7 @@ def _serve_http(
     out: TextIO,
     no_worker: bool,
     db_ready: Future[AdminSeed | None],
+    loops: list[LoopSpec],
 ) -> None:
     import uvicorn
 
@@ -421,8 +382,7 @@ def _serve_http(
         while not server.started and not server.should_exit:
             time.sleep(0.01)
         if server.started:
-            for loop in stop.loops:
-                loop.start()
+            stop.start_loops(loops)
             worker = "off" if no_worker else "on"
             say(
                 f"ferryman server listening on http://{settings.host}:{settings.port} "

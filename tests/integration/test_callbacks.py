@@ -1,4 +1,4 @@
-"""Run-completion callbacks (SPEC §3, §4): the dispatcher against real local
+"""Run-completion callbacks (SPEC §3, §4): the callback sender against real local
 HTTP receivers, on SQLite and PostgreSQL.
 
 Signatures are checked with the ``standardwebhooks`` package (not our code).
@@ -36,7 +36,7 @@ from tests.webhook_support import (
 
 from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
-from ferryman.engine.dispatcher import Dispatcher
+from ferryman.engine.callback_sender import CallbackSender
 from ferryman.engine.worker import Worker
 from ferryman.http import DestinationPolicy, DestinationRefused, retry_after
 from ferryman.notify import signing
@@ -122,7 +122,7 @@ def test_signed_webhook_delivered_once_with_the_report(
     (row,) = rows(store, run_id)
     assert (row.kind, row.state, row.attempts) == ("webhook", "pending", 0)
 
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
 
     (req,) = rcv.requests
     assert req.path == "/hook?token=s3cr3t-path-token"
@@ -154,7 +154,7 @@ def test_failed_run_reports_failed_step_and_error_excerpt(
     s = cb_settings(settings, webhook_secret=secret)
     rcv = receivers()
     run_id = finish_run(store, s, "failing", {"webhook_url": rcv.url}, message="bad data")
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     (req,) = rcv.requests
     assert req.headers["webhook-id"] == rows(store, run_id)[0].id
     payload = verify(secret, req)  # the configured secret
@@ -174,7 +174,7 @@ def test_500_then_200_is_retried_with_the_same_webhook_id(
     s = cb_settings(settings)
     rcv = receivers(sequence((500, {}, b"try later", 0.0), (502, {}, b"", 0.0)))
     run_id = finish_run(store, s, "fan", {"webhook_url": rcv.url}, n=2)
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     assert len(rcv.requests) == 3
     (row,) = rows(store, run_id)
     assert set(rcv.ids()) == {row.id}
@@ -194,7 +194,7 @@ def test_429_retry_after_is_honoured(
     s = cb_settings(settings, callback_backoff=0.05, callback_max_backoff=10)
     rcv = receivers(sequence((429, {"Retry-After": "2"}, b"slow down", 0.0)))
     run_id = finish_run(store, s, "fan", {"webhook_url": rcv.url}, n=2)
-    d = Dispatcher(store, s)
+    d = CallbackSender(store, s)
     d.run_until_idle(20)
     first, second = rcv.requests
     assert 1.95 <= second.time - first.time < 4.0  # not the 0.05 s backoff: the receiver's 2 s
@@ -212,7 +212,7 @@ def test_retry_after_parsing_and_delay_choice(tmp_path: Path) -> None:
     got = retry_after(future)
     assert got is not None and 25 <= got <= 31
     s = Settings(home=tmp_path, callback_backoff=20, callback_max_backoff=60)
-    d = Dispatcher(Store(s.db_url), s)
+    d = CallbackSender(Store(s.db_url), s)
     try:
         assert d._delay(1, 1.0) == 1.0  # the receiver's word beats our (longer) backoff
         assert d._delay(1, 3600.0) == 60  # … up to callback_max_backoff
@@ -231,12 +231,12 @@ def test_hanging_receiver_times_out_and_never_delays_the_others(
     healthy = receivers()
     slow_run = finish_run(store, s, "fan", {"webhook_url": hanging.url}, n=2)
     fast_run = finish_run(store, s, "fan", {"webhook_url": healthy.url}, n=2)
-    with serving(Dispatcher(store, s)):
+    with serving(CallbackSender(store, s)):
         wait_for("the healthy receiver", lambda: healthy.requests, 10)
         wait_for("the retry after the timeout", lambda: len(hanging.requests) >= 2, 15)
         wait_for("both delivered", lambda: {r.state for r in rows(store)} == {"delivered"}, 10)
     # Both went out together: the healthy one did not wait for the hung one
-    # (which is due first: a one-at-a-time dispatcher would post it first and
+    # (which is due first: a one-at-a-time sender would post it first and
     # reach the healthy receiver only after the 1 s timeout).
     lag = healthy.requests[0].time - hanging.requests[0].time
     assert lag < 0.5, f"the healthy receiver waited {lag:.2f}s behind the hanging one"
@@ -255,7 +255,7 @@ def test_dead_after_max_attempts_with_last_error(
     s = cb_settings(settings, callback_max_attempts=3)
     rcv = receivers(always(500, b"internal  trouble\n"))
     run_id = finish_run(store, s, "fan", {"webhook_url": rcv.url}, n=2)
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     (row,) = rows(store, run_id)
     assert len(rcv.requests) == 3
     assert (row.state, row.attempts, row.last_status) == ("dead", 3, 500)
@@ -271,7 +271,7 @@ def test_unreachable_receiver_is_retried_until_it_comes_up(
     port = probe.port
     probe.stop()  # a port nothing listens on
     run_id = finish_run(store, s, "fan", {"webhook_url": f"http://127.0.0.1:{port}/x"}, n=2)
-    with serving(Dispatcher(store, s)):
+    with serving(CallbackSender(store, s)):
         wait_for("a failed attempt", lambda: rows(store, run_id)[0].attempts >= 2)
         (row,) = rows(store, run_id)
         assert row.state == "pending"
@@ -286,19 +286,19 @@ def test_unreachable_receiver_is_retried_until_it_comes_up(
 def test_callback_is_delivered_promptly_after_the_run_ends(
     store: Store, settings: Settings, receivers: Callable[..., Receiver]
 ) -> None:
-    """The dispatcher wakes on the run's end (in-process event; NOTIFY on
+    """The callback sender wakes on the run's end (in-process event; NOTIFY on
     PostgreSQL), not on its fallback poll."""
     s = cb_settings(settings, poll_seconds=10)
     rcv = receivers()
-    with serving(Dispatcher(store, s)):
-        time.sleep(0.2)  # the dispatcher is idle, waiting
+    with serving(CallbackSender(store, s)):
+        time.sleep(0.2)  # the callback sender is idle, waiting
         finish_run(store, s, "fan", {"webhook_url": rcv.url}, n=2)
         ended = time.time()
         wait_for("the callback", lambda: rcv.requests, 5)
     assert rcv.requests[0].time - ended < 3  # the fallback poll would take 10 s
 
 
-def test_two_dispatchers_never_post_the_same_callback_twice(
+def test_two_senders_never_post_the_same_callback_twice(
     store: Store, settings: Settings, receivers: Callable[..., Receiver]
 ) -> None:
     s = cb_settings(settings)
@@ -306,7 +306,7 @@ def test_two_dispatchers_never_post_the_same_callback_twice(
     run_ids = finish_runs(store, s, "fan", {"webhook_url": rcv.url}, count=8, n=1)
     other = Store(s.db_url)  # a second "process": its own engine and connections
     try:
-        a, b = Dispatcher(store, s, concurrency=2), Dispatcher(other, s, concurrency=2)
+        a, b = CallbackSender(store, s, concurrency=2), CallbackSender(other, s, concurrency=2)
         with serving(a), serving(b):
             wait_for(
                 "all delivered",
@@ -328,12 +328,12 @@ def test_errors_never_end_the_loop(
 ) -> None:
     """A failing turn (database trouble) and a crashing attempt (a bug) are
     logged and retried; the callback is still delivered."""
-    import ferryman.engine.dispatcher as dispatcher_module
+    import ferryman.engine.callback_sender as sender_module
 
     s = cb_settings(settings)
     rcv = receivers()
     run_id = finish_run(store, s, "failing", {"webhook_url": rcv.url})
-    real_build = dispatcher_module.build_report
+    real_build = sender_module.build_report
     calls = {"build": 0, "claim": 0}
 
     def flaky_build(*args: Any, **kw: Any) -> Any:
@@ -342,9 +342,9 @@ def test_errors_never_end_the_loop(
             raise RuntimeError("report bug")
         return real_build(*args, **kw)
 
-    monkeypatch.setattr(dispatcher_module, "build_report", flaky_build)
-    d = Dispatcher(store, s)
-    real_claim = d._claim
+    monkeypatch.setattr(sender_module, "build_report", flaky_build)
+    d = CallbackSender(store, s)
+    real_claim = d.claim
 
     def flaky_claim(*args: Any) -> Any:
         calls["claim"] += 1
@@ -352,7 +352,7 @@ def test_errors_never_end_the_loop(
             raise sa.exc.OperationalError("UPDATE", {}, Exception("database is locked"))
         return real_claim(*args)
 
-    monkeypatch.setattr(d, "_claim", flaky_claim)
+    monkeypatch.setattr(d, "claim", flaky_claim)
     with serving(d):
         wait_for("delivery", lambda: rows(store, run_id)[0].state == "delivered")
     (row,) = rows(store, run_id)
@@ -366,17 +366,16 @@ def test_a_claim_takes_at_most_its_free_slots(store: Store, settings: Settings) 
     UPDATE SKIP LOCKED)`` can claim every due row (a re-scanned semi-join)."""
     s = cb_settings(settings)
     finish_runs(store, s, "fan", {"webhook_url": "http://127.0.0.1:9/x"}, count=6, n=1)
-    d = Dispatcher(store, s, concurrency=2)
+    d = CallbackSender(store, s, concurrency=2)
     try:
-        claimed = d._claim(2, [])
+        claimed = d.claim(2, [])
         assert len(claimed) == 2
         assert sorted(r.attempts for r in rows(store)) == [0, 0, 0, 0, 1, 1]
-        again = d._claim(10, [c.id for c in claimed])
+        again = d.claim(10, [c.id for c in claimed])
         assert len(again) == 4 and not {c.id for c in again} & {c.id for c in claimed}
-        assert d._claim(10, []) == []  # everything is leased now
+        assert d.claim(10, []) == []  # everything is leased now
     finally:
-        d.store.unsubscribe(d._wake)
-        d._pool.shutdown()
+        d.close()
 
 
 def test_the_destination_policy_is_asked_and_a_refusal_is_dead_at_once(
@@ -387,7 +386,7 @@ def test_the_destination_policy_is_asked_and_a_refusal_is_dead_at_once(
 ) -> None:
     """Webhooks and Slack messages go through ``ferryman.http``'s policy: a
     refused destination is never posted to, and no retry can help."""
-    import ferryman.engine.dispatcher as dispatcher_module
+    import ferryman.engine.callback_sender as sender_module
 
     class RefuseHook(DestinationPolicy):
         def __init__(self) -> None:
@@ -399,7 +398,7 @@ def test_the_destination_policy_is_asked_and_a_refusal_is_dead_at_once(
                 raise DestinationRefused("not on the allow-list")
 
     policy = RefuseHook()
-    monkeypatch.setattr(dispatcher_module, "destination_policy", lambda s: policy)
+    monkeypatch.setattr(sender_module, "destination_policy", lambda s: policy)
     hook, api = receivers(), slack_api(receivers)
     s = cb_settings(
         settings,
@@ -407,7 +406,7 @@ def test_the_destination_policy_is_asked_and_a_refusal_is_dead_at_once(
         slack_api_url=f"http://127.0.0.1:{api.port}/api/",
     )
     finish_run(store, s, "fan", {"webhook_url": hook.url, "slack_channel": "C1"}, n=1)
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     assert hook.requests == [] and api.requests == []
     assert sorted(policy.urls) == sorted(
         [hook.url, f"http://127.0.0.1:{api.port}/api/chat.postMessage"]
@@ -452,7 +451,7 @@ def test_slack_message_posted_in_the_thread(
     bad_run = finish_run(
         store, s, "failing", {"slack_channel": "C0123", "slack_thread": "1700000000.000999"}
     )
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     assert [r.path for r in api.requests] == ["/api/chat.postMessage"] * 2
     assert {r.headers["authorization"] for r in api.requests} == {"Bearer xoxb-test-token"}
     calls = {slack_call(r)["thread_ts"]: slack_call(r) for r in api.requests}
@@ -489,7 +488,7 @@ def test_slack_rate_limit_and_permanent_errors(
         callback_max_backoff=5,
     )
     run_id = finish_run(store, s, "fan", {"slack_channel": "C1"}, n=1)
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     first, second = api.requests
     assert second.time - first.time >= 0.95
     assert "thread_ts" not in slack_call(first) or not slack_call(first)["thread_ts"]
@@ -500,7 +499,7 @@ def test_slack_rate_limit_and_permanent_errors(
     api2 = slack_api(receivers, lambda n: (200, {"content-type": "application/json"}, gone, 0.0))
     s2 = cb_settings(s, slack_api_url=f"http://127.0.0.1:{api2.port}/api/")
     run2 = finish_run(store, s2, "fan", {"slack_channel": "C404"}, n=1)
-    Dispatcher(store, s2).run_until_idle(20)
+    CallbackSender(store, s2).run_until_idle(20)
     (row,) = rows(store, run2)
     assert len(api2.requests) == 1  # no retry can fix a missing channel
     assert (row.state, row.attempts, row.last_error) == ("dead", 1, "slack: channel_not_found")
@@ -524,7 +523,7 @@ def test_secrets_are_never_logged(
     )
     caplog.set_level(logging.DEBUG)
     finish_run(store, s, "fan", {"webhook_url": hook.url, "slack_channel": "C9"}, n=1)
-    Dispatcher(store, s).run_until_idle(20)
+    CallbackSender(store, s).run_until_idle(20)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "callback" in text  # attempts are logged …
     for needle in ("xoxb-very-secret", secret, secret[6:], "s3cr3t-path-token"):

@@ -22,7 +22,7 @@ from tests.api_support import assert_error, bearer, live_server
 from tests.tcp_proxy import TcpProxy
 
 from ferryman.api.app import create_app
-from ferryman.server import LoopThread
+from ferryman.engine.supervisor import Supervisor
 from ferryman.services.auth import Role, create_api_token, create_user
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -95,14 +95,14 @@ def test_loops_log_an_outage_in_one_line(caplog: pytest.LogCaptureFixture) -> No
         attempts.set()
         raise outage
 
-    loop = LoopThread("worker", factory)  # type: ignore[arg-type]
+    loop = Supervisor("worker", factory)  # type: ignore[arg-type]
     caplog.set_level(logging.INFO)
     loop.start()
     assert attempts.wait(5)
     time.sleep(0.2)
     loop.stop()
     assert loop.join(5)
-    records = [r for r in caplog.records if r.name == "ferryman.server"]
+    records = [r for r in caplog.records if r.name == "ferryman.engine.supervisor"]
     assert records, "the failure was not logged"
     for record in records:
         assert record.exc_info is None, record.getMessage()

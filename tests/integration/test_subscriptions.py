@@ -27,7 +27,7 @@ from tests.webhook_support import (
 
 from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
-from ferryman.engine.deliverer import Deliverer
+from ferryman.engine.event_deliverer import EventDeliverer
 from ferryman.engine.worker import Worker
 from ferryman.errors import InvalidInput
 from ferryman.http import DestinationPolicy, DestinationRefused, destination_policy
@@ -112,7 +112,7 @@ def test_receiver_down_then_back_gets_every_event_in_order(
     run_ids = finish_runs(store, s, "fan", count=3, n=4)
     evs = events_of(store, run_ids)
     assert len(evs) > 20
-    Deliverer(store, s).run_until_idle(60)
+    EventDeliverer(store, s).run_until_idle(60)
 
     # every request is signed (checked with the standardwebhooks package)
     by_id = {e.id: e for e in evs}
@@ -149,7 +149,7 @@ def test_a_failure_inside_a_chain_leaves_the_rest_untried(
     sub, _ = subscribe(store, "chain", rec.url)
     run_ids = finish_runs(store, s, "fan", count=2, n=3)
     evs = events_of(store, run_ids)
-    Deliverer(store, s).run_until_idle(60)
+    EventDeliverer(store, s).run_until_idle(60)
     got = [r.headers["webhook-id"] for r in rec.ok_requests()]
     by_id = {e.id: e for e in evs}
     assert sorted(got) == sorted(by_id), "each event delivered exactly once"
@@ -182,7 +182,7 @@ def test_stopping_inside_a_chain_puts_the_untried_back(
     rec = receivers(lambda n: (200, {}, b"late", 5.0) if n == 0 else (200, {}, b"ok", 0.0))
     sub, _ = subscribe(store, "stop", rec.url)
     finish_runs(store, s, "fan", n=2)
-    with serving(Deliverer(store, s)):
+    with serving(EventDeliverer(store, s)):
         wait_for("the first request", lambda: rec.requests)
     rows = delivery_rows(store, sub["id"])
     assert len(rows) > 3
@@ -209,7 +209,7 @@ def test_hanging_subscriber_never_delays_a_healthy_one(
     healthy = receivers()
     subscribe(store, "hang", hang.url)
     subscribe(store, "healthy", healthy.url, event_types=["RunQueued", "RunSucceeded"])
-    with serving(Deliverer(store, s)):
+    with serving(EventDeliverer(store, s)):
         run_ids = finish_runs(store, s, "fan", count=6, n=3)
         evs = [e for e in events_of(store, run_ids) if e.type in ("RunQueued", "RunSucceeded")]
         wait_for("the healthy deliveries", lambda: len(healthy.ok_requests()) >= len(evs))
@@ -229,7 +229,7 @@ def test_retry_after_is_honoured(
                     else (200, {}, b"ok", 0.0))  # fmt: skip
     subscribe(store, "ra", rec.url, event_types=["RunSucceeded"])
     finish_runs(store, s, "fan", n=2)
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     assert len(rec.requests) == 2
     gap = rec.requests[1].time - rec.requests[0].time
     assert 0.9 <= gap < 3.0
@@ -242,7 +242,7 @@ def test_410_disables_the_subscription_until_enabled_again(
     gone = receivers(lambda n: (410, {}, b"gone", 0.0) if n == 0 else (200, {}, b"ok", 0.0))
     sub, _ = subscribe(store, "gone", gone.url, event_types=["RunQueued", "RunSucceeded"])
     finish_runs(store, s, "fan", n=2)
-    Deliverer(store, s).run_until_idle(30)  # idle: a disabled subscription waits
+    EventDeliverer(store, s).run_until_idle(30)  # idle: a disabled subscription waits
     assert len(gone.requests) == 1
     with store.read() as conn:
         rec = subs.get_subscription(conn, "gone")
@@ -257,7 +257,7 @@ def test_410_disables_the_subscription_until_enabled_again(
     with store.write() as conn:
         subs.update_subscription(conn, "gone", subs.SubscriptionUpdate(enabled=True))
         assert subs.get_subscription(conn, "gone")["disabled_reason"] is None
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     assert [r.state for r in delivery_rows(store, sub["id"])] == ["delivered"] * 2
     assert len(gone.ok_requests()) == 2
 
@@ -271,7 +271,7 @@ def test_dead_letter_after_attempts_then_redeliver(
                     else (200, {}, b"ok", 0.0))  # fmt: skip
     sub, secret = subscribe(store, "dl", rec.url, event_types=["RunSucceeded"])
     finish_runs(store, s, "fan", n=2)
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     (row,) = delivery_rows(store, sub["id"])
     assert row.state == "dead" and row.attempts == 3 and row.last_status == 500
     with store.read() as conn:
@@ -284,7 +284,7 @@ def test_dead_letter_after_attempts_then_redeliver(
     down = False
     with store.write() as conn:
         assert dels.redeliver(conn, [dead["id"]]) == 1
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     (row,) = delivery_rows(store, sub["id"])
     assert row.state == "delivered"
     ids = {r.headers["webhook-id"] for r in rec.requests}
@@ -300,7 +300,7 @@ def test_dead_letter_after_max_age(
     sub, _ = subscribe(store, "age", rec.url, event_types=["RunSucceeded"])
     finish_runs(store, s, "fan", n=2)
     t0 = time.monotonic()
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     (row,) = delivery_rows(store, sub["id"])
     assert row.state == "dead" and row.attempts >= 2
     assert row.attempts < 1000
@@ -364,7 +364,7 @@ def test_kfp_format_field_by_field(
     _, secret = subscribe(store, "kfp", rec.url, format="kfp")
     ok_id = finish_runs(store, s, "fan", n=2)[0]
     fail_id = finish_runs(store, s, "failing", message="bad data")[0]
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     evs = events_of(store, [ok_id, fail_id])
     mapping = {
         "RunRunning": "WorkflowRunning",
@@ -401,7 +401,7 @@ def test_slack_and_teams_formats(
     subscribe(store, "slack", slack.url, format="slack", event_types=["RunFailed"])
     subscribe(store, "teams", teams.url, format="teams", event_types=["RunFailed"])
     (run_id,) = finish_runs(store, s, "failing", message="<@here> & co")
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     (msg,) = [r.json() for r in slack.requests]
     assert msg["text"].startswith(":x: RunFailed: default/failing")
     assert "&lt;@here&gt; &amp; co" in msg["text"] and "<@here>" not in msg["text"]
@@ -470,7 +470,7 @@ def test_the_destination_policy_is_applied_when_set_and_when_sent(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    import ferryman.engine.deliverer as deliverer_module
+    import ferryman.engine.event_deliverer.loop as deliverer_module
 
     policy = RefuseBlocked()
     rec = receivers()
@@ -492,7 +492,7 @@ def test_the_destination_policy_is_applied_when_set_and_when_sent(
     assert res.status is None and res.error == "destination refused: blocked by policy"
     monkeypatch.setattr(deliverer_module, "destination_policy", lambda s: policy)
     finish_runs(store, fast(settings), "fan", n=2)
-    Deliverer(store, fast(settings)).run_until_idle(30)
+    EventDeliverer(store, fast(settings)).run_until_idle(30)
     (row,) = delivery_rows(store)
     assert (row.state, row.attempts, row.last_status) == ("dead", 1, None)
     assert row.last_error == "destination refused: blocked by policy"
@@ -520,7 +520,7 @@ def test_subscriptions_file_is_loaded_and_reloaded(
         with store.read() as conn:
             return {r["name"]: r for r in subs.list_subscriptions(conn)}
 
-    with serving(Deliverer(store, s)):
+    with serving(EventDeliverer(store, s)):
         wait_for("the file to load", lambda: "from-file" in names())
         assert names()["from-file"]["source"] == "file"
         finish_runs(store, s, "fan", n=2)
@@ -543,7 +543,7 @@ def test_subscriptions_file_is_loaded_and_reloaded(
         finish_runs(store, s, "fan", n=2)
         wait_for("delivery to the new URL", lambda: b.ok_requests())
         # a broken file is reported and changes nothing
-        caplog.set_level("ERROR", logger="ferryman.engine.deliverer")
+        caplog.set_level("ERROR", logger="ferryman.engine.event_deliverer.loop")
         path.write_text("- name: x\n  url: not-a-url\n  colour: blue\n")
         wait_for("the error", lambda: "not applied" in caplog.text)
         assert "url" in caplog.text and "colour" in caplog.text

@@ -22,7 +22,7 @@ from tests.webhook_support import Receiver, always
 
 from ferryman.api.app import create_app
 from ferryman.client import ApiError, AsyncClient, Client
-from ferryman.engine.deliverer import Deliverer
+from ferryman.engine.event_deliverer import EventDeliverer
 from ferryman.services import subscriptions as subs
 from ferryman.services.auth import Role, create_api_token, create_user
 from ferryman.settings import Settings
@@ -120,7 +120,7 @@ def test_deliveries_list_detail_and_redeliver(
     rec = receivers(lambda n: (200, {}, b"ok", 0.0) if up else (500, {}, b"boom", 0.0))
     subscribe(store, "flaky", rec.url, event_types=["RunSucceeded"])
     (run_id,) = finish_runs(store, s, "fan", n=2)
-    Deliverer(store, s).run_until_idle(30)
+    EventDeliverer(store, s).run_until_idle(30)
     with (
         live(s, store) as url,
         Client(url, token=tokens["viewer"]) as viewer,
@@ -147,7 +147,7 @@ def test_deliveries_list_detail_and_redeliver(
         assert info.value.status == 404
         up = True
         assert operator.redeliver(dead.id).queued == 1
-        Deliverer(store, s).run_until_idle(30)
+        EventDeliverer(store, s).run_until_idle(30)
         assert viewer.get_delivery(dead.id).state == "delivered"
         assert operator.redeliver_dead("flaky").queued == 0
 

@@ -136,7 +136,6 @@ def test_a_claim_never_takes_more_than_its_free_slots(store: Store, settings: Se
                 "SELECT count(*) FROM nodes WHERE state IN ('running', 'succeeded')"
             ).scalar_one()
     finally:
-        worker.stop()
-        worker._shutdown()
+        worker.close()
     assert claimed == 3
     assert running == 3

@@ -502,8 +502,8 @@ def test_slack_client_asks_the_policy_before_every_call(
 def test_importing_the_http_module_and_the_loops_stays_light(tmp_path: Path) -> None:
     """Nothing imports httpx, aiohttp or slack_sdk until a request is made."""
     probe = (
-        "import ferryman.http, ferryman.http.pool, ferryman.engine.dispatcher, "
-        "ferryman.engine.deliverer, ferryman.services.deliveries, ferryman.server\n"
+        "import ferryman.http, ferryman.http.pool, ferryman.engine.callback_sender, "
+        "ferryman.engine.event_deliverer, ferryman.services.deliveries, ferryman.server\n"
         "import sys, json\n"
         "print(json.dumps([m for m in ('httpx', 'aiohttp', 'slack_sdk') if m in sys.modules]))"
     )

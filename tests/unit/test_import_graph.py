@@ -187,26 +187,26 @@ def test_no_private_names_imported_across_modules() -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "from ferryman.engine.dispatcher import _retry_after",
+        "from ferryman.engine.callback_sender import _retry_after",
         "def f():\n    from ferryman.cli.run import _execute_embedded\n",
-        "from .dispatcher import _user_agent",
-        "from ferryman.engine import dispatcher\ndispatcher._retry_after(1)",
-        "import ferryman.engine.dispatcher as d\nd._CLIENT",
+        "from .queue import _followers",
+        "from ferryman.engine import callback_sender\ncallback_sender._retry_after(1)",
+        "import ferryman.engine.callback_sender as d\nd._CLIENT",
     ],
 )
 def test_private_import_checker_catches(source: str) -> None:
-    assert private_imports(source, "ferryman.engine.deliverer") != []
+    assert private_imports(source, "ferryman.engine.event_deliverer.loop") != []
 
 
 @pytest.mark.parametrize(
     "source",
     [
-        "from ferryman.engine.dispatcher import retry_after",
+        "from ferryman.engine.callback_sender import retry_after",
         "from ferryman import __version__",
         "from pydantic import _internal",  # not ferryman's business
-        "from ferryman.engine import dispatcher\ndispatcher.retry_after(1)",
+        "from ferryman.engine import callback_sender\ncallback_sender.retry_after(1)",
         "self._x = 1\nobj._y",
     ],
 )
 def test_private_import_checker_accepts(source: str) -> None:
-    assert private_imports(source, "ferryman.engine.deliverer") == []
+    assert private_imports(source, "ferryman.engine.event_deliverer.loop") == []

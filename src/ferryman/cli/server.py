@@ -1,5 +1,5 @@
-"""``ferryman server``: the REST API with an embedded worker and the callback
-dispatcher (see ``ferryman.server``)."""
+"""``ferryman server``: the REST API with its loops: an embedded worker, the
+callback sender and the event deliverer (see ``ferryman.server``)."""
 
 from __future__ import annotations
 

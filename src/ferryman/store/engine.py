@@ -10,11 +10,13 @@ block the writer in WAL mode).
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -23,12 +25,16 @@ from sqlalchemy.engine import Connection, Engine
 from ferryman.settings import Settings
 from ferryman.store.locks import MIGRATION_LOCK_KEY
 
+if TYPE_CHECKING:
+    from ferryman.store.listener import Listener
+
 # The newest migration; a unit test checks it against the Alembic scripts.
 HEAD_REVISION = "0007"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
-CANCEL_CHANNEL = "ferryman_cancel"
+CANCEL_CHANNEL = "ferryman_cancel"  # a running step was asked to stop
+_CHANNEL_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 # SQLite errors that mean "cannot get at the database now", not "bad statement".
@@ -85,11 +91,11 @@ class Store:
             kwargs["max_overflow"] = pool_size
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
-        # In-process wake-up for embedded mode; PostgreSQL adds LISTEN/NOTIFY.
-        self.local_wake = threading.Event()
-        self._listeners: list[threading.Event] = []
-        self._channel_listeners: dict[str, list[threading.Event]] = {}
+        # Wake-ups: in-process subscribers per channel; PostgreSQL adds
+        # LISTEN/NOTIFY for other processes (one listener per store).
+        self._subscribers: dict[str, list[Callable[[], None]]] = {}
         self._wakers: dict[str, Callable[[], None]] = {}
+        self._listener: Listener | None = None
         self._lock = threading.Lock()
         self.cancel_generation = 0
         if self.is_sqlite:
@@ -200,32 +206,44 @@ class Store:
             yield conn
 
     def notify(self, conn: Connection | None = None, channel: str = WAKE_CHANNEL) -> None:
-        """Wake up the loops listening on ``channel`` (workers by default): in
+        """Wake up the loops subscribed to ``channel`` (workers by default): in
         this process at once, elsewhere via NOTIFY.
 
         With ``conn``, the NOTIFY is part of that transaction and is delivered
-        when it commits (so nobody wakes up before the work is visible). Each
-        loop listens only to its own channel: a new run does not wake the
-        callback dispatcher, a queued callback does not wake workers.
+        when it commits, and the in-process wake-up happens after the commit
+        (so nobody wakes up before the work is visible). Each loop listens
+        only to its own channels: a new run does not wake the callback
+        sender, a queued callback does not wake workers.
         """
         if self.is_postgres and conn is not None:
             conn.exec_driver_sql(f"NOTIFY {channel}")
-        if channel == WAKE_CHANNEL:
-            self._after_commit(conn, self.wake_local)
-        else:
-            self._after_commit(conn, self._waker(channel))
+        self._after_commit(conn, self._waker(channel))
+
+    def notify_cancel(self, conn: Connection | None = None) -> None:
+        """Tell workers that a running step was asked to stop."""
+        self.notify(conn, CANCEL_CHANNEL)
+
+    def wake_local(self) -> None:
+        """Wake this process's subscribers of the workers' channel now."""
+        self.deliver(WAKE_CHANNEL)
+
+    def deliver(self, channel: str) -> None:
+        """What a notification on ``channel`` does in this process, whether it
+        was sent here or came through ``LISTEN``: every subscriber's wake-up
+        is called (and a cancel is counted in ``cancel_generation``)."""
+        with self._lock:
+            if channel == CANCEL_CHANNEL:
+                self.cancel_generation += 1
+            wakes = list(self._subscribers.get(channel, ()))
+        for wake in wakes:
+            wake()
 
     def _waker(self, channel: str) -> Callable[[], None]:
+        # One hook per channel, so a transaction that notifies twice wakes once.
         with self._lock:
             hook = self._wakers.get(channel)
             if hook is None:
-
-                def hook() -> None:
-                    with self._lock:
-                        for ev in self._channel_listeners.get(channel, ()):
-                            ev.set()
-
-                self._wakers[channel] = hook
+                hook = self._wakers[channel] = functools.partial(self.deliver, channel)
         return hook
 
     def _after_commit(self, conn: Connection | None, hook: Callable[[], None]) -> None:
@@ -237,41 +255,50 @@ class Store:
         elif hook not in hooks:
             hooks.append(hook)
 
-    def notify_cancel(self, conn: Connection | None = None) -> None:
-        """Tell workers that a running step was asked to stop."""
-        if self.is_postgres and conn is not None:
-            conn.exec_driver_sql(f"NOTIFY {CANCEL_CHANNEL}")
-        self._after_commit(conn, self._bump_cancel)
-
-    def _bump_cancel(self) -> None:
+    def subscribe(self, channels: Iterable[str], wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever this process learns of new work on one of
+        ``channels``: from this process at once, from others (PostgreSQL)
+        through the store's one ``LISTEN`` connection, shared by every
+        subscriber (``store/listener.py``). ``wake`` runs in the notifying
+        thread: it must only signal (set an event), never block."""
+        channels = list(channels)
+        for channel in channels:
+            if not _CHANNEL_NAME.fullmatch(channel):
+                raise ValueError(f"not a channel name: {channel!r}")
         with self._lock:
-            self.cancel_generation += 1
-        self.wake_local()
+            for channel in channels:
+                self._subscribers.setdefault(channel, []).append(wake)
+            if not self.is_postgres:
+                return
+            listener = self._listener
+            if listener is None:
+                from ferryman.store.listener import Listener  # psycopg: PostgreSQL only
 
-    def wake_local(self) -> None:
-        self.local_wake.set()
-        with self._lock:
-            for ev in self._listeners:
-                ev.set()
+                url = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                listener = self._listener = Listener(url, self._channels, self.deliver)
+                listener.start()
+                return
+        listener.changed()
 
-    def subscribe(self, channel: str = WAKE_CHANNEL) -> threading.Event:
-        """An event set whenever this process is told there is new work on
-        ``channel`` (the workers' channel by default)."""
-        ev = threading.Event()
+    def unsubscribe(self, wake: Callable[[], None]) -> None:
+        """Stop calling ``wake`` (every channel); the ``LISTEN`` connection
+        closes with the last subscription."""
         with self._lock:
-            if channel == WAKE_CHANNEL:
-                self._listeners.append(ev)
-            else:
-                self._channel_listeners.setdefault(channel, []).append(ev)
-        return ev
+            for wakes in self._subscribers.values():
+                while wake in wakes:
+                    wakes.remove(wake)
+            self._subscribers = {c: w for c, w in self._subscribers.items() if w}
+            listener = self._listener
+            if listener is not None and not self._subscribers:
+                self._listener = None
+                listener.stop()
+                return
+        if listener is not None:
+            listener.changed()
 
-    def unsubscribe(self, ev: threading.Event) -> None:
+    def _channels(self) -> set[str]:
         with self._lock:
-            if ev in self._listeners:
-                self._listeners.remove(ev)
-            for evs in self._channel_listeners.values():
-                if ev in evs:
-                    evs.remove(ev)
+            return set(self._subscribers)
 
     def ping(self) -> bool:
         try:
@@ -282,4 +309,8 @@ class Store:
             return False
 
     def dispose(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop(timeout=3.0)
         self.engine.dispose()

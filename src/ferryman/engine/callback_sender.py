@@ -1,4 +1,5 @@
-"""The dispatcher: delivers run-completion callbacks (webhooks and Slack).
+"""The callback sender: posts run-completion callbacks (webhooks and Slack
+messages).
 
 Callbacks are rows of the ``callbacks`` table, inserted in the same
 transaction as the run's final state (``services/callbacks.py``), so a crash
@@ -8,9 +9,9 @@ one slot, for at most its timeouts.
 
 Claiming is a lease: one write transaction bumps ``attempts`` and pushes
 ``next_attempt_at`` to ``now + lease`` (``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two dispatchers — threads,
+PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two senders — threads,
 processes or machines — never post the same attempt at once. If this
-process dies mid-attempt, the lease runs out and another dispatcher retries:
+process dies mid-attempt, the lease runs out and another sender retries:
 delivery is *at-least-once*, and every attempt carries the same
 ``webhook-id`` (the row id) for the receiver to de-duplicate. The lease
 covers the request's connect, write, read and pool timeouts; a receiver that
@@ -25,7 +26,9 @@ is retried with exponential backoff and jitter (``callback_backoff`` …
 target, Slack ``channel_not_found`` …) go to ``dead`` at once. Every attempt
 records ``attempts``, ``last_status`` and ``last_error``, and is logged
 (without URLs' paths or secrets). Nothing a receiver or the database does
-can end the loop: every error is recorded, logged and retried.
+can end the loop: every error is recorded, logged and retried. The
+lifecycle (wake-ups on the callbacks channel, drain, shutdown) is the loop
+base's (``engine/loop.py``).
 
 Webhooks are always signed (Standard Webhooks, ``ferryman.notify.signing``):
 with ``FERRYMAN_WEBHOOK_SECRET``, or with the per-install secret generated
@@ -42,7 +45,6 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +53,8 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ferryman.domain.retry import RetryPolicy
+from ferryman.engine.clock import Clock
+from ferryman.engine.loop import Loop
 from ferryman.errors import NotFound
 from ferryman.http import (
     Failure,
@@ -74,11 +78,6 @@ log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 _RESPONSE_SNIPPET = 300  # bytes of a failed response body kept in last_error
-# A wake-up can arrive before the transaction that caused it has committed
-# (``Store.notify`` sets the in-process event inside the transaction), so a
-# wake-up that finds nothing is followed by a couple of quick second looks.
-_RECHECKS = (0.05, 0.3)
-_MIN_TURN_INTERVAL = 0.01  # wake-up storms (a busy worker) cost one cheap read per 10 ms
 
 
 @dataclass(frozen=True)
@@ -107,12 +106,16 @@ class Outcome:
         return cls(False, f.status, prefix + f.error, f.retry_after, permanent=not f.retryable)
 
 
-class Dispatcher:
+class CallbackSender(Loop):
     """Claims due callbacks and delivers them until stopped.
 
     ``run()`` serves until ``stop()``; ``run_until_idle(timeout)`` serves
     until no callback is pending or in flight (tests, drain mode).
     """
+
+    name = "callback sender"
+    channels = (CALLBACK_CHANNEL,)
+    min_turn_interval = 0.01  # wake-up storms (a busy worker) cost one cheap read per 10 ms
 
     def __init__(
         self,
@@ -121,8 +124,14 @@ class Dispatcher:
         *,
         concurrency: int = 16,
         transport: httpx.BaseTransport | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        self.store = store
+        super().__init__(
+            store,
+            poll_seconds=settings.poll_seconds,
+            grace_seconds=max(settings.grace_seconds, 0.1),
+            clock=clock,
+        )
         self.settings = settings
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -142,130 +151,47 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ferryman-callback")
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
-        self._wake = store.subscribe(CALLBACK_CHANNEL)
-        self._stop = threading.Event()
-        self._listener: threading.Thread | None = None
-        self._next_due: float | None = None
-        self._rechecks: list[float] = []
         self._http: httpx.Client | None = None
         self._slack: WebClient | None = None
         self._clients_lock = threading.Lock()
         self.delivered_total = 0
         self.attempts_total = 0
 
-    # -- lifecycle ----------------------------------------------------------
+    # -- the loop's hooks ---------------------------------------------------------------
 
-    def run(self) -> None:
-        """Deliver until ``stop()`` is called."""
-        self.start_listener()
-        try:
-            while not self._stop.is_set():
-                self._safe_turn()
-                self._sleep()
-        finally:
-            self._shutdown()
+    def in_flight(self) -> bool:
+        with self._lock:
+            return bool(self._inflight)
 
-    def run_until_idle(self, timeout: float = 30.0) -> None:
-        """Deliver until nothing is pending or in flight; ``TimeoutError`` after ``timeout``."""
-        self.start_listener()
-        deadline = time.monotonic() + timeout
-        try:
-            while not self._stop.is_set():
-                self._safe_turn()
-                with self._lock:
-                    busy = bool(self._inflight)
-                if not busy and not self._pending():
-                    return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"callbacks still pending after {timeout:g}s")
-                self._sleep(max_wait=max(deadline - time.monotonic(), 0.01))
-        finally:
-            self._shutdown()
+    def idle(self) -> bool:
+        """Nothing pending, nothing in flight."""
+        return not self.in_flight() and not self._pending()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def start_listener(self) -> None:
-        """On PostgreSQL, LISTEN for wake-ups from other processes."""
-        if not self.store.is_postgres or self._listener is not None:
-            return
-        self._listener = threading.Thread(
-            target=self._listen, name="ferryman-callback-listen", daemon=True
-        )
-        self._listener.start()
-
-    def _listen(self) -> None:
-        import psycopg
-
-        url = self.store.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CALLBACK_CHANNEL}")
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self._wake.set()
-            except psycopg.Error as exc:  # reconnect after a database hiccup
-                log.warning("callback LISTEN connection lost (%s); reconnecting", exc)
-                self._stop.wait(1.0)
-
-    def _sleep(self, max_wait: float | None = None) -> None:
-        # Clear first, then decide: a wake-up arriving in between is never lost.
-        self._wake.clear()
-        now = time.monotonic()
-        wait = self.settings.poll_seconds
-        if max_wait is not None:
-            wait = min(wait, max_wait)
+    def next_wait(self) -> float:
         with self._lock:
             full = len(self._inflight) >= self.concurrency
-        if self._next_due is not None and not full:
-            wait = min(wait, self._next_due - now)
-        self._rechecks = [t for t in self._rechecks if t > now]
-        if self._rechecks:
-            wait = min(wait, self._rechecks[0] - now)
-        woke = self._wake.wait(max(wait, _MIN_TURN_INTERVAL)) if wait > 0 else False
-        if woke:
-            if not self._rechecks:
-                t = time.monotonic()
-                self._rechecks = [t + d for d in _RECHECKS]
-            self._stop.wait(_MIN_TURN_INTERVAL)
+        # Full: a delivery that ends wakes us; a due callback has to wait anyway.
+        return self.poll_seconds if full else super().next_wait()
 
-    def _shutdown(self) -> None:
-        """Let in-flight deliveries finish (bounded); what does not finish stays
-        leased and is retried by the next dispatcher once the lease runs out."""
-        self._stop.set()
-        end = time.monotonic() + max(self.settings.grace_seconds, 0.1)
-        while time.monotonic() < end:
-            with self._lock:
-                if not self._inflight:
-                    break
-            self._wake.wait(0.05)
-            self._wake.clear()
+    def abort(self) -> None:
+        # Posts cannot be interrupted: what did not finish stays leased and is
+        # retried by the next sender once the lease runs out.
         with self._lock:
             left = len(self._inflight)
-        if left:
-            log.warning("%d callback(s) still in flight at shutdown; they will be retried", left)
-        self.store.unsubscribe(self._wake)
-        if self._listener is not None:
-            self._listener.join(3)
+        self.log.warning("%d callback(s) still in flight at shutdown; they will be retried", left)
+
+    def release(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         with self._clients_lock:
-            if self._http is not None and not left:
+            if self._http is not None and not self.in_flight():
                 self._http.close()
 
-    # -- one turn ---------------------------------------------------------------
-
-    def _safe_turn(self) -> int:
-        try:
-            return self.turn()
-        except Exception as exc:  # the database is down, or a bug: never end the loop
-            log.error("callback dispatcher turn failed: %s: %s", type(exc).__name__, exc)
-            self._next_due = time.monotonic() + min(self.settings.poll_seconds, 1.0)
-            return 0
+    # -- one turn ---------------------------------------------------------------------------
 
     def turn(self) -> int:
         """Claim what is due (as many as there are free slots) and start delivering it."""
+        if self.stopping:
+            return 0
         with self._lock:
             free = self.concurrency - len(self._inflight)
             busy = sorted(self._inflight)
@@ -280,22 +206,23 @@ class Dispatcher:
             if busy:
                 q = q.where(callbacks.c.id.notin_(busy))
             first = conn.execute(q).scalar()
-        now = utcnow()
+        now = self.clock.now()
         if not isinstance(first, dt.datetime):
-            self._next_due = None
+            self.next_due = None
             return 0
         if first > now:
-            self._next_due = time.monotonic() + (first - now).total_seconds()
+            self.next_due = self.clock.monotonic() + (first - now).total_seconds()
             return 0
-        claimed = self._claim(free, busy)
-        self._next_due = None if claimed else time.monotonic() + self.settings.poll_seconds
+        claimed = self.claim(free, busy)
+        self.next_due = None if claimed else self.clock.monotonic() + self.poll_seconds
         for c in claimed:
             with self._lock:
                 self._inflight.add(c.id)
             self._pool.submit(self._deliver, c)
         return len(claimed)
 
-    def _claim(self, limit: int, busy: list[str]) -> list[Claimed]:
+    def claim(self, limit: int, busy: list[str]) -> list[Claimed]:
+        """Lease up to ``limit`` due callbacks, none of ``busy`` (ours, in flight)."""
         now = utcnow()
         lease_until = now + dt.timedelta(seconds=self.lease_seconds)
         due = (
@@ -350,13 +277,13 @@ class Dispatcher:
     # -- one attempt (pool thread) ------------------------------------------------
 
     def _deliver(self, c: Claimed) -> None:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         try:
             outcome = self._attempt(c)
         except Exception as exc:  # a bug must not lose the callback: retry it
             log.exception("callback %s: attempt %d crashed", c.id, c.attempts)
             outcome = Outcome(False, error=f"internal error: {type(exc).__name__}: {exc}")
-        latency = time.monotonic() - started
+        latency = self.clock.monotonic() - started
         try:
             self._record(c, outcome, latency)
         except Exception as exc:  # the row stays leased and is retried after the lease
@@ -370,7 +297,7 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._inflight.discard(c.id)
-            self._wake.set()
+            self.wake()
 
     def _attempt(self, c: Claimed) -> Outcome:
         if c.kind not in ("webhook", "slack"):
