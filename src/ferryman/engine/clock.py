@@ -48,7 +48,8 @@ class ManualClock(Clock):
     A wait ends when its event is set or when ``advance`` has moved the
     clock past the wait's end; ``waits`` records every timeout asked for, and
     ``sleepers`` tells how many threads wait right now (so a test can wait
-    until a loop has gone to sleep, then move the time on).
+    until a loop has gone to sleep, then move the time on:
+    ``wait_for_sleepers``).
     """
 
     def __init__(self, start: dt.datetime | None = None) -> None:
@@ -99,11 +100,16 @@ class ManualClock(Clock):
                 self.sleepers -= 1
         return event.is_set()
 
-    def wait_for_sleepers(self, n: int = 1, timeout: float = 10.0) -> None:
-        """Block (real time) until ``n`` threads or tasks wait on this clock."""
+    def wait_for_sleepers(
+        self, n: int = 1, *, waits: int | None = None, timeout: float = 10.0
+    ) -> None:
+        """Block (real time) until ``n`` threads or tasks wait on this clock
+        and, with ``waits``, until that many waits have begun in all (a wait
+        that just ended may still be counted among the sleepers: ``waits``
+        tells the next one from it)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self.sleepers < n:
+            while self.sleepers < n or (waits is not None and len(self.waits) < waits):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"nobody waits on the clock after {timeout:g}s")
