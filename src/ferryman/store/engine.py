@@ -6,6 +6,11 @@ transactions.
 PostgreSQL it is a plain transaction (claims use ``FOR UPDATE SKIP LOCKED``).
 ``Store.read()`` opens a read-only one (deferred on SQLite, so readers never
 block the writer in WAL mode).
+
+Wake-ups: loops ``subscribe`` to channels; ``notify`` wakes the subscribers
+of this process once the notifying transaction commits and, on PostgreSQL,
+sends ``NOTIFY`` in it, which other processes receive through their store's
+one ``LISTEN`` connection (``store/listener.py``).
 """
 
 from __future__ import annotations
@@ -225,9 +230,9 @@ class Store:
 
     def wake_local(self) -> None:
         """Wake this process's subscribers of the workers' channel now."""
-        self.deliver(WAKE_CHANNEL)
+        self.wake_subscribers(WAKE_CHANNEL)
 
-    def deliver(self, channel: str) -> None:
+    def wake_subscribers(self, channel: str) -> None:
         """What a notification on ``channel`` does in this process, whether it
         was sent here or came through ``LISTEN``: every subscriber's wake-up
         is called (and a cancel is counted in ``cancel_generation``)."""
@@ -243,7 +248,7 @@ class Store:
         with self._lock:
             hook = self._wakers.get(channel)
             if hook is None:
-                hook = self._wakers[channel] = functools.partial(self.deliver, channel)
+                hook = self._wakers[channel] = functools.partial(self.wake_subscribers, channel)
         return hook
 
     def _after_commit(self, conn: Connection | None, hook: Callable[[], None]) -> None:
@@ -275,7 +280,7 @@ class Store:
                 from ferryman.store.listener import Listener  # psycopg: PostgreSQL only
 
                 url = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                listener = self._listener = Listener(url, self._channels, self.deliver)
+                listener = self._listener = Listener(url, self._channels, self.wake_subscribers)
                 listener.start()
                 return
         listener.changed()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Callable
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 APPLICATION_NAME = "ferryman-listen"  # how the connection shows in pg_stat_activity
 _IDLE_CHECK_SECONDS = 30.0
+_CONNECT_TIMEOUT = 10  # seconds; an unreachable host must not hold the thread for minutes
 _RETRY_FIRST, _RETRY_MAX = 0.5, 5.0
 
 
@@ -75,13 +76,16 @@ class Listener:
             while not self._stopped.is_set():
                 try:
                     with psycopg.connect(
-                        self._url, autocommit=True, application_name=APPLICATION_NAME
+                        self._url,
+                        autocommit=True,
+                        application_name=APPLICATION_NAME,
+                        connect_timeout=_CONNECT_TIMEOUT,
                     ) as conn:
                         if lost:
                             log.warning("LISTEN connection restored")
                         delay, lost = _RETRY_FIRST, False
                         self._serve(conn)
-                except psycopg.Error as exc:
+                except Exception as exc:  # the database, the network, or a bug: go on
                     if not lost:  # one line per outage, not one per attempt
                         log.warning(
                             "LISTEN connection lost (%s: %s); reconnecting",
@@ -97,25 +101,28 @@ class Listener:
 
     def _serve(self, conn: psycopg.Connection[object]) -> None:
         listening: set[str] = set()
-        while not self._stopped.is_set():
-            wanted = self._channels()
-            new = wanted - listening
-            for channel in sorted(new):
-                conn.execute(f"LISTEN {channel}")
-            for channel in sorted(listening - wanted):
-                conn.execute(f"UNLISTEN {channel}")
-            listening = wanted
-            for channel in sorted(new):
-                self._deliver(channel)
-            # Notifications that arrived while a statement ran are kept by
-            # psycopg, not left on the socket: take them before waiting on it.
-            for n in conn.notifies(timeout=0):
-                self._deliver(n.channel)
-            watched: list[int] = [conn.fileno(), self._rx.fileno()]
-            ready, _, _ = select.select(watched, [], [], _IDLE_CHECK_SECONDS)
-            if self._rx.fileno() in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while self._rx.recv(4096):
-                        pass
-            if not ready:  # a long silence: make sure the connection still works
-                conn.execute("SELECT 1")
+        # selectors (epoll), not select(): a server's descriptors may pass 1024.
+        with selectors.DefaultSelector() as sel:
+            sel.register(conn.fileno(), selectors.EVENT_READ, "db")
+            sel.register(self._rx, selectors.EVENT_READ, "poke")
+            while not self._stopped.is_set():
+                wanted = self._channels()
+                new = wanted - listening
+                for channel in sorted(new):
+                    conn.execute(f"LISTEN {channel}")
+                for channel in sorted(listening - wanted):
+                    conn.execute(f"UNLISTEN {channel}")
+                listening = wanted
+                for channel in sorted(new):
+                    self._deliver(channel)
+                # Notifications that arrived while a statement ran are kept by
+                # psycopg, not left on the socket: take them before waiting on it.
+                for n in conn.notifies(timeout=0):
+                    self._deliver(n.channel)
+                ready = {key.data for key, _ in sel.select(_IDLE_CHECK_SECONDS)}
+                if "poke" in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        while self._rx.recv(4096):
+                            pass
+                if not ready:  # a long silence: make sure the connection still works
+                    conn.execute("SELECT 1")
