@@ -6,15 +6,16 @@ database (migrating it); make sure access tokens and webhooks can be signed
 (the configured secrets, or per-install ones generated under
 ``FERRYMAN_HOME``, see ``ferryman.home_secrets``); create the first admin
 when there is no user yet (its generated password is printed once, to
-stdout, and never logged); serve HTTP; once it answers, start the loops, each under a supervisor
-(``engine/supervisor.py``) that restarts it after a crash.
+stdout, and never logged); serve HTTP; once it answers, start the loops,
+each under a supervisor (``engine/supervisor.py``) that restarts it after a
+crash.
 
 Shutdown on SIGTERM/SIGINT: the listening socket closes at once, the loops
 are told to stop, in-flight HTTP requests finish (up to ``grace_seconds``),
 the worker lets running steps finish (then stops them), the callback sender
-and the event deliverer let in-flight posts finish. A second signal forces the exit. Nothing the
-server prints can keep a signal from working: a closed stdout or stderr
-(whoever read it went away) is silenced, not an error.
+and the event deliverer let in-flight posts finish. A second signal forces
+the exit. Nothing the server prints can keep a signal from working: a closed
+stdout or stderr (whoever read it went away) is silenced, not an error.
 
 HTTP limits (``FERRYMAN_HTTP_*``): request heads and bodies must arrive in
 time (``ferryman.server_protocol``), idle keep-alive connections close, and
