@@ -328,7 +328,7 @@ def test_errors_never_end_the_loop(
 ) -> None:
     """A failing turn (database trouble) and a crashing attempt (a bug) are
     logged and retried; the callback is still delivered."""
-    import ferryman.engine.callback_sender as sender_module
+    import ferryman.engine.callback_sender.loop as sender_module
 
     s = cb_settings(settings)
     rcv = receivers()
@@ -386,7 +386,7 @@ def test_the_destination_policy_is_asked_and_a_refusal_is_dead_at_once(
 ) -> None:
     """Webhooks and Slack messages go through ``ferryman.http``'s policy: a
     refused destination is never posted to, and no retry can help."""
-    import ferryman.engine.callback_sender as sender_module
+    import ferryman.engine.callback_sender.loop as sender_module
 
     class RefuseHook(DestinationPolicy):
         def __init__(self) -> None:

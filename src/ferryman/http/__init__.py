@@ -3,9 +3,9 @@
 Three clients, one set of defaults:
 
 - ``ferryman.http.sync.sync_client`` (httpx): run-completion webhooks (the
-  dispatcher) and subscription test sends;
+  callback sender) and subscription test sends;
 - ``ferryman.http.aio.async_client`` / ``ClientPool`` (aiohttp): event
-  deliveries (the deliverer; why aiohttp: decision 0005);
+  deliveries (the event deliverer; why aiohttp: decision 0005);
 - ``ferryman.http.slack.slack_client`` (slack_sdk): Slack messages.
 
 Each is in its own submodule, imported on first use, so importing this

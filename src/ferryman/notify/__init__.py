@@ -2,5 +2,5 @@
 and their renderings (JSON for webhooks, short text for Slack).
 
 Delivery itself (claiming due callbacks, retries, dead-lettering) is the
-dispatcher's job: ``ferryman.engine.dispatcher``.
+callback sender's job: ``ferryman.engine.callback_sender``.
 """

@@ -3,7 +3,7 @@
 ``enqueue_callbacks`` is a gate hook (``GateHooks.on_run_ended``): one
 ``callbacks`` row per target the run's options name (a webhook, a Slack
 channel), written with the run's final state, so a crash or a restart can
-never lose one (outbox). ``engine/dispatcher.py`` delivers them.
+never lose one (outbox). ``engine/callback_sender/`` delivers them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Deliveries of events to subscribers: listing, attempts, redelivery, test sends.
 
-Deliveries are queued by ``services.fanout`` and posted by the deliverer
-(``engine/deliverer.py``); this module is what the API and the CLI ask.
+Deliveries are queued by ``services.fanout`` and posted by the event
+deliverer (``engine/event_deliverer/``); this module is what the API and the
+CLI ask.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ records ``attempts``, ``last_status`` and ``last_error``, and is logged
 (without URLs' paths or secrets). Nothing a receiver or the database does
 can end the loop: every error is recorded, logged and retried. The
 lifecycle (wake-ups on the callbacks channel, drain, shutdown) is the loop
-base's (``engine/loop.py``).
+base's (``engine/loop.py``); posting is ``posting.py``.
 
 Webhooks are always signed (Standard Webhooks, ``ferryman.notify.signing``):
 with ``FERRYMAN_WEBHOOK_SECRET``, or with the per-install secret generated
@@ -40,70 +40,39 @@ defaults, the destination policy and the error texts come from
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import socket
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ferryman.domain.retry import RetryPolicy
+from ferryman.engine.callback_sender.posting import (
+    CallbackPoster,
+    Claimed,
+    Outcome,
+    describe_target,
+)
 from ferryman.engine.clock import Clock
 from ferryman.engine.loop import Loop
 from ferryman.errors import NotFound
-from ferryman.http import (
-    Failure,
-    Timeouts,
-    describe,
-    destination_policy,
-    redact_url,
-    response_excerpt,
-)
-from ferryman.notify.report import build_report, excerpt, slack_text
-from ferryman.notify.signing import load_or_create_secret, secret_key, signed_headers
+from ferryman.http import destination_policy
+from ferryman.notify.report import build_report, excerpt
+from ferryman.notify.signing import load_or_create_secret, secret_key
 from ferryman.settings import Settings
 from ferryman.store.engine import CALLBACK_CHANNEL, Store
 from ferryman.store.tables import callbacks, utcnow
 
 if TYPE_CHECKING:
     import httpx
-    from slack_sdk import WebClient
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-_RESPONSE_SNIPPET = 300  # bytes of a failed response body kept in last_error
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """One claimed attempt of one callback."""
-
-    id: str
-    run_id: str
-    kind: str
-    target: dict[str, Any]
-    attempts: int  # including this one
-
-
-@dataclass
-class Outcome:
-    """What one attempt came to."""
-
-    ok: bool
-    status: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-    permanent: bool = False
-
-    @classmethod
-    def failed(cls, f: Failure, prefix: str = "") -> Outcome:
-        return cls(False, f.status, prefix + f.error, f.retry_after, permanent=not f.retryable)
 
 
 class CallbackSender(Loop):
@@ -136,9 +105,12 @@ class CallbackSender(Loop):
         self.concurrency = concurrency
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         secret, _ = load_or_create_secret(settings)
-        self._key = secret_key(secret)  # only the key is kept; it is never logged
-        self._transport = transport
-        self._destinations = destination_policy(settings)
+        self.poster = CallbackPoster(
+            settings,
+            key=secret_key(secret),  # only the key is kept; it is never logged
+            policy=destination_policy(settings),
+            transport=transport,
+        )
         self._policy = RetryPolicy(
             retries=max(settings.callback_max_attempts - 1, 0),
             delay=settings.callback_backoff,
@@ -151,9 +123,6 @@ class CallbackSender(Loop):
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ferryman-callback")
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
-        self._http: httpx.Client | None = None
-        self._slack: WebClient | None = None
-        self._clients_lock = threading.Lock()
         self.delivered_total = 0
         self.attempts_total = 0
 
@@ -165,7 +134,7 @@ class CallbackSender(Loop):
 
     def idle(self) -> bool:
         """Nothing pending, nothing in flight."""
-        return not self.in_flight() and not self._pending()
+        return not self.in_flight() and not self.pending()
 
     def next_wait(self) -> float:
         with self._lock:
@@ -182,9 +151,8 @@ class CallbackSender(Loop):
 
     def release(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._clients_lock:
-            if self._http is not None and not self.in_flight():
-                self._http.close()
+        if not self.in_flight():  # else a post still uses it; the process ends anyway
+            self.poster.close()
 
     # -- one turn ---------------------------------------------------------------------------
 
@@ -265,7 +233,8 @@ class CallbackSender(Loop):
             Claimed(r.id, r.run_id, r.kind, dict(r.target or {}), int(r.attempts)) for r in rows
         ]
 
-    def _pending(self) -> bool:
+    def pending(self) -> bool:
+        """Whether any callback is still pending (due or not)."""
         with self.store.read() as conn:
             return (
                 conn.execute(
@@ -307,82 +276,7 @@ class CallbackSender(Loop):
                 report = build_report(conn, c.run_id, self.settings)
         except NotFound:
             return Outcome(False, error=f"run {c.run_id} no longer exists", permanent=True)
-        if c.kind == "webhook":
-            return self._post_webhook(c, report)
-        return self._post_slack(c, report)
-
-    def _post_webhook(self, c: Claimed, report: dict[str, Any]) -> Outcome:
-        from ferryman.http.sync import ERRORS, read_start
-
-        url = c.target.get("url")
-        if not isinstance(url, str) or not url:
-            return Outcome(False, error="callback target has no url", permanent=True)
-        body = json.dumps(report, separators=(",", ":")).encode()
-        headers = {
-            "content-type": "application/json",
-            **signed_headers(self._key, c.id, body),  # a fresh timestamp per attempt
-        }
-        try:
-            with self._client().stream("POST", url, content=body, headers=headers) as resp:
-                if 200 <= resp.status_code < 300:
-                    return Outcome(True, resp.status_code)
-                failure = describe(resp.status_code, headers=resp.headers)
-                snippet = response_excerpt(read_start(resp, _RESPONSE_SNIPPET), _RESPONSE_SNIPPET)
-        except ERRORS as exc:
-            return Outcome.failed(describe(exc, timeout=self.settings.callback_timeout))
-        if snippet:
-            failure = failure._replace(error=f"{failure.error}: {snippet}")
-        return Outcome.failed(failure)
-
-    def _post_slack(self, c: Claimed, report: dict[str, Any]) -> Outcome:
-        channel = c.target.get("channel")
-        if not isinstance(channel, str) or not channel:
-            return Outcome(False, error="callback target has no slack channel", permanent=True)
-        if self.settings.slack_bot_token is None:
-            return Outcome(False, error="FERRYMAN_SLACK_BOT_TOKEN is not set")
-        thread = c.target.get("thread")
-        try:
-            resp = self._slack_client().chat_postMessage(
-                channel=channel,
-                thread_ts=thread if isinstance(thread, str) and thread else None,
-                text=slack_text(report),
-                unfurl_links=False,
-                unfurl_media=False,
-            )
-        except Exception as exc:  # Slack's error answers, network errors (urllib), timeouts
-            token = self.settings.slack_bot_token.get_secret_value()
-            failure = describe(exc, timeout=self.settings.callback_timeout, secrets=[token])
-            return Outcome.failed(failure, "slack: ")
-        return Outcome(True, resp.status_code)
-
-    # -- clients (created on first use: nothing of httpx/slack_sdk at start-up) ----
-
-    def _client(self) -> httpx.Client:
-        from ferryman.http.sync import sync_client
-
-        with self._clients_lock:
-            if self._http is None:
-                self._http = sync_client(
-                    Timeouts.per_phase(self.settings.callback_timeout),
-                    policy=self._destinations,
-                    transport=self._transport,
-                )
-            return self._http
-
-    def _slack_client(self) -> WebClient:
-        from ferryman.http.slack import slack_client
-
-        with self._clients_lock:
-            if self._slack is None:
-                token = self.settings.slack_bot_token
-                assert token is not None
-                self._slack = slack_client(
-                    token.get_secret_value(),
-                    base_url=self.settings.slack_api_url,
-                    timeout=self.settings.callback_timeout,
-                    policy=self._destinations,
-                )
-            return self._slack
+        return self.poster.post(c, report)
 
     # -- recording --------------------------------------------------------------
 
@@ -408,7 +302,7 @@ class CallbackSender(Loop):
         with self._lock:
             self.attempts_total += 1
             self.delivered_total += 1 if o.ok and updated else 0
-        target = _describe(c)
+        target = describe_target(c)
         if not updated:
             log.warning(
                 "callback %s (%s): the result of attempt %d came too late and was dropped",
@@ -438,14 +332,3 @@ class CallbackSender(Loop):
         if retry_after is not None:
             return min(max(retry_after, 0.0), cap)  # the receiver said when
         return min(self._policy.delay_after(attempts), cap)
-
-
-# -- helpers ------------------------------------------------------------------------
-
-
-def _describe(c: Claimed) -> str:
-    """Where a callback goes, safe to log: the webhook URL's origin (its path or
-    query may hold a token), or the Slack channel."""
-    if c.kind == "slack":
-        return f"slack {c.target.get('channel')}"
-    return f"webhook {redact_url(str(c.target.get('url', '')))}"
