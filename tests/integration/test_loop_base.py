@@ -255,6 +255,26 @@ def test_a_worker_stopped_with_a_running_step_kills_it_after_the_grace(tmp_path:
         store.dispose()
 
 
+def test_a_bug_while_shutting_down_does_not_keep_abort_from_running(sqlite_store: Store) -> None:
+    class Strict(Probe):
+        def retryable(self, exc: Exception) -> bool:
+            return False
+
+    loop = Strict(sqlite_store, grace_seconds=5)
+    loop.jobs = 1
+
+    def bug_once_stopping() -> None:
+        if loop.stopping:
+            raise RuntimeError("a bug")
+
+    loop.on_turn = bug_once_stopping
+    t0 = time.monotonic()
+    with running(loop):
+        wait_until(lambda: loop.turns == 1)
+    assert time.monotonic() - t0 < 3  # not the 5 s grace: the turns cannot go on
+    assert loop.events[-3:] == ["abort", "finish", "release"]
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 

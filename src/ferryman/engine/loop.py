@@ -271,9 +271,12 @@ class Loop(LoopCore):
         end = self.clock.monotonic() + seconds
         while self.in_flight() and self.clock.monotonic() < end:
             self._woken.clear()
-            if self._safe(self.turn, quiet=True) is None and (
-                give_up_after is not None and self.failures > give_up_after
-            ):
+            try:
+                ok = self._safe(self.turn, quiet=True)
+            except Exception:  # nothing may keep the shutdown from stopping what runs
+                self.log.exception("%s: turn failed while shutting down", self.name)
+                return
+            if ok is None and give_up_after is not None and self.failures > give_up_after:
                 return
             self.clock.wait(self._woken, self.settle_interval)
 
@@ -424,5 +427,9 @@ class AsyncLoop(LoopCore):
         end = self.clock.monotonic() + seconds
         while self.in_flight() and self.clock.monotonic() < end:
             self._kick.clear()
-            await self._safe(self.turn, quiet=True)
+            try:
+                await self._safe(self.turn, quiet=True)
+            except Exception:  # nothing may keep the shutdown from stopping what runs
+                self.log.exception("%s: turn failed while shutting down", self.name)
+                return
             await self.clock.wait_async(self._kick, self.settle_interval)
