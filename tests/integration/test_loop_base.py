@@ -587,3 +587,28 @@ def test_the_listen_connection_comes_back_and_wakes_its_loops(pg_database: str) 
     finally:
         store.dispose()
         other.dispose()
+
+
+def test_this_processs_own_notifications_wake_its_loops_once(pg_database: str) -> None:
+    """A commit of this store wakes its loops in-process, after the commit;
+    its NOTIFY, coming back through LISTEN, is passed over (no second turn)."""
+    store = Store(pg_database)
+    probe = Probe(store)
+    try:
+        base = listeners(pg_database)
+        with running(probe):
+            wait_until(lambda: listeners(pg_database) == base + 1, timeout=10)
+            time.sleep(0.3)  # the catch-up wake-up of the new LISTEN is over
+            for _ in range(3):
+                turns = probe.turns
+
+                def commit() -> None:
+                    with store.write() as conn:
+                        store.notify(conn, CHANNEL)
+
+                threading.Thread(target=commit).start()
+                wait_until(lambda turns=turns: probe.turns > turns, timeout=5)
+                time.sleep(0.3)
+                assert probe.turns == turns + 1
+    finally:
+        store.dispose()

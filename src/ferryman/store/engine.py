@@ -101,10 +101,13 @@ class Store:
         self._subscribers: dict[str, list[Callable[[], None]]] = {}
         self._wakers: dict[str, Callable[[], None]] = {}
         self._listener: Listener | None = None
+        self._own_backends: set[int] = set()
         self._lock = threading.Lock()
         self.cancel_generation = 0
         if self.is_sqlite:
             self._tune_sqlite(synchronous)
+        else:
+            self._track_backends()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, prepare: bool = True) -> Store:
@@ -177,6 +180,24 @@ class Store:
         def _on_begin(conn: Connection) -> None:
             write = conn.get_execution_options().get("ferryman_write", False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _track_backends(self) -> None:
+        # The server-side ids of this store's own connections. What they
+        # NOTIFY has woken this process's subscribers already (after the
+        # commit, in ``notify``): the LISTEN connection passes it over, or a
+        # loop would take a second, empty turn after each of its own commits.
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_conn: Any, rec: Any) -> None:
+            pid = dbapi_conn.info.backend_pid
+            rec.info["backend_pid"] = pid
+            with self._lock:
+                self._own_backends.add(pid)
+
+        @event.listens_for(self.engine, "close")
+        def _on_close(_dbapi_conn: Any, rec: Any) -> None:
+            pid = rec.info.pop("backend_pid", None)
+            with self._lock:
+                self._own_backends.discard(pid)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -280,7 +301,7 @@ class Store:
                 from ferryman.store.listener import Listener  # psycopg: PostgreSQL only
 
                 url = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                listener = self._listener = Listener(url, self._channels, self.wake_subscribers)
+                listener = self._listener = Listener(url, self._channels, self._notified)
                 listener.start()
                 return
         listener.changed()
@@ -304,6 +325,13 @@ class Store:
     def _channels(self) -> set[str]:
         with self._lock:
             return set(self._subscribers)
+
+    def _notified(self, channel: str, backend: int | None) -> None:
+        """A notification through ``LISTEN`` (``backend``: who sent it)."""
+        with self._lock:
+            ours = backend in self._own_backends
+        if not ours:
+            self.wake_subscribers(channel)
 
     def ping(self) -> bool:
         try:

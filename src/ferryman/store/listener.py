@@ -6,6 +6,9 @@ notification into the same in-process wake-up a local ``Store.notify``
 causes, so loops never know where a wake-up came from. The channels follow
 the subscriptions; the thread stops when the last subscription goes.
 
+Notifications sent by the store's own connections are passed over by the
+store (it has woken its subscribers after the commit already).
+
 No wake-up is lost to the connection itself: whenever it starts listening
 on a channel (first subscription, and again after a reconnect, when
 notifications sent meanwhile are gone) it wakes that channel's subscribers
@@ -35,15 +38,16 @@ class Listener:
     """A thread holding one ``LISTEN`` connection (see the module docstring).
 
     ``channels()`` names the channels wanted now (asked again after each
-    ``changed()``); ``deliver(channel)`` is called for every notification
-    and, once, for every channel newly listened to.
+    ``changed()``); ``deliver(channel, backend)`` is called for every
+    notification (``backend``: the sending server process) and, once, for
+    every channel newly listened to (``backend`` None).
     """
 
     def __init__(
         self,
         url: str,
         channels: Callable[[], set[str]],
-        deliver: Callable[[str], None],
+        deliver: Callable[[str, int | None], None],
     ) -> None:
         self._url = url
         self._channels = channels
@@ -114,11 +118,11 @@ class Listener:
                     conn.execute(f"UNLISTEN {channel}")
                 listening = wanted
                 for channel in sorted(new):
-                    self._deliver(channel)
+                    self._deliver(channel, None)
                 # Notifications that arrived while a statement ran are kept by
                 # psycopg, not left on the socket: take them before waiting on it.
                 for n in conn.notifies(timeout=0):
-                    self._deliver(n.channel)
+                    self._deliver(n.channel, n.pid)
                 ready = {key.data for key, _ in sel.select(_IDLE_CHECK_SECONDS)}
                 if "poke" in ready:
                     with contextlib.suppress(BlockingIOError):
