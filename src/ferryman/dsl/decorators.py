@@ -490,7 +490,7 @@ class Pipeline:
                 raise DSLError(f"{where}: {exc}") from None
         try:
             steps = [parse_step(n) for n in builder.nodes.values()]
-            return PipelineSpec(
+            spec = PipelineSpec(
                 name=self.name,
                 description=self.options.get("description") or inspect.getdoc(self.fn) or "",
                 params=params,
@@ -509,6 +509,13 @@ class Pipeline:
                 for e in exc.errors(include_url=False)
             )
             raise DSLError(f"{where}: {problems}") from None
+        from ferryman.dsl.defaults import default_problems
+
+        bad = default_problems(spec)
+        if bad:
+            listed = "".join(f"\n  - {path}: {message}" for path, message in bad)
+            raise DSLError(f"{where}: invalid parameter defaults:{listed}")
+        return spec
 
     def _triggers(self, where: str) -> list[dict[str, Any]]:
         from ferryman.dsl.triggers import Trigger
