@@ -87,7 +87,8 @@ def open_store(s: Settings | None = None) -> Any:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print ``error: message`` (plain text, never markup) and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -108,7 +109,9 @@ def clean_errors() -> Iterator[None]:
     except ParamsInvalid as exc:
         err_console.print("[bold red]error:[/] invalid parameters:")
         for e in exc.errors:
-            err_console.print(f"  - [bold]{e.path or '(params)'}[/]: {e.reason}", soft_wrap=True)
+            err_console.print(
+                f"  - [bold]{escape(e.path or '(params)')}[/]: {escape(e.reason)}", soft_wrap=True
+            )
         raise typer.Exit(EXIT_USAGE) from None
     except (FerrymanError, DSLError, LookupError, ValueError) as exc:
         if isinstance(exc, ValidationError):
@@ -194,6 +197,10 @@ def setup_logging(level: str = "WARNING") -> None:
 
 
 def looks_like_file(ref: str) -> bool:
-    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's name)."""
+    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's
+    name): a ``:``, a path (``dir/x``), a pipeline file's suffix or one close to
+    it (``etl.pyy`` is a missing file, not a pipeline name), or an existing path."""
+    from ferryman.dsl.loader import looks_like_path
+
     target = ref.partition(":")[0]
-    return ":" in ref or target.endswith((".py", ".yaml", ".yml", ".json")) or Path(target).exists()
+    return ":" in ref or looks_like_path(target) or Path(target).exists()
