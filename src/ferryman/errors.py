@@ -22,6 +22,13 @@ class NotFound(FerrymanError):
     code = "not_found"
 
 
+class Ambiguous(NotFound):
+    """A handle (such as a run id prefix) names several things; ``details``
+    lists the candidates (HTTP 404, code ``ambiguous``)."""
+
+    code = "ambiguous"
+
+
 class Conflict(FerrymanError):
     """The request conflicts with the current state, e.g. an illegal move (HTTP 409)."""
 

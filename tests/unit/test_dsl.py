@@ -1078,7 +1078,7 @@ def test_with_options_rejects_unknown_options() -> None:
         double.with_options(retry=3)
 
 
-# --------------------------------------------------------------------------- defaults (issue 12, item 6)
+# ------------------------------------------------------------- defaults (issue 12, item 6)
 
 
 def test_invalid_defaults_are_refused_like_yaml(files: Files) -> None:

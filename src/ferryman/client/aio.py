@@ -121,8 +121,9 @@ class AsyncClient(AsyncAdmin, ClientBase):
         """
         return await self.send(Calls.register_pipeline(namespace, spec))
 
-    async def list_pipelines(self, namespace: str) -> PipelineList:
-        """The pipelines of a namespace, by name."""
+    async def list_pipelines(self, namespace: str | None = None) -> PipelineList:
+        """The pipelines of a namespace by name, or with no ``namespace`` those
+        of every namespace, by namespace and name."""
         return await self.send(Calls.list_pipelines(namespace))
 
     async def get_pipeline(
@@ -244,7 +245,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
         return await self.send(Calls.count_runs(namespace, pipeline, labels))
 
     async def get_run(self, run_id: str) -> RunDetail:
-        """A run and its steps (``run_id``: full, or a unique prefix of 6+)."""
+        """A run and its steps (``run_id``: its id, a unique prefix of 6+ or its name)."""
         return await self.send(Calls.get_run(run_id))
 
     async def cancel_run(self, run_id: str) -> RunPublic:
@@ -266,6 +267,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
         run_id: str,
         *,
         step: str | None = None,
+        attempt: int | None = None,
         after: int = 0,
         limit: int = 1000,
         tail: int | None = None,
@@ -273,12 +275,13 @@ class AsyncClient(AsyncAdmin, ClientBase):
         """A page of a run's log lines (secrets masked), in order.
 
         Lines whose id is greater than ``after``, at most ``limit`` of them, or
-        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines.
+        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines,
+        ``attempt`` one attempt's (of every step, or of ``step``).
         Pass the answer's ``next_after`` as ``after`` for the next page;
         ``run_state`` tells whether more can come (``follow_logs`` streams
         them instead).
         """
-        return await self.send(Calls.logs(run_id, step, after, limit, tail))
+        return await self.send(Calls.logs(run_id, step, after, limit, tail, attempt))
 
     async def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
         """Lifecycle events of a run after sequence number ``after``; pass the

@@ -167,7 +167,9 @@ class Calls:
         )
 
     @staticmethod
-    def list_pipelines(namespace: str) -> Call[PipelineList]:
+    def list_pipelines(namespace: str | None) -> Call[PipelineList]:
+        if namespace is None:
+            return Call("GET", "/pipelines", PipelineList)
         return Call("GET", f"/namespaces/{segment(namespace)}/pipelines", PipelineList)
 
     @staticmethod
@@ -275,13 +277,18 @@ class Calls:
 
     @staticmethod
     def logs(
-        run_id: str, step: str | None, after: int, limit: int, tail: int | None
+        run_id: str,
+        step: str | None,
+        after: int,
+        limit: int,
+        tail: int | None,
+        attempt: int | None = None,
     ) -> Call[LogList]:
         return Call(
             "GET",
             f"/runs/{segment(run_id)}/logs",
             LogList,
-            params=query(step=step, after=after, limit=limit, tail=tail),
+            params=query(step=step, attempt=attempt, after=after, limit=limit, tail=tail),
         )
 
     @staticmethod

@@ -118,8 +118,9 @@ class Client(SyncAdmin, ClientBase):
         """
         return self.send(Calls.register_pipeline(namespace, spec))
 
-    def list_pipelines(self, namespace: str) -> PipelineList:
-        """The pipelines of a namespace, by name."""
+    def list_pipelines(self, namespace: str | None = None) -> PipelineList:
+        """The pipelines of a namespace by name, or with no ``namespace`` those
+        of every namespace, by namespace and name."""
         return self.send(Calls.list_pipelines(namespace))
 
     def get_pipeline(self, namespace: str, name: str, version: str | None = None) -> PipelineDetail:
@@ -238,7 +239,7 @@ class Client(SyncAdmin, ClientBase):
         return self.send(Calls.count_runs(namespace, pipeline, labels))
 
     def get_run(self, run_id: str) -> RunDetail:
-        """A run and its steps (``run_id``: full, or a unique prefix of 6+)."""
+        """A run and its steps (``run_id``: its id, a unique prefix of 6+ or its name)."""
         return self.send(Calls.get_run(run_id))
 
     def cancel_run(self, run_id: str) -> RunPublic:
@@ -260,6 +261,7 @@ class Client(SyncAdmin, ClientBase):
         run_id: str,
         *,
         step: str | None = None,
+        attempt: int | None = None,
         after: int = 0,
         limit: int = 1000,
         tail: int | None = None,
@@ -267,12 +269,13 @@ class Client(SyncAdmin, ClientBase):
         """A page of a run's log lines (secrets masked), in order.
 
         Lines whose id is greater than ``after``, at most ``limit`` of them, or
-        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines.
+        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines,
+        ``attempt`` one attempt's (of every step, or of ``step``).
         Pass the answer's ``next_after`` as ``after`` for the next page;
         ``run_state`` tells whether more can come (``follow_logs`` streams
         them instead).
         """
-        return self.send(Calls.logs(run_id, step, after, limit, tail))
+        return self.send(Calls.logs(run_id, step, after, limit, tail, attempt))
 
     def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
         """Lifecycle events of a run after sequence number ``after``; pass the

@@ -504,7 +504,7 @@ class Pipeline:
                 raise DSLError(f"{where}: {exc}") from None
         try:
             steps = [parse_step(n) for n in builder.nodes.values()]
-            spec = PipelineSpec(
+            compiled = PipelineSpec(
                 name=self.name,
                 description=self.options.get("description") or inspect.getdoc(self.fn) or "",
                 params=params,
@@ -525,11 +525,11 @@ class Pipeline:
             raise DSLError(f"{where}: {problems}") from None
         from ferryman.dsl.defaults import default_problems
 
-        bad = default_problems(spec)
+        bad = default_problems(compiled)
         if bad:
             listed = "".join(f"\n  - {path}: {message}" for path, message in bad)
             raise DSLError(f"{where}: invalid parameter defaults:{listed}")
-        return spec
+        return compiled
 
     def _triggers(self, where: str) -> list[dict[str, Any]]:
         from ferryman.dsl.triggers import Trigger

@@ -6,8 +6,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
-import os
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -93,10 +93,7 @@ def load_pipeline(ref: str) -> PipelineSpec:
         from ferryman.dsl.yaml_loader import load_pipeline_file
 
         return load_pipeline_file(p)
-    if p.suffix == ".py":
-        namespace = load_python_file(p)
-    else:
-        namespace = _import_module(target)
+    namespace = load_python_file(p) if p.suffix == ".py" else _import_module(target)
     found = pipelines_in(namespace)
     if attr:
         obj = namespace.get(attr)

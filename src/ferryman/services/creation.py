@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ferryman.domain.options import NO_OPTIONS, Origin, RunOptions
+from ferryman.domain.run_names import run_name
 from ferryman.domain.states import NodeState, RunState
 from ferryman.errors import Conflict
 from ferryman.services.cache import RunInfo
@@ -78,7 +80,7 @@ def create_run(tx: Tx, req: RunRequest) -> dict[str, Any]:
         created_at=now,
         updated_at=now,
     )
-    tx.conn.execute(sa.insert(runs).values(**values))
+    values["name"] = _insert_run(tx.conn, values)
     record = {k: values.get(k) for k in RUN_FIELDS}
     record["duration"] = 0.0
     tx.cache.put(
@@ -128,6 +130,40 @@ def create_run(tx: Tx, req: RunRequest) -> dict[str, Any]:
         values={"ready_at": now},
     )
     return record
+
+
+#: How many names a creation tries before giving up (the later ones are long:
+#: see ``run_names.run_name``).
+NAME_ATTEMPTS = 10
+_RUN_INSERTS: dict[str, Any] = {}
+
+
+def _run_insert(dialect: str) -> Any:
+    """``INSERT INTO runs … ON CONFLICT (name, namespace) DO NOTHING RETURNING id``: a name
+    another run of the namespace has (or, on PostgreSQL, is inserting in a
+    transaction not committed yet: the insert waits for it) inserts nothing,
+    without failing the caller's transaction, which may be the gate's."""
+    stmt = _RUN_INSERTS.get(dialect)
+    if stmt is None:
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(runs)
+            .on_conflict_do_nothing(index_elements=["name", "namespace"])
+            .returning(runs.c.id)
+        )
+        _RUN_INSERTS[dialect] = stmt
+    return stmt
+
+
+def _insert_run(conn: Connection, values: dict[str, Any]) -> str:
+    """Insert the run with a free name of its namespace; return the name."""
+    stmt = _run_insert(conn.dialect.name)
+    for attempt in range(NAME_ATTEMPTS):
+        name = run_name(attempt)
+        # RETURNING, not rowcount: drivers need not count an INSERT's rows
+        if conn.execute(stmt, {**values, "name": name}).first() is not None:
+            return name
+    raise Conflict(f"no free run name in namespace {values['namespace']!r}; try again")
 
 
 def find_by_key(

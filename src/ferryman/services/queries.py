@@ -14,12 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from ferryman.errors import InvalidInput, NotFound
+from ferryman.domain.run_names import MAX_RUN_NAME
+from ferryman.errors import Ambiguous, InvalidInput, NotFound
 from ferryman.services.catalog import PipelineVersion, latest, spec_of_version
 from ferryman.store.tables import events, logs, nodes, pipeline_versions, pipelines, runs
 
 RUN_FIELDS = (
     "id",
+    "name",
     "namespace",
     "pipeline",
     "version",
@@ -93,24 +95,6 @@ def get_run(conn: Connection, run_id: str, *, with_nodes: bool = True) -> dict[s
             )
         ]
     return d
-
-
-def find_run_id(conn: Connection, prefix: str) -> str:
-    """Accept a full run id or a unique prefix of one (at least 6 characters)."""
-    if len(prefix) == 32:
-        return prefix
-    if len(prefix) < 6:
-        raise NotFound(f"run id {prefix!r} is too short (give at least 6 characters)")
-    ids = (
-        conn.execute(sa.select(runs.c.id).where(runs.c.id.like(prefix.lower() + "%")).limit(2))
-        .scalars()
-        .all()
-    )
-    if not ids:
-        raise NotFound(f"no run {prefix!r}")
-    if len(ids) > 1:
-        raise NotFound(f"run id prefix {prefix!r} is ambiguous")
-    return str(ids[0])
 
 
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}$")
@@ -305,21 +289,61 @@ def count_runs(
     return {str(s): int(n) for s, n in conn.execute(q).all()}
 
 
-def normalize_run_id(given: str) -> str:
-    """A run id as stored (lower case), or ``NotFound`` when ``given`` cannot
-    be one: neither 32 hex digits nor a prefix of at least 6."""
+#: How many runs an ambiguous handle lists.
+MAX_CANDIDATES = 10
+
+
+def full_run_id(given: str) -> str | None:
+    """``given`` as a stored run id (lower case) when it is a whole one (32
+    hex digits), else None: a prefix or a name, for ``resolve_run_id``."""
     rid = given.lower()
-    if len(rid) > 32 or len(rid) < 6 or not _HEX_RE.match(rid):
-        raise NotFound(f"no run {given!r}")
-    return rid
+    return rid if len(rid) == 32 and _HEX_RE.match(rid) else None
 
 
 def resolve_run_id(conn: Connection, given: str) -> str:
-    """A full run id (32 hex digits) or a unique prefix of at least 6; anything
-    else is ``NotFound``. A full id is returned without a query: the caller's
-    own lookup reports it missing."""
-    rid = normalize_run_id(given)
-    return rid if len(rid) == 32 else find_run_id(conn, rid)
+    """The id of the run that ``given`` names: its id (32 hex digits), a unique
+    prefix of it (6 hex digits or more) or its name (``brave-otter-42``).
+
+    A whole id is returned without a query (the caller's own lookup reports
+    it missing). ``NotFound`` when nothing matches; ``Ambiguous`` (a
+    ``NotFound``) when several runs do (a prefix, or a name used in several
+    namespaces), with the newest of them in ``details``.
+    """
+    full = full_run_id(given)
+    if full is not None:
+        return full
+    handle = given.lower()
+    cols = (runs.c.id, runs.c.name, runs.c.namespace, runs.c.pipeline, runs.c.created_at)
+    q = sa.select(*cols).order_by(runs.c.id.desc()).limit(MAX_CANDIDATES + 1)
+    if _HEX_RE.match(handle):
+        if len(handle) > 32:
+            raise NotFound(f"no run {given!r}")
+        if len(handle) < 6:
+            raise NotFound(f"run id {given!r} is too short (give at least 6 characters)")
+        q = q.where(runs.c.id.like(handle + "%"))
+        what = f"run id prefix {given!r}"
+        hint = "give more of the id, or the run's name"
+    elif len(handle) <= MAX_RUN_NAME:
+        q = q.where(runs.c.name == handle)
+        what = f"run name {given!r}"
+        hint = "the name is used in several namespaces: give the run's id"
+    else:
+        raise NotFound(f"no run {given!r}")
+    rows = conn.execute(q).all()
+    if not rows:
+        raise NotFound(f"no run {given!r}")
+    if len(rows) > 1:
+        listed = [
+            {"id": r.id, "name": r.name, "namespace": r.namespace, "pipeline": r.pipeline,
+             "created_at": r.created_at.isoformat()}
+            for r in rows[:MAX_CANDIDATES]
+        ]  # fmt: skip
+        more = "" if len(rows) <= MAX_CANDIDATES else f" (the {MAX_CANDIDATES} newest listed)"
+        raise Ambiguous(
+            f"{what} matches several runs{more}: {hint}",
+            listed,
+        )
+    return str(rows[0].id)
 
 
 def run_state(conn: Connection, run_id: str) -> str | None:
@@ -368,13 +392,18 @@ def get_logs(
     run_id: str,
     *,
     node: str | None = None,
+    attempt: int | None = None,
     after_id: int = 0,
     limit: int = 1000,
     tail: int | None = None,
 ) -> list[dict[str, Any]]:
+    """A run's log lines in order: those after ``after_id`` (at most
+    ``limit``), or the last ``tail``; of one step and/or one attempt."""
     q = sa.select(logs).where(logs.c.run_id == run_id, logs.c.id > after_id)
     if node:
         q = q.where(logs.c.node == node)
+    if attempt is not None:
+        q = q.where(logs.c.attempt == attempt)
     if tail is not None:
         rows = list(conn.execute(q.order_by(logs.c.id.desc()).limit(tail)))[::-1]
     else:

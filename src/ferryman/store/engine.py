@@ -24,7 +24,7 @@ from ferryman.settings import Settings
 from ferryman.store.locks import MIGRATION_LOCK_KEY
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued

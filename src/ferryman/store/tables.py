@@ -92,6 +92,8 @@ runs = sa.Table(
     "runs",
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
+    # a readable handle, unique per namespace (domain.run_names)
+    sa.Column("name", sa.String(64), nullable=False),
     sa.Column("namespace", sa.String(128), nullable=False),
     sa.Column("pipeline", sa.String(128), nullable=False),
     sa.Column(
@@ -117,6 +119,8 @@ runs = sa.Table(
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("namespace", "idempotency_key", name="uq_runs_idempotency"),
+    # name first: it also finds a run by name alone (``runs get brave-otter-42``)
+    sa.UniqueConstraint("name", "namespace", name="uq_runs_name"),
     sa.Index("ix_runs_ns_created", "namespace", "created_at"),
     sa.Index("ix_runs_state", "state"),
     sa.Index("ix_runs_pipeline", "namespace", "pipeline", "created_at"),

@@ -13,8 +13,6 @@ from ferryman.api.schemas import (
     PipelineList,
     PipelinePublic,
     PipelineRegistered,
-    StepPublic,
-    TriggerPublic,
     VersionList,
     VersionPublic,
 )
@@ -125,6 +123,19 @@ def register_pipeline(ns: Namespace, spec: PipelineSpec, store: StoreDep, _: Ope
     return respond(out, 201 if pv.created else 200)
 
 
+@router.get("/pipelines", response_model=PipelineList, summary="Pipelines of every namespace")
+def get_all_pipelines(
+    store: StoreDep,
+    _: Viewer,
+    namespace: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+) -> Response:
+    """Every pipeline with its newest version, by namespace and name (one
+    namespace with ``namespace``)."""
+    with store.read() as conn:
+        rows = list_pipelines(conn, namespace)
+    return respond(PipelineList(items=[PipelinePublic.model_validate(r) for r in rows]))
+
+
 @router.get(
     "/namespaces/{ns}/pipelines", response_model=PipelineList, summary="Pipelines of a namespace"
 )
@@ -153,28 +164,13 @@ def get_pipeline(
     with store.read() as conn:
         pv, created_at = queries.pipeline_version(conn, ns, name, version)
     spec = pv.spec
-    detail = PipelineDetail(
-        namespace=ns,
-        name=pv.name,
-        version=pv.version,
-        created_at=created_at,
-        description=spec.description,
+    detail = PipelineDetail.of(
+        ns,
+        pv.version,
+        created_at,
+        spec,
         params_schema=_params_schema(pv.version, spec),
-        steps=[
-            StepPublic(
-                name=s.name,
-                kind=s.kind,
-                depends_on=list(s.depends_on),
-                infrastructure=s.infrastructure or spec.infrastructure,
-                retries=s.retries,
-                timeout=s.timeout,
-            )
-            for s in spec.steps
-        ],
-        labels=dict(spec.labels),
-        timeout=spec.timeout,
-        infrastructure=spec.infrastructure,
-        triggers=[TriggerPublic.model_validate(t) for t in triggers.triggers_of(ns, spec)],
+        triggers=triggers.triggers_of(ns, spec),
     )
     return respond(detail)
 

@@ -69,7 +69,11 @@ IdempotencyKey = Annotated[
     ),
 ]
 RunId = Annotated[
-    str, Path(max_length=64, description="A run id: 32 hex digits, or a unique prefix of 6+")
+    str,
+    Path(
+        max_length=64,
+        description="A run: its id (32 hex digits), a unique prefix of 6+, or its name",
+    ),
 ]
 NameFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
 
@@ -251,10 +255,10 @@ def cancel_run(
 ) -> Response:
     """Steps not started are cancelled at once; running ones are stopped (graceful,
     then forced) and the run becomes ``cancelled`` when the last has ended."""
-    rid = queries.normalize_run_id(run_id)
-    if len(rid) < 32:
+    rid = queries.full_run_id(run_id)
+    if rid is None:
         with store.read() as conn:
-            rid = queries.resolve_run_id(conn, rid)
+            rid = queries.resolve_run_id(conn, run_id)
     runs.cancel(rid)
     with store.read() as conn:
         row = queries.get_run(conn, rid, with_nodes=False)
@@ -273,10 +277,10 @@ def rerun(
 ) -> Response:
     """A new run of the same version and parameters that re-uses the outputs of
     the steps that succeeded."""
-    rid = queries.normalize_run_id(run_id)
-    if len(rid) < 32:
+    rid = queries.full_run_id(run_id)
+    if rid is None:
         with store.read() as conn:
-            rid = queries.resolve_run_id(conn, rid)
+            rid = queries.resolve_run_id(conn, run_id)
     new_id = runs.rerun(rid)
     with store.read() as conn:
         row = queries.get_run(conn, new_id, with_nodes=False)
@@ -301,13 +305,16 @@ def get_logs(
     after: Annotated[int, Query(ge=0, description="Only lines with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     tail: Annotated[int | None, Query(ge=1, le=10000, description="The last N lines")] = None,
+    attempt: Annotated[int | None, Query(ge=1, description="Only this attempt's lines")] = None,
 ) -> Response:
     """Lines in order. ``run_state`` is read before the lines: if it is final and
     fewer than ``limit`` lines came back, there are no more."""
     _check_text("step", step)
     with store.read() as conn:
         rid, state = _existing(conn, run_id)
-        rows = queries.get_logs(conn, rid, node=step, after_id=after, limit=limit, tail=tail)
+        rows = queries.get_logs(
+            conn, rid, node=step, attempt=attempt, after_id=after, limit=limit, tail=tail
+        )
     return respond(
         LogList(
             items=[LogLinePublic.model_validate(r) for r in rows],
