@@ -5,7 +5,6 @@ Python client, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,7 +94,7 @@ def test_a_name_clash_picks_another_name(store: Store, monkeypatch: pytest.Monke
 
 def test_an_ambiguous_prefix_lists_the_candidates(store: Store, client: Client) -> None:
     started = start(store, 3)
-    prefix = os.path.commonprefix([r["id"] for r in started])
+    prefix = common_prefix([r["id"] for r in started])
     if len(prefix) < 6:
         pytest.skip("the runs straddle a change of the id's sixth digit (every 4.6 hours)")
     prefix = prefix[:6]
@@ -119,3 +118,13 @@ def test_an_ambiguous_prefix_lists_the_candidates(store: Store, client: Client) 
         assert resolve_run_id(conn, one["id"]) == one["id"]
         assert resolve_run_id(conn, one["name"]) == one["id"]
         assert resolve_run_id(conn, one["name"].upper()) == one["id"]
+
+
+def common_prefix(ids: list[str]) -> str:
+    """The leading characters ``ids`` share."""
+    shared = ""
+    for chars in zip(*ids, strict=False):
+        if len(set(chars)) > 1:
+            break
+        shared += chars[0]
+    return shared

@@ -113,9 +113,11 @@ class AsyncClient(AsyncAdmin, ClientBase):
     ) -> PipelineRegistered:
         """Register a pipeline in ``namespace`` (operators).
 
-        ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), or a
-        reference compiled here first, as ``ferryman run`` takes it:
-        ``path/to/file.py:name``, a YAML/JSON file or ``package.module:name``.
+        ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), the
+        text of a YAML/JSON pipeline, or a reference compiled here first, as
+        ``ferryman run`` takes it: ``path/to/file.py:name``, a YAML/JSON file
+        or ``package.module:name``. Relative function files of a text are
+        resolved against the current directory.
         The answer's ``version`` is the definition's content hash; ``created``
         is False when that exact definition was already stored.
         """

@@ -95,14 +95,20 @@ def timestamp(value: dt.datetime | None) -> str | None:
 
 
 def spec_json(spec: PipelineSpec | Mapping[str, Any] | str) -> Any:
-    """The JSON of a pipeline: a spec, its JSON already, or a reference such as
-    ``path/to/file.py:name`` compiled here."""
+    """The JSON of a pipeline: a spec, its JSON already, the text of a YAML
+    (or JSON) pipeline (it has a line break, or starts with ``{``), or a
+    reference such as ``path/to/file.py:name`` compiled here."""
     if isinstance(spec, str):
-        # The DSL loader is needed only for references; importing it lazily
-        # keeps ``import ferryman.client`` light.
-        from ferryman.dsl.loader import load_pipeline
+        # The DSL loaders are needed only for text and references; importing
+        # them lazily keeps ``import ferryman.client`` light.
+        if "\n" in spec.strip() or spec.lstrip().startswith("{"):
+            from ferryman.dsl.yaml_loader import load_pipeline_text
 
-        spec = load_pipeline(spec)
+            spec = load_pipeline_text(spec)
+        else:
+            from ferryman.dsl.loader import load_pipeline
+
+            spec = load_pipeline(spec)
     if isinstance(spec, PipelineSpec):
         return spec.model_dump(mode="json")
     return dict(spec)

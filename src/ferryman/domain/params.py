@@ -104,8 +104,12 @@ def _reason(e: Any, spec: PipelineSpec) -> str:
         hint = f"did you mean {close[0]!r}? " if close else ""
         return f"unknown parameter ({hint}known: {', '.join(names) or 'none'})"
     given = e.get("input")
-    if e["type"] == "string_type" and isinstance(given, int | float) and not isinstance(given, bool):
-        return f"{e['msg']} (got the number {json.dumps(given)}: send it as text, \"{given}\")"
+    if (
+        e["type"] == "string_type"
+        and isinstance(given, int | float)
+        and not isinstance(given, bool)
+    ):
+        return f'{e["msg"]} (got the number {json.dumps(given)}: send it as text, "{given}")'
     return str(e["msg"])
 
 

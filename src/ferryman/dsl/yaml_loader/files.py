@@ -44,6 +44,21 @@ def load_pipeline_file(path: str | Path) -> PipelineSpec:
     return spec_from_mapping(data, Path(os.path.abspath(p.parent)), source=source)
 
 
+def load_pipeline_text(
+    text: str, base_dir: Path | None = None, *, source: str = "<text>"
+) -> PipelineSpec:
+    """Compile a pipeline given as YAML (or JSON, which YAML reads too) text.
+
+    Relative function files are resolved against ``base_dir`` (default: the
+    current directory); ``source`` names the text in errors. Raises
+    ``PipelineFileError`` like ``load_pipeline_file``.
+    """
+    data = _parse_yaml(text, source)
+    if data is None:
+        raise PipelineFileError(source, ["the text is empty"])
+    return spec_from_mapping(data, base_dir, source=source)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
 
