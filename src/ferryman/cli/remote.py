@@ -186,7 +186,7 @@ def follow_remote(c: Any, run_id: str, watch: bool, server: str) -> int:
     and return the exit code of its outcome; Ctrl-C cancels it there (130
     once it has ended cancelled), a second Ctrl-C detaches (130 at once)."""
     after = 0
-    cancelled = False
+    asked = cancelled = False
 
     def show_events() -> None:
         nonlocal after
@@ -203,9 +203,9 @@ def follow_remote(c: Any, run_id: str, watch: bool, server: str) -> int:
     with _Interrupts() as interrupts:
         try:
             while True:
-                if interrupts.count and not cancelled:
-                    cancelled = True
-                    _cancel_on_server(c, run_id)
+                if interrupts.count and not asked:
+                    asked = True
+                    cancelled = _cancel_on_server(c, run_id)
                 if watch:
                     show_events()
                 run = c.get_run(run_id)
@@ -215,6 +215,10 @@ def follow_remote(c: Any, run_id: str, watch: bool, server: str) -> int:
                     break
                 time.sleep(0.3)
         except KeyboardInterrupt:
+            if not cancelled:
+                # Two quick Ctrl-Cs: the first one's cancel still goes out (again,
+                # if the second cut it short: a repeated cancel changes nothing).
+                cancelled = _cancel_on_server(c, run_id, quiet=True)
             _detached(run_id, server, cancelled)
             return EXIT_INTERRUPTED
     console.print(f"run {run_id} {styled(run.state)} in {fmt_duration(run.duration)}")
@@ -232,18 +236,22 @@ def follow_remote(c: Any, run_id: str, watch: bool, server: str) -> int:
                 console.print(f"  {escape(rec.line)}", soft_wrap=True, highlight=False)
     elif run.error:
         console.print(f"[red]error:[/] {escape(run.error)}")
-    return EXIT_INTERRUPTED if cancelled and run.state == "cancelled" else EXIT_FAILED
+    return EXIT_INTERRUPTED if asked and run.state == "cancelled" else EXIT_FAILED
 
 
-def _cancel_on_server(c: Any, run_id: str) -> None:
-    err_console.print(
-        "[yellow]cancelling the run on the server and waiting for it to end "
-        "(Ctrl-C again to stop waiting)…[/]"
-    )
+def _cancel_on_server(c: Any, run_id: str, *, quiet: bool = False) -> bool:
+    """Ask the server to cancel the run; whether it took the request."""
+    if not quiet:
+        err_console.print(
+            "[yellow]cancelling the run on the server and waiting for it to end "
+            "(Ctrl-C again to stop waiting)…[/]"
+        )
     try:
         c.cancel_run(run_id)
     except ApiError as exc:  # already ended (409), or not allowed to
         err_console.print(f"[dim]{escape(exc.message)}[/]")
+        return False
+    return True
 
 
 def _detached(run_id: str, server: str, cancelled: bool) -> None:
