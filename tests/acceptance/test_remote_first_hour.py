@@ -20,6 +20,9 @@ from tests.cli_support import ROOT, cli_environment, ferryman, ferryman_server, 
 
 from ferryman.client import Client
 
+#: Each test starts several CLI processes, each a fresh interpreter.
+pytestmark = pytest.mark.timeout(300)
+
 PASSWORD = "first-hour-password"
 PIPES = ROOT / "tests" / "pipelines" / "basic.py"
 
@@ -63,22 +66,18 @@ def test_every_reading_command_works_against_the_server(
 
     assert ok("pipelines", "ls").splitlines()[1].split()[:2] == ["default", "etl"]
     assert [p["name"] for p in json.loads(ok("pipelines", "ls", "--json"))] == ["etl"]
-    assert [p["name"] for p in json.loads(ok("pipelines", "ls", "-n", "default", "--json"))] == [
-        "etl"
-    ]
     describe = ok("pipelines", "describe", "etl")
     assert "limit" in describe and "integer" in describe and "extract" in describe
     detail = json.loads(ok("pipelines", "describe", "etl", "--json"))
     assert [p["name"] for p in detail["params"]] == ["source", "limit", "lang"]
     (version,) = json.loads(ok("pipelines", "versions", "etl", "--json"))
     assert version["version"] == detail["version"]
-    assert version["version"] in ok("pipelines", "versions", "etl")
-    assert run_id in ok("runs", "ls") and name in ok("runs", "ls")
+    listed = ok("runs", "ls")
+    assert run_id in listed and name in listed
     assert [r["id"] for r in json.loads(ok("runs", "ls", "--label", "team=data", "--json"))] == [
         run_id
     ]
     assert json.loads(ok("runs", "ls", "--label", "team=ml", "--json")) == []
-    assert f"run {run_id} ({name})" in ok("runs", "get", name)
     assert json.loads(ok("runs", "get", run_id[:10], "--json"))["name"] == name
     assert ok("runs", "logs", name, "--step", "extract", "--attempt", "1").strip() == (
         "[extract#1] extracting 2 rows from demo"

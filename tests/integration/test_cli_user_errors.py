@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from tests.cli_support import ROOT, cli_environment, ferryman
 
+#: Each test starts several CLI processes, each a fresh interpreter.
+pytestmark = pytest.mark.timeout(300)
+
 STEP = """\
 from ferryman import pipeline, step
 
@@ -129,6 +132,8 @@ def test_a_missing_file_is_no_such_file_with_a_suggestion(
         assert r.returncode == 2, r.stderr
         assert f"no such file: {given} (did you mean etl.py?)" in r.stderr, r.stderr
         assert "no pipeline" not in r.stderr
+    r = ferryman(env, "deploy", "etl.pyy", cwd=tmp_path)
+    assert r.returncode == 2 and "no such file: etl.pyy (did you mean etl.py?)" in r.stderr
     r = ferryman(env, "run", "sub/other.py", cwd=tmp_path)
     assert r.returncode == 2 and "no such file: sub/other.py" in r.stderr
     r = ferryman(env, "run", "never-deployed", cwd=tmp_path)  # a name: looked up in the store

@@ -21,10 +21,10 @@ app = typer.Typer(help="Registered pipelines.", no_args_is_help=True)
 def specs_in(path: Path) -> list[object]:
     """Every pipeline spec a file defines."""
     from ferryman.dsl.decorators import pipelines_in
-    from ferryman.dsl.loader import load_pipeline, load_python_file
+    from ferryman.dsl.loader import load_pipeline, load_python_file, missing_file
 
     if not path.exists():
-        fail(f"no such file: {path}")
+        fail(missing_file(str(path)))
     if path.suffix == ".py":
         return [p.spec() for p in pipelines_in(load_python_file(path))]
     return [load_pipeline(str(path))]

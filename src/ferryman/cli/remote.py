@@ -265,11 +265,6 @@ def _detached(run_id: str, server: str, cancelled: bool) -> None:
     )
 
 
-def runs_cancel(server: str, run_id: str) -> str:
-    with client(server) as c:
-        return str(c.cancel_run(run_id).id)
-
-
 def deploy(server: str, namespace: str, specs: list[Any]) -> None:
     with client(server) as c:
         for spec in specs:

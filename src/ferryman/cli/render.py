@@ -1,5 +1,5 @@
-"""How the CLI shows runs: state colours, durations, log lines (shared by the
-local and the ``--server`` commands)."""
+"""How the CLI shows runs: state colours, durations, log lines and ``--json``
+(shared by the local and the ``--server`` commands)."""
 
 from __future__ import annotations
 

@@ -139,8 +139,11 @@ def cancel(run_id: str = RUN, server: str = SERVER) -> None:
     if server:
         from ferryman.cli import remote
 
-        with clean_errors():
-            rid = _remote(remote.runs_cancel, server, run_id)
+        with clean_errors(), remote.client(server) as c:
+            try:
+                rid = c.cancel_run(run_id).id
+            except Exception as exc:
+                remote.api_errors(exc)
             console.print(f"run {rid}: cancel requested")
         return
     with clean_errors():
@@ -154,16 +157,6 @@ def cancel(run_id: str = RUN, server: str = SERVER) -> None:
             rid = resolve_run_id(conn, run_id)
         RunService(store, trigger_max_depth=s.trigger_max_depth).cancel(rid)
         console.print(f"run {rid}: cancel requested")
-
-
-def _remote(fn: object, *args: object) -> str:
-    from ferryman.cli import remote
-
-    try:
-        return str(fn(*args))  # type: ignore[operator]
-    except Exception as exc:
-        remote.api_errors(exc)
-        raise
 
 
 @app.command("rerun")
