@@ -50,7 +50,12 @@ def ls(
             store = open_store()
             with store.read() as conn:
                 rows = list_runs(
-                    conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit
+                    conn,
+                    namespace=namespace,
+                    pipeline=pipeline,
+                    state=state,
+                    limit=limit,
+                    with_params=False,  # not shown: never read
                 )
         t = table("pipeline", "state", "steps", "created", "duration")
         t.add_column("run", no_wrap=True, min_width=32)

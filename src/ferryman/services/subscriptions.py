@@ -265,13 +265,17 @@ def bump_generation(conn: Connection) -> None:
         conn.execute(sa.insert(subscription_generation).values(id=1, generation=1))
 
 
-def check_destination(url: str, policy: DestinationPolicy) -> None:
+def check_destination(url: str, policy: DestinationPolicy, field: str = "url") -> None:
     """``InvalidInput`` when the destination policy refuses ``url`` (checked again
-    before every request: this is only the early answer)."""
+    before every request: this is only the early answer). ``field`` names the
+    input in the message and the details."""
     try:
         policy.check_url(url)
     except DestinationRefused as exc:
-        raise InvalidInput(f"url: destination refused: {exc.reason}") from None
+        raise InvalidInput(
+            f"{field}: destination refused: {exc.reason}",
+            [{"path": field, "reason": f"destination refused: {exc.reason}"}],
+        ) from None
 
 
 def create_subscription(
