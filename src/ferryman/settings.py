@@ -3,9 +3,11 @@ and passed down (there is no global settings object)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
+import sys
 from collections import Counter
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -301,6 +303,23 @@ SECRET_VARIABLES = (
     "FERRYMAN_DATABASE_URL",
     "FERRYMAN_INFRA_CONFIG",
 )
+
+
+def protect_process_secrets() -> list[str]:
+    """What ``ferryman server`` and ``ferryman worker`` do once their settings
+    are read: forget the secret variables (``forget_secret_environ``) and, on
+    Linux, make the process non-dumpable, so that other processes of the same
+    user — the steps it starts among them — can neither read its initial
+    environment (``/proc/<pid>/environ``) nor its memory, nor attach a
+    debugger (the kernel then allows it to root only). Returns the names
+    forgotten."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_dumpable = 4
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    return forget_secret_environ()
 
 
 def forget_secret_environ(environ: MutableMapping[str, str] | None = None) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from ferryman.cli.common import clean_errors, fail, settings, setup_logging
-from ferryman.settings import forget_secret_environ
+from ferryman.settings import protect_process_secrets
 
 
 def server_command(
@@ -39,7 +39,7 @@ def server_command(
         except ValueError as exc:
             fail(f"refusing to start: {exc}")
         # Read once: the steps and libraries this process runs never find them.
-        forget_secret_environ()
+        protect_process_secrets()
         serve(s, no_worker=no_worker, log_level=log_level, access_log=access_log)
 
 

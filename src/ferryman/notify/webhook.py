@@ -15,11 +15,14 @@ from typing import Any
 from ferryman.http import USER_AGENT
 from ferryman.notify.formats import FormatContext, get_format
 from ferryman.notify.signing import secret_key, signed_headers
+from ferryman.redaction import SHAPES_ONLY
 from ferryman.store.tables import new_id, utcnow
 
 
 def envelope(row: Any) -> dict[str, Any]:
-    """The ferryman envelope (SPEC §4) of an ``events`` row, JSON-ready."""
+    """The ferryman envelope (SPEC §4) of an ``events`` row, JSON-ready; its
+    message and data pass the redactor (token shapes; a step's declared
+    secrets were masked when the worker recorded them)."""
     when = row.time
     return {
         "id": row.id,
@@ -32,9 +35,9 @@ def envelope(row: Any) -> dict[str, Any]:
         "run_id": row.run_id,
         "node": row.node,
         "attempt": row.attempt,
-        "message": row.message or "",
+        "message": SHAPES_ONLY.text(row.message) if row.message else "",
         "labels": dict(row.labels or {}),
-        "data": dict(row.data or {}),
+        "data": SHAPES_ONLY.value(dict(row.data)) if row.data else {},
     }
 
 

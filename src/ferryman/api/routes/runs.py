@@ -49,6 +49,7 @@ from ferryman.domain.params import ParamError, ParamsInvalid
 from ferryman.domain.states import RunState
 from ferryman.errors import InvalidInput, NotFound
 from ferryman.http import destination_policy
+from ferryman.redaction import SHAPES_ONLY
 from ferryman.services import queries, triggers
 from ferryman.services.auth import Principal
 from ferryman.services.runs import RunService
@@ -435,7 +436,17 @@ def get_events(
         rows = queries.get_events(conn, rid, after_seq=after, limit=limit)
     return respond(
         EventList(
-            items=[EventPublic.model_validate(r) for r in rows],
+            items=[EventPublic.model_validate(_masked_event(r)) for r in rows],
             next_after=rows[-1]["seq"] if rows else after,
         )
     )
+
+
+def _masked_event(row: dict[str, Any]) -> dict[str, Any]:
+    # Token shapes, whatever recorded the event (declared secrets were masked
+    # by the worker when it recorded a step's error).
+    if row.get("message"):
+        row = {**row, "message": SHAPES_ONLY.text(row["message"])}
+    if row.get("data"):
+        row = {**row, "data": SHAPES_ONLY.value(row["data"])}
+    return row
