@@ -135,6 +135,20 @@ def embedded_ipv4(address: Address) -> Address:
     return address
 
 
+def is_public(address: Address) -> bool:
+    """Whether ``address`` is a public unicast address (``is_global`` alone
+    lets multicast through on some Python versions)."""
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_private
+        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)
+    )
+
+
 def host_address(host: str) -> Address | None:
     """The address a URL's host names without resolving: an IP literal
     (``[::1]`` too) or a legacy IPv4 form (``2130706433``, ``0x7f.1``,
@@ -180,7 +194,7 @@ class AddressPolicy(DestinationPolicy):
         for a in {address, reached}:
             if any(a in n for n in METADATA_NETWORKS if n.version == a.version):
                 return f"{address} is a cloud metadata address"
-        if self.refuse_private and not all(a.is_global for a in {address, reached}):
+        if self.refuse_private and not all(is_public(a) for a in {address, reached}):
             return (
                 f"{address} is not a public address (private, loopback, link-local, "
                 "unique-local, multicast, reserved or unspecified); "

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ferryman.domain.events import EventType
 from ferryman.errors import InvalidInput, NotFound
 from ferryman.http import RESPONSE_EXCERPT, DestinationPolicy, Timeouts, describe, response_excerpt
+from ferryman.http.base import is_public
 from ferryman.notify.formats import FormatContext, get_format
 from ferryman.notify.webhook import build_request, sample_event
 from ferryman.services.fanout import DEAD, DELIVERY_STATES, PENDING, WAITING
@@ -208,7 +209,7 @@ def _public(address: str | None) -> bool:
     if address is None:
         return False
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_global
+        return is_public(ipaddress.ip_address(address.split("%", 1)[0]))
     except ValueError:
         return False
 

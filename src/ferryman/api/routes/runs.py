@@ -77,20 +77,20 @@ RunId = Annotated[
     str, Path(max_length=64, description="A run id: 32 hex digits, or a unique prefix of 6+")
 ]
 NameFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
-#: The largest id or sequence number a database stores (64-bit signed).
-MAX_POSITION = 2**63 - 1
+#: The largest log line id or event seq (32-bit integer columns).
+MAX_POSITION = 2**31 - 1
 #: ``?after=``: a log line id or event seq; past the largest one is a 422.
 After = Annotated[
     int, Query(ge=0, le=MAX_POSITION, description="Only items with a larger id (seq)")
 ]
 # What Last-Event-ID may be: an id this server sent (ASCII digits; str.isdigit
 # also accepts '²' and other digits int() refuses).
-_EVENT_ID = re.compile(r"[0-9]{1,19}")
+_EVENT_ID = re.compile(r"[0-9]{1,10}")
 
 
 def resume_after(last_event_id: str | None, after: int) -> int:
     """Where a log stream resumes: after ``Last-Event-ID`` when it is an id
-    this server could have sent (1 to 19 ASCII digits, at most
+    this server could have sent (1 to 10 ASCII digits, at most
     ``MAX_POSITION``), else after ``after``: anything else in the header is
     ignored, as a stream's client only echoes what it was sent."""
     value = (last_event_id or "").strip()
