@@ -150,13 +150,13 @@ class Settings(BaseSettings):
         "several keys comma-separated: the first encrypts, all decrypt (rotation). Default: "
         "generated once per home (FERRYMAN_HOME/secret_key); required in production on PostgreSQL",
     )
-    step_env_passthrough: str = Field(
-        default="",
+    step_env_passthrough: str | None = Field(
+        default=None,
         description="More of the worker's variables a process step gets (comma-separated "
         "names or globs, e.g. 'AWS_PROFILE,HF_*'); never FERRYMAN_* ones",
     )
-    outbound_allow_networks: str = Field(
-        default="",
+    outbound_allow_networks: str | None = Field(
+        default=None,
         description="Networks (comma-separated CIDRs) webhooks and subscriptions may reach "
         "although they are private, loopback or link-local (production refuses them otherwise)",
     )
@@ -191,8 +191,8 @@ class Settings(BaseSettings):
 
     @field_validator("outbound_allow_networks")
     @classmethod
-    def _networks(cls, value: str) -> str:
-        for item in (t.strip() for t in value.split(",")):
+    def _networks(cls, value: str | None) -> str | None:
+        for item in (t.strip() for t in (value or "").split(",")):
             if item:
                 try:
                     ipaddress.ip_network(item, strict=False)

@@ -175,6 +175,9 @@ def test_env_merge_unset_and_secret_masking(
 ) -> None:
     monkeypatch.setenv("FERRY_TEST_REMOVE_ME", "present")
     monkeypatch.setenv("FERRY_TEST_KEEP", "kept")
+    monkeypatch.setenv("FERRYMAN_STEP_ENV_PASSTHROUGH", "FERRY_TEST_*")  # else not passed
+    monkeypatch.setenv("WORKER_ONLY_VAR", "not for steps")
+    monkeypatch.setenv("FERRYMAN_JWT_SECRET", "the server's own")
     launch = make_launch(
         tmp_path,
         """
@@ -184,7 +187,8 @@ def test_env_merge_unset_and_secret_masking(
             print("token is " + os.environ["API_TOKEN"])
             keys = ["FERRY_TEST_REMOVE_ME", "FERRY_TEST_KEEP", "STEP_VAR", "FERRYMAN_RUN_ID",
                     "FERRYMAN_STEP", "FERRYMAN_ATTEMPT", "FERRYMAN_PIPELINE",
-                    "FERRYMAN_NAMESPACE", "FERRYMAN_LIFELINE_FD"]
+                    "FERRYMAN_NAMESPACE", "FERRYMAN_LIFELINE_FD", "WORKER_ONLY_VAR",
+                    "FERRYMAN_JWT_SECRET", "FERRYMAN_STEP_ENV_PASSTHROUGH"]
             return {k: os.environ.get(k) for k in keys}
         """,
         env={"FERRY_TEST_REMOVE_ME": None, "STEP_VAR": "v1"},
@@ -205,6 +209,9 @@ def test_env_merge_unset_and_secret_masking(
         "FERRYMAN_PIPELINE": "pipe",
         "FERRYMAN_NAMESPACE": "team",
         "FERRYMAN_LIFELINE_FD": None,  # consumed by the runtime
+        "WORKER_ONLY_VAR": None,  # the worker's environment is an allow-list
+        "FERRYMAN_JWT_SECRET": None,  # never ferryman's settings
+        "FERRYMAN_STEP_ENV_PASSTHROUGH": None,
     }
 
 

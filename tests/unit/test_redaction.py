@@ -132,4 +132,6 @@ def test_cost_per_log_line() -> None:
         bare(line)
     without = (time.perf_counter() - started) / n * 1e6
     print(f"redactor: {with_secrets:.1f} us/line with 10 secrets, {without:.1f} without")
-    assert with_secrets < 60 and without < 15  # generous: shared, loaded CI machines
+    # ~5 and ~1 us on an idle machine; the bounds only catch a blow-up, as the
+    # suite shares two cores with everything else
+    assert with_secrets < 300 and without < 60
