@@ -1,4 +1,4 @@
-"""The contract every infrastructure passes (``backend``: see conftest.py).
+"""The contract every infrastructure passes (``backend``: see backends.py).
 
 The interface is ``ferryman.infra.base.Infrastructure``. Where
 infrastructures legitimately differ, the case reads the capability the
@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import pytest
-from tests.contract.conftest import FAILING_CODES, KIND_LINE, Backend, Gate, Lines, wait_until
+from tests.contract.backends import FAILING_CODES, KIND_LINE, Backend, Gate, Lines, wait_until
 
 from ferryman.infra.base import (
     EXIT_LOST,
