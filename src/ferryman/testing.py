@@ -202,10 +202,12 @@ class FakeInfrastructure(Infrastructure):
     ) -> None:
         if outcomes is not None:
             base = config or FakeConfig()
-            merged: dict[str, FakeOutcome | list[FakeOutcome]] = dict(base.outcomes)
+            merged: dict[str, Any] = dict(base.outcomes)
             for name, given in outcomes.items():
-                merged[name] = given if isinstance(given, FakeOutcome) else list(given)
-            config = base.model_copy(update={"outcomes": merged})
+                one = isinstance(given, FakeOutcome | Mapping)
+                merged[name] = given if one else list(given)
+            # validated: a mistyped outcome fails here, not in the middle of a run
+            config = FakeConfig.model_validate({**base.model_dump(), "outcomes": merged})
         super().__init__(config)
         self.launches: list[StepLaunch] = []
         self.kills: list[FakeKill] = []
