@@ -175,7 +175,10 @@ class Infrastructure(ABC):
         """Launch the attempt; return its identifier as soon as it exists.
 
         Output lines are passed to ``sink`` as they arrive (possibly from a
-        background thread) until the thing ends.
+        background thread) until the thing ends. An infrastructure may begin
+        following them only once ``watch`` is called (``kubernetes`` then
+        reads the pod's log from its first line): none is lost either way,
+        and the worker watches right after ``start``.
         """
 
     @abstractmethod
@@ -191,6 +194,19 @@ class Infrastructure(ABC):
 
     #: True when ``attach`` can resume watching a thing a lost worker started.
     reattachable: ClassVar[bool] = False
+    #: True when ``kill`` asks the step's code to stop (SIGTERM) and forces it
+    #: (SIGKILL) after the grace period. False when it can only abandon the
+    #: attempt: ``watch`` returns at once and later output is dropped, but the
+    #: code runs on (``inline``: a thread cannot be stopped).
+    kill_signals: ClassVar[bool] = True
+    #: True when stdout and stderr reach the sink as two streams, each in
+    #: order. False when the platform keeps one log and every line arrives as
+    #: "stdout", in the order written (``kubernetes``: a pod's log).
+    separates_streams: ClassVar[bool] = True
+    #: True when the step's ``env`` and secrets are set in the environment its
+    #: code runs in. False for ``inline``: threads share the worker's
+    #: environment (its secrets still mask the output).
+    applies_env: ClassVar[bool] = True
 
     def attach(self, identifier: str, sink: LogSink, since: dt.datetime | None = None) -> bool:
         """Resume streaming the output of an attempt that a lost worker started.

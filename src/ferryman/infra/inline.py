@@ -194,6 +194,8 @@ class InlineInfrastructure(Infrastructure):
     config_model = InlineConfig
     kinds = frozenset({"python"})
     records_identifier = False  # a thread of this process: nobody else can kill it
+    kill_signals = False  # a thread cannot be stopped: kill abandons it
+    applies_env = False  # os.environ is the worker's, shared by every thread
     config: InlineConfig
 
     def __init__(self, config: InlineConfig | None = None) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ferryman.http import USER_AGENT
-from ferryman.notify.formats import FormatContext, get_format
+from ferryman.notify.formats import FormatContext, content_type, get_format
 from ferryman.notify.signing import secret_key, signed_headers
 from ferryman.redaction import SHAPES_ONLY
 from ferryman.store.tables import new_id, utcnow
@@ -52,12 +52,11 @@ def build_request(
     """The body and headers of one attempt: rendered, then signed with the event
     id as the stable ``webhook-id`` and a fresh timestamp. ferryman's user
     agent wins over one in ``extra_headers``."""
-    body = json.dumps(
-        get_format(fmt_name).render(event, ctx), separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    fmt = get_format(fmt_name)
+    body = json.dumps(fmt.render(event, ctx), separators=(",", ":"), ensure_ascii=False).encode()
     headers = {
         **extra_headers,
-        "content-type": "application/json",
+        "content-type": content_type(fmt),
         "user-agent": USER_AGENT,
         **signed_headers(secret_key(secret), event["id"], body),
     }
