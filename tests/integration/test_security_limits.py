@@ -567,3 +567,26 @@ def test_an_idempotency_key_reused_with_other_labels_is_a_conflict(
                 "message"
             ]
         )
+
+
+def test_the_secret_key_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FERRYMAN_DATABASE_URL", "FERRYMAN_SECRET_KEY", "FERRYMAN_JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    strong = "k3y-" + "Zq8Lm2Xp" * 5
+    pg = "postgresql://postgres@127.0.0.1:5432/x"
+    home = tmp_path / "home"
+    Settings(home=home, env="production", jwt_secret=strong).check_production()  # SQLite
+    with pytest.raises(ValueError, match="FERRYMAN_SECRET_KEY set"):
+        Settings(home=home, env="production", jwt_secret=strong, database_url=pg).check_production()
+    Settings(
+        home=home, env="production", jwt_secret=strong, database_url=pg, secret_key=strong
+    ).check_production()
+    with pytest.raises(ValueError, match=r"FERRYMAN_SECRET_KEY \(key 2\) is too weak"):
+        Settings(secret_key=f"{strong},short").check_secret_key()
+    # unset: a key generated once per home, private, the same for every process
+    box = SecretBox.from_settings(Settings(home=home))
+    sealed = box.seal("a subscription secret")
+    key_file = home / "secret_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert SecretBox.from_settings(Settings(home=home)).open(sealed) == "a subscription secret"
+    assert sealed.startswith(PREFIX) and "subscription" not in sealed
