@@ -39,3 +39,9 @@ class InvalidInput(FerrymanError):
     """Bad input; ``details`` lists every problem (HTTP 422)."""
 
     code = "invalid"
+
+
+class TooLarge(FerrymanError):
+    """Input past a configured size limit; the message names the limit (HTTP 413)."""
+
+    code = "too_large"

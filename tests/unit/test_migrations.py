@@ -230,7 +230,7 @@ def test_0007_downgrades_and_upgrades_again(tmp_path: Path) -> None:
     store.dispose()
 
 
-# -- 0008: run names (issue 12, item 10) -----------------------------------------------
+# -- 0009: run names (issue 12, item 10) -----------------------------------------------
 
 
 def _seed_runs_0007(store: Store) -> list[str]:
@@ -275,7 +275,7 @@ def _seed_runs_0007(store: Store) -> list[str]:
     return ids
 
 
-def _check_0008(store: Store, ids: list[str]) -> None:
+def _check_0009(store: Store, ids: list[str]) -> None:
     from ferryman.store.tables import nodes, runs
 
     with store.engine.connect() as conn:
@@ -293,7 +293,7 @@ def _check_0008(store: Store, ids: list[str]) -> None:
         conn.execute(sa.update(runs).where(runs.c.id == ids[0]).values(name=named[ids[1]]))
 
 
-def test_0008_names_existing_runs_on_sqlite(tmp_path: Path) -> None:
+def test_0009_names_existing_runs_on_sqlite(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/x.db")
     upgrade(store, "0007")
     ids = _seed_runs_0007(store)
@@ -301,16 +301,16 @@ def test_0008_names_existing_runs_on_sqlite(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         assert _diff(conn) == []
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-    _check_0008(store, ids)
+    _check_0009(store, ids)
     downgrade(store, "0007")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM nodes").scalar() == 4
     assert upgrade(store) is True
-    _check_0008(store, ids)
+    _check_0009(store, ids)
     store.dispose()
 
 
-def test_0008_names_existing_runs_on_postgres(pg_database: str) -> None:
+def test_0009_names_existing_runs_on_postgres(pg_database: str) -> None:
     import uuid
 
     admin = sa.create_engine(Store(pg_database).url, isolation_level="AUTOCOMMIT")
@@ -324,7 +324,7 @@ def test_0008_names_existing_runs_on_postgres(pg_database: str) -> None:
         assert upgrade(store) is True
         with store.engine.connect() as conn:
             assert _diff(conn) == []
-        _check_0008(store, ids)
+        _check_0009(store, ids)
         store.dispose()
     finally:
         with admin.connect() as c:

@@ -100,7 +100,10 @@ class RunPublic(_Out):
     pipeline: str
     version: str = Field(description="The pipeline version the run uses")
     state: RunState
-    params: dict[str, Any]
+    params: dict[str, Any] | None = Field(
+        default=None,
+        description="The run's parameters (in a list of runs only with ?include_params=true)",
+    )
     labels: dict[str, str]
     nodes_total: int
     nodes_remaining: int = Field(description="Steps not yet in a final state")

@@ -81,6 +81,7 @@ class LocalReader:
                 state=f.state,
                 labels=list(f.labels),
                 limit=f.limit,
+                with_params=False,  # not shown: never read
             )
         return [RunPublic.from_row(r, self.base_url) for r in rows]
 

@@ -49,7 +49,7 @@ def saved_token(server: str) -> str | None:
 
 def save_token(server: str, token: str) -> Path:
     path = _credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

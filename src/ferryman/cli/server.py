@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from ferryman.cli.common import clean_errors, fail, settings, setup_logging
+from ferryman.settings import protect_process_secrets
 
 
 def server_command(
@@ -37,8 +38,11 @@ def server_command(
             s = s.model_copy(update=overrides)
         try:
             s.check_production()
+            s.check_secret_key()
         except ValueError as exc:
             fail(f"refusing to start: {exc}")
+        # Read once: the steps and libraries this process runs never find them.
+        protect_process_secrets()
         serve(s, no_worker=no_worker, log_level=uvicorn_level, access_log=access_log)
 
 

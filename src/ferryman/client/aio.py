@@ -111,7 +111,8 @@ class AsyncClient(AsyncAdmin, ClientBase):
     async def register_pipeline(
         self, namespace: str, spec: PipelineSpec | Mapping[str, Any] | str
     ) -> PipelineRegistered:
-        """Register a pipeline in ``namespace`` (operators).
+        """Register a pipeline in ``namespace`` (developers and admins: its code
+        runs on the workers; 403 for operators and viewers).
 
         ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), the
         text of a YAML/JSON pipeline, or a reference compiled here first, as
@@ -192,16 +193,27 @@ class AsyncClient(AsyncAdmin, ClientBase):
         created_before: dt.datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        include_params: bool = False,
     ) -> RunList:
         """One page of runs, newest first; pass ``next_cursor`` as ``cursor``
         for the next page (``iter_runs`` does it for you).
 
         ``state`` is one state or several; ``labels`` a mapping or
         ``"key:value"`` strings (all must match); naive datetimes are UTC.
+        Each run's ``params`` is None unless ``include_params`` (``get_run``
+        always has them).
         """
         return await self.send(
             Calls.list_runs(
-                namespace, pipeline, state, labels, created_after, created_before, limit, cursor
+                namespace,
+                pipeline,
+                state,
+                labels,
+                created_after,
+                created_before,
+                limit,
+                cursor,
+                include_params,
             )
         )
 
@@ -215,6 +227,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
         created_after: dt.datetime | None = None,
         created_before: dt.datetime | None = None,
         page_size: int = 100,
+        include_params: bool = False,
     ) -> AsyncIterator[RunPublic]:
         """Every matching run, newest first, fetching pages as needed (filters
         as in ``list_runs``)."""
@@ -229,6 +242,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
                 created_before=created_before,
                 limit=page_size,
                 cursor=cursor,
+                include_params=include_params,
             )
             for item in page.items:
                 yield item

@@ -236,6 +236,7 @@ class Calls:
         created_before: dt.datetime | None,
         limit: int,
         cursor: str | None,
+        include_params: bool = False,
     ) -> Call[RunList]:
         states = [state] if isinstance(state, str) else (list(state) if state else None)
         return Call(
@@ -251,6 +252,7 @@ class Calls:
                 created_before=timestamp(created_before),
                 limit=limit,
                 cursor=cursor,
+                include_params="true" if include_params else None,
             ),
         )
 

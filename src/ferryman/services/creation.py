@@ -166,22 +166,34 @@ def _insert_run(conn: Connection, values: dict[str, Any]) -> str:
     raise Conflict(f"no free run name in namespace {values['namespace']!r}; try again")
 
 
-def find_by_key(
-    conn: Connection, pv: PipelineVersion, key: str, params: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The run already created with idempotency ``key`` in ``pv``'s namespace
-    (as ``queries.run_dict`` shows it), or None. A ``Conflict`` (409) if that
-    run was for another pipeline or other parameters: silently returning an
-    unrelated run would be worse."""
+def find_by_key(conn: Connection, req: RunRequest) -> dict[str, Any] | None:
+    """The run already created with ``req``'s idempotency key in its
+    namespace (as ``queries.run_dict`` shows it), or None. A ``Conflict``
+    (409) naming what differs if that run was for another pipeline, other
+    parameters, other labels or other options: silently returning a run that
+    is not the one asked for would be worse."""
+    pv, key = req.pv, req.idempotency_key
     row = conn.execute(
         sa.select(runs).where(runs.c.namespace == pv.namespace, runs.c.idempotency_key == key)
     ).first()
     if row is None:
         return None
-    if row.pipeline != pv.name or row.params != params:
+    # The labels a run of this request would have had: the pipeline's, then the request's.
+    labels = {**pv.spec.labels, **req.labels}
+    differs = [
+        what
+        for what, same in (
+            ("pipeline", row.pipeline == pv.name),
+            ("parameters", row.params == req.params),
+            ("labels", (row.labels or {}) == labels),
+            ("options", RunOptions.from_stored(row.options) == req.options),
+        )
+        if not same
+    ]
+    if differs:
         raise Conflict(
             f"idempotency key {key!r} was already used for run {row.id} with a different "
-            "pipeline or different parameters",
+            + " and ".join(differs),
             {"run_id": row.id},
         )
     return run_dict(row)

@@ -70,11 +70,15 @@ def run_dict(row: Any) -> dict[str, Any]:
 
 
 _RUN_COLUMNS = [runs.c[k] for k in RUN_FIELDS]
+# Lists leave the parameters out unless asked: they can be large, and a page
+# of runs should cost the same whatever the runs were given.
+_LIST_FIELDS = tuple(k for k in RUN_FIELDS if k != "params")
+_LIST_COLUMNS = [runs.c[k] for k in _LIST_FIELDS]
 
 
-def _run_dict_of_tuple(row: Any) -> dict[str, Any]:
-    # a row of _RUN_COLUMNS, in order (cheaper than attribute access per field)
-    d = dict(zip(RUN_FIELDS, row, strict=True))
+def _run_dict_of_tuple(row: Any, fields: Sequence[str] = RUN_FIELDS) -> dict[str, Any]:
+    # a row of the columns of ``fields``, in order (cheaper than attribute access per field)
+    d = dict(zip(fields, row, strict=True))
     d["duration"] = _duration(d["started_at"] or d["created_at"], d["ended_at"])
     return d
 
@@ -192,14 +196,18 @@ def list_runs(
     created_before: dt.datetime | None = None,
     limit: int = 50,
     before: str | None = None,
+    with_params: bool = True,
 ) -> list[dict[str, Any]]:
     """Newest first; ``before`` is a run id cursor (ids are time-ordered).
 
     ``state`` and ``states`` both filter on the run state (any of them);
     ``labels`` must all match; the creation time range is ``[after, before)``.
+    Without ``with_params`` the parameters are not read (``params`` is None).
     """
     all_states = [*states, state] if state else list(states)
-    q = sa.select(*_RUN_COLUMNS).order_by(runs.c.id.desc()).limit(limit)
+    fields = RUN_FIELDS if with_params else _LIST_FIELDS
+    columns = _RUN_COLUMNS if with_params else _LIST_COLUMNS
+    q = sa.select(*columns).order_by(runs.c.id.desc()).limit(limit)
     for clause in _run_filters(
         conn,
         namespace=namespace,
@@ -212,7 +220,11 @@ def list_runs(
         q = q.where(clause)
     if before:
         q = q.where(runs.c.id < before)
-    return [_run_dict_of_tuple(r) for r in conn.execute(q).all()]
+    out = [_run_dict_of_tuple(r, fields) for r in conn.execute(q).all()]
+    if not with_params:
+        for d in out:
+            d["params"] = None
+    return out
 
 
 def encode_cursor(run_id: str) -> str:
@@ -245,10 +257,12 @@ def page_runs(
     labels: LabelFilter | None = None,
     created_after: dt.datetime | None = None,
     created_before: dt.datetime | None = None,
+    with_params: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of runs, newest first, and the cursor of the next page (None at
     the end). Keyset pagination on the time-ordered id: runs created while a
-    client pages never shift the pages it has not read yet."""
+    client pages never shift the pages it has not read yet. The parameters
+    are read only ``with_params``."""
     rows = list_runs(
         conn,
         namespace=namespace,
@@ -259,6 +273,7 @@ def page_runs(
         created_before=created_before,
         limit=limit + 1,
         before=decode_cursor(cursor) if cursor else None,
+        with_params=with_params,
     )
     more = len(rows) > limit
     rows = rows[:limit]

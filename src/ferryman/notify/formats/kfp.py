@@ -33,6 +33,10 @@ class KfpFormat:
     """Run and node outcomes in the KFP event-handler shape."""
 
     name = "kfp"
+    content_type = "application/json"
+    #: KFP's five fields are fixed: the run id is the reference (the delivery's
+    #: ``webhook-id`` header carries the event's id).
+    carries_event_id = False
 
     def accepts(self, event_type: str) -> bool:
         """Only the five event types KFP has."""

@@ -1,7 +1,7 @@
 """run names
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 
 Issue 12, item 10: runs.name, a short readable handle unique per namespace
 (``brave-otter-42``), usable wherever a run id or prefix is. Runs created
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
