@@ -182,7 +182,7 @@ def seed_runs(db_url: str, n: int) -> None:
     batch = []
     for i in range(n):
         batch.append({
-            "id": new_id(), "namespace": "default", "pipeline": pv.name,
+            "id": new_id(), "name": f"seed-run-{i}", "namespace": "default", "pipeline": pv.name,
             "pipeline_version_id": pv.id, "version": pv.version, "state": states[i % 4],
             "params": {}, "labels": {"i": str(i % 10)}, "nodes_total": 1, "nodes_remaining": 0,
             "cancel_requested": False, "options": {}, "created_at": now, "updated_at": now,

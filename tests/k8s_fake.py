@@ -11,6 +11,10 @@ not:
   ``batch.kubernetes.io/job-name``), records the Job's status, deletes the
   pods of a deleted Job, and fails the Job (``BackoffLimitExceeded``) when its
   pod is deleted;
+- foreground deletion: a Job deleted with ``propagationPolicy=Foreground``
+  gets a ``deletionTimestamp`` and stays until its pods are gone; each pod's
+  process gets SIGTERM, and SIGKILL after the request's
+  ``gracePeriodSeconds`` (default 30), as a kubelet does;
 - a kubelet: the pod goes Pending → Running → Succeeded/Failed by running the
   container's command as a *local process* (``python`` means this
   interpreter) with the container's env; its output is the pod's log, served
@@ -33,6 +37,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -59,8 +64,25 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """kmock's emulator plus generateName, uid, timestamps and resourceVersions."""
 
     _rv = itertools.count(1000)
+    #: (namespace, job) → grace seconds of a foreground deletion in progress
+    graces: dict[tuple[str, str], float]
 
     async def _handle(self, request: Any) -> Any:
+        if (
+            request.action == kmock.action.DELETE
+            and request.resource == JOBS
+            and request.name
+            and request.params.get("propagationPolicy") == "Foreground"
+        ):
+            key = (JOBS, request.namespace, request.name)
+            if key in self.objects and not self.objects[key].deleted:
+                meta = self.objects[key].get("metadata") or {}
+                if not meta.get("deletionTimestamp"):
+                    # the finalizer makes the emulator only stamp deletionTimestamp;
+                    # the controller removes it once the pods are gone
+                    self.objects[key].patch({"metadata": {"finalizers": ["foregroundDeletion"]}})
+                    grace = request.params.get("gracePeriodSeconds")
+                    self.graces[(request.namespace, request.name)] = float(grace or 30)
         data = request.data
         if request.resource is not None and isinstance(data, dict):
             meta = (
@@ -108,6 +130,8 @@ class _Pod:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     proc: asyncio.subprocess.Process | None = None
     deleted: bool = False
+    #: loop time after which a terminating pod's process is killed (None: not terminating)
+    kill_at: float | None = None
 
 
 class FakeCluster:
@@ -170,6 +194,14 @@ class FakeCluster:
 
         return self.call(get)
 
+    def settled(self, resource: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The live objects of one resource once none is left, or after
+        ``timeout``: a foreground deletion ends a moment after the request."""
+        deadline = time.monotonic() + timeout
+        while (found := self.objects(resource)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
     def delete(self, resource: Any, namespace: str, name: str) -> int:
         """Delete an object through the API (as ``kubectl delete`` would)."""
         assert self._loop is not None
@@ -191,6 +223,7 @@ class FakeCluster:
         self._stop = asyncio.Event()
         async with Emulator() as k, kmock.Server(k) as server:
             self._k = k
+            k.graces = {}
             k.resources["batch/v1/jobs"] = {}
             k.resources["v1/pods"] = {}
             k[PODS, kmock.subresource("log")] << self._serve_log
@@ -235,6 +268,8 @@ class FakeCluster:
             if key not in self._jobs_seen:
                 self._jobs_seen.add(key)
                 await self._create_pod(key, job)
+            if (job.get("metadata") or {}).get("deletionTimestamp"):
+                await self._delete_foreground(key)
         pods = {
             (ns, n) for (res, ns, n), o in list(k.objects.items()) if res == PODS and not o.deleted
         }
@@ -257,6 +292,28 @@ class FakeCluster:
                     reason="BackoffLimitExceeded",
                     message="Job has reached the specified backoff limit",
                 )
+
+    async def _delete_foreground(self, key: tuple[str, str]) -> None:
+        """One step of a foreground deletion: SIGTERM the Job's pods, SIGKILL
+        them after the grace, and once they have all ended delete them, then
+        release the Job (the emulator then deletes it)."""
+        loop = asyncio.get_running_loop()
+        pods = [p for p in self._pods.values() if (p.namespace, p.job) == key and not p.deleted]
+        for pod in pods:
+            running = pod.proc is not None and pod.proc.returncode is None
+            if pod.kill_at is None:
+                pod.kill_at = loop.time() + self._k.graces.get(key, 30.0)
+                if running:
+                    _signal(pod, signal.SIGTERM)
+            elif running and loop.time() >= pod.kill_at:
+                _signal(pod, signal.SIGKILL)
+        if any(p.proc is not None and not p.ended.is_set() for p in pods):
+            return
+        for pod in pods:
+            pod.deleted = True
+            _terminate(pod)
+            await self._k.delete(_path(PODS, pod.namespace, pod.name))
+        await self._patch(JOBS, key[0], key[1], {"metadata": {"finalizers": []}})
 
     async def _create_pod(self, key: tuple[str, str], job: dict[str, Any]) -> None:
         ns, name = key
@@ -388,8 +445,8 @@ class FakeCluster:
         code = await pod.proc.wait()
         pod.ended.set()
         pod.changed.set()
-        if pod.deleted:
-            return
+        if pod.deleted or pod.kill_at is not None:
+            return  # deleted, or ended by its Job's deletion: no outcome to record
         await self._patch_pod(
             pod,
             {
@@ -494,10 +551,15 @@ async def _log_stream(
 
 
 def _terminate(pod: _Pod) -> None:
+    _signal(pod, signal.SIGKILL)
+    pod.changed.set()
+
+
+def _signal(pod: _Pod, sig: int) -> None:
+    """Signal the pod's process group (its container), if it still runs."""
     if pod.proc is not None and pod.proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pod.proc.pid, signal.SIGKILL)
-    pod.changed.set()
+            os.killpg(pod.proc.pid, sig)
 
 
 def _path(resource: Any, namespace: str, name: str | None = None) -> str:

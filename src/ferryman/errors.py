@@ -22,6 +22,13 @@ class NotFound(FerrymanError):
     code = "not_found"
 
 
+class Ambiguous(NotFound):
+    """A handle (such as a run id prefix) names several things; ``details``
+    lists the candidates (HTTP 404, code ``ambiguous``)."""
+
+    code = "ambiguous"
+
+
 class Conflict(FerrymanError):
     """The request conflicts with the current state, e.g. an illegal move (HTTP 409)."""
 
@@ -32,3 +39,9 @@ class InvalidInput(FerrymanError):
     """Bad input; ``details`` lists every problem (HTTP 422)."""
 
     code = "invalid"
+
+
+class TooLarge(FerrymanError):
+    """Input past a configured size limit; the message names the limit (HTTP 413)."""
+
+    code = "too_large"

@@ -3,13 +3,17 @@ and passed down (there is no global settings object)."""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 import os
+import sys
 from collections import Counter
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The built-in secret of earlier versions: public, so never a secret again.
@@ -138,6 +142,35 @@ class Settings(BaseSettings):
     slack_api_url: str = Field(
         default="https://slack.com/api/", description="Slack Web API base URL"
     )
+    # -- security (issue 11) --
+    secret_key: SecretStr | None = Field(
+        default=None,
+        repr=False,
+        description="Encrypts stored secrets (subscription secrets and header values); "
+        "several keys comma-separated: the first encrypts, all decrypt (rotation). Default: "
+        "generated once per home (FERRYMAN_HOME/secret_key); required in production on PostgreSQL",
+    )
+    step_env_passthrough: str | None = Field(
+        default=None,
+        description="More of the worker's variables a process step gets (comma-separated "
+        "names or globs, e.g. 'AWS_PROFILE,HF_*'); never FERRYMAN_* ones",
+    )
+    outbound_allow_networks: str | None = Field(
+        default=None,
+        description="Networks (comma-separated CIDRs) webhooks and subscriptions may reach "
+        "although they are private, loopback or link-local (production refuses them otherwise)",
+    )
+    http_max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest request body (413 past it)"
+    )
+    max_params_bytes: int = Field(
+        default=1024 * 1024, ge=64, description="Largest run parameters, as JSON (422 past it)"
+    )
+    max_spec_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest pipeline definition: a registered spec as JSON, a pipeline file",
+    )
     # -- event subscriptions (issue 4) --
     subscriptions_file: Path | None = Field(
         default=None, description="YAML/JSON file of subscriptions, re-read when it changes"
@@ -155,6 +188,19 @@ class Settings(BaseSettings):
     delivery_per_subscriber: int = Field(
         default=16, ge=1, le=1000, description="Deliveries in flight per subscriber"
     )
+
+    @field_validator("outbound_allow_networks")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        for item in (t.strip() for t in (value or "").split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not a network (use CIDRs such as 10.0.0.0/8)"
+                    ) from None
+        return value
 
     @model_validator(mode="after")
     def _derive(self) -> Settings:
@@ -185,6 +231,7 @@ class Settings(BaseSettings):
                 f"several servers sharing a database): {JWT_SECRET_RULE}"
             )
         self.check_jwt_secret(self.jwt_secret.get_secret_value())
+        self.check_secret_key()
 
     @staticmethod
     def check_jwt_secret(secret: str) -> None:
@@ -205,6 +252,25 @@ class Settings(BaseSettings):
                 f"It needs {JWT_SECRET_RULE}"
             )
 
+    def check_secret_key(self) -> None:
+        """Refuse a weak ``FERRYMAN_SECRET_KEY``, and in production on PostgreSQL
+        an unset one: servers on several machines share that database, and a
+        key generated per home would differ between them."""
+        if self.secret_key is None:
+            if self.env == "production" and self.db_url.startswith("postgresql"):
+                raise ValueError(
+                    "FERRYMAN_ENV=production on PostgreSQL needs FERRYMAN_SECRET_KEY set (the "
+                    "same value on every server and worker sharing the database): "
+                    + JWT_SECRET_RULE.replace("`", "")
+                )
+            return
+        for i, key in enumerate(self.secret_key.get_secret_value().split(",")):
+            try:
+                self.check_jwt_secret(key.strip())
+            except ValueError as exc:
+                which = "FERRYMAN_SECRET_KEY" + (f" (key {i + 1})" if i else "")
+                raise ValueError(str(exc).replace("FERRYMAN_JWT_SECRET", which)) from None
+
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
@@ -224,3 +290,46 @@ class Settings(BaseSettings):
     def hash_threads(self) -> int:
         assert self.login_hash_threads is not None
         return self.login_hash_threads
+
+
+#: Variables holding ferryman's secrets (or credentials: the database URL,
+#: registry passwords in the infrastructure settings).
+SECRET_VARIABLES = (
+    "FERRYMAN_JWT_SECRET",
+    "FERRYMAN_ADMIN_PASSWORD",
+    "FERRYMAN_WEBHOOK_SECRET",
+    "FERRYMAN_SLACK_BOT_TOKEN",
+    "FERRYMAN_SECRET_KEY",
+    "FERRYMAN_DATABASE_URL",
+    "FERRYMAN_INFRA_CONFIG",
+)
+
+
+def protect_process_secrets() -> list[str]:
+    """What ``ferryman server`` and ``ferryman worker`` do once their settings
+    are read: forget the secret variables (``forget_secret_environ``) and, on
+    Linux, make the process non-dumpable, so that other processes of the same
+    user — the steps it starts among them — can neither read its initial
+    environment (``/proc/<pid>/environ``) nor its memory, nor attach a
+    debugger (the kernel then allows it to root only). Returns the names
+    forgotten."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_dumpable = 4
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+    return forget_secret_environ()
+
+
+def forget_secret_environ(environ: MutableMapping[str, str] | None = None) -> list[str]:
+    """Remove ``SECRET_VARIABLES`` from the process environment, once the
+    settings have been read (``ferryman server`` and ``ferryman worker`` do):
+    code this process runs itself (``inline`` steps, libraries that report
+    their environment) no longer finds them in ``os.environ``. Returns the
+    names removed. Hygiene, not isolation: see docs/server.md, "Security"."""
+    environ = os.environ if environ is None else environ
+    gone = [name for name in SECRET_VARIABLES if name in environ]
+    for name in gone:
+        del environ[name]
+    return gone

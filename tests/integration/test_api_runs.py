@@ -90,6 +90,12 @@ def op(tokens: dict[str, str]) -> H:
 
 
 @pytest.fixture
+def dev(tokens: dict[str, str]) -> H:
+    """Registers pipelines: operators may not (issue 11: code is the developer's)."""
+    return {"Authorization": f"Bearer {tokens['developer']}"}
+
+
+@pytest.fixture
 def viewer(tokens: dict[str, str]) -> H:
     return {"Authorization": f"Bearer {tokens['viewer']}"}
 
@@ -131,17 +137,17 @@ def drain(store: Store, settings: Settings, *run_ids: str) -> None:
 # -- pipelines -------------------------------------------------------------------
 
 
-def test_register_list_get_versions(api: TestClient, op: H, viewer: H) -> None:
-    r = api.post("/namespaces/team-a/pipelines", json=TYPED, headers=op)
+def test_register_list_get_versions(api: TestClient, op: H, dev: H, viewer: H) -> None:
+    r = api.post("/namespaces/team-a/pipelines", json=TYPED, headers=dev)
     assert r.status_code == 201, r.text
     first = r.json()
     assert first["created"] is True and first["name"] == "typed" and first["namespace"] == "team-a"
-    r = api.post("/namespaces/team-a/pipelines", json=TYPED, headers=op)
+    r = api.post("/namespaces/team-a/pipelines", json=TYPED, headers=dev)
     assert r.status_code == 200 and r.json() == {**first, "created": False}
     changed = {**TYPED, "description": "now documented"}
-    second = api.post("/namespaces/team-a/pipelines", json=changed, headers=op).json()
+    second = api.post("/namespaces/team-a/pipelines", json=changed, headers=dev).json()
     assert second["created"] is True and second["version"] != first["version"]
-    register(api, op, spec_json("fan"), ns="team-a")
+    register(api, dev, spec_json("fan"), ns="team-a")
 
     listed = api.get("/namespaces/team-a/pipelines", headers=viewer).json()["items"]
     assert [(p["name"], p["versions"]) for p in listed] == [("fan", 1), ("typed", 2)]
@@ -164,8 +170,8 @@ def test_register_list_get_versions(api: TestClient, op: H, viewer: H) -> None:
     assert [v["version"] for v in versions["items"]] == [second["version"], first["version"]]
 
 
-def test_pipeline_errors(api: TestClient, op: H, viewer: H) -> None:
-    register(api, op, TYPED)
+def test_pipeline_errors(api: TestClient, op: H, dev: H, viewer: H) -> None:
+    register(api, dev, TYPED)
     err = error(api.get("/namespaces/default/pipelines/nope", headers=viewer), 404)
     assert "typed" in err["message"]  # the namespace's pipelines are listed
     err = error(api.get("/namespaces/default/pipelines/nope/versions", headers=viewer), 404)
@@ -184,21 +190,22 @@ def test_pipeline_errors(api: TestClient, op: H, viewer: H) -> None:
             {"name": "b", "function": {"module": "m", "qualname": "f"}, "depends_on": ["a"]},
         ],
     }
-    err = error(api.post("/namespaces/default/pipelines", json=cyclic, headers=op), 422)
+    err = error(api.post("/namespaces/default/pipelines", json=cyclic, headers=dev), 422)
     assert "cycle" in json.dumps(err["details"])
     unknown = {**TYPED, "validators": [{"kind": "nope", "fields": ["day"]}]}
-    err = error(api.post("/namespaces/default/pipelines", json=unknown, headers=op), 422)
+    err = error(api.post("/namespaces/default/pipelines", json=unknown, headers=dev), 422)
     assert err["details"][0]["path"] == "validators.0"
     assert "unknown validator kind" in err["details"][0]["reason"]
     error(api.post("/namespaces/default/pipelines", json=TYPED, headers=viewer), 403)
+    error(api.post("/namespaces/default/pipelines", json=TYPED, headers=op), 403)
     error(api.post("/namespaces/default/pipelines", json=TYPED), 401)
 
 
 # -- auth ------------------------------------------------------------------------------
 
 
-def test_auth_roles_and_jwt_login(api: TestClient, store: Store, op: H, viewer: H) -> None:
-    register(api, op, spec_json("fan"))
+def test_auth_roles_and_jwt_login(api: TestClient, store: Store, op: H, dev: H, viewer: H) -> None:
+    register(api, dev, spec_json("fan"))
     error(api.get("/runs"), 401)
     error(api.get("/runs", headers={"Authorization": "Bearer nonsense"}), 401)
     assert api.get("/runs", headers=viewer).status_code == 200
@@ -217,8 +224,8 @@ def test_auth_roles_and_jwt_login(api: TestClient, store: Store, op: H, viewer: 
 # -- create ------------------------------------------------------------------------------
 
 
-def test_create_and_get(api: TestClient, store: Store, settings: Settings, op: H) -> None:
-    register(api, op, spec_json("fan"))
+def test_create_and_get(api: TestClient, store: Store, settings: Settings, op: H, dev: H) -> None:
+    register(api, dev, spec_json("fan"))
     run = create(
         api,
         op,
@@ -276,15 +283,15 @@ def test_create_and_get(api: TestClient, store: Store, settings: Settings, op: H
     assert outputs["outputs"]["total"] == sum(x * x for x in range(4))
 
 
-def test_create_without_body_uses_defaults(api: TestClient, op: H) -> None:
-    register(api, op, spec_json("fan"))
+def test_create_without_body_uses_defaults(api: TestClient, op: H, dev: H) -> None:
+    register(api, dev, spec_json("fan"))
     r = api.post("/namespaces/default/pipelines/fan/runs", headers=op)
     assert r.status_code == 201, r.text
     assert r.json()["params"] == {"n": 10, "shards": 3}
 
 
-def test_invalid_params_report_every_error(api: TestClient, op: H) -> None:
-    register(api, op, TYPED)
+def test_invalid_params_report_every_error(api: TestClient, op: H, dev: H) -> None:
+    register(api, dev, TYPED)
     r = api.post(
         "/namespaces/default/pipelines/typed/runs",
         json={"params": {"day": "yesterday", "lang": "xx", "callback": "ftp://x", "extra": 1}},
@@ -297,8 +304,8 @@ def test_invalid_params_report_every_error(api: TestClient, op: H) -> None:
     assert all(d["reason"] for d in err["details"])
 
 
-def test_invalid_body_is_422(api: TestClient, op: H) -> None:
-    register(api, op, spec_json("fan"))
+def test_invalid_body_is_422(api: TestClient, op: H, dev: H) -> None:
+    register(api, dev, spec_json("fan"))
     cases: list[tuple[dict[str, Any], str]] = [
         ({"webhook_url": "not a url"}, "webhook_url"),
         ({"labels": {"bad key!": "x"}}, "labels"),
@@ -321,9 +328,9 @@ def test_invalid_body_is_422(api: TestClient, op: H) -> None:
     assert err["details"][0]["path"] == "Idempotency-Key"
 
 
-def test_unknown_pipeline_is_404_listing_the_namespace(api: TestClient, op: H) -> None:
-    register(api, op, spec_json("fan"))
-    register(api, op, TYPED)
+def test_unknown_pipeline_is_404_listing_the_namespace(api: TestClient, op: H, dev: H) -> None:
+    register(api, dev, spec_json("fan"))
+    register(api, dev, TYPED)
     err = error(api.post("/namespaces/default/pipelines/fna/runs", json={}, headers=op), 404)
     assert err["code"] == "not_found"
     assert "fna" in err["message"] and "fan, typed" in err["message"]
@@ -334,14 +341,14 @@ def test_unknown_pipeline_is_404_listing_the_namespace(api: TestClient, op: H) -
 # -- idempotency ---------------------------------------------------------------------
 
 
-def test_idempotency_key(api: TestClient, op: H) -> None:
-    register(api, op, spec_json("fan"))
-    register(api, op, spec_json("failing"))
+def test_idempotency_key(api: TestClient, op: H, dev: H) -> None:
+    register(api, dev, spec_json("fan"))
+    register(api, dev, spec_json("failing"))
     first = create(api, op, "fan", key="abc", params={"n": 3})
     again = create(api, op, "fan", key="abc", status=200, params={"n": 3})
     assert again["id"] == first["id"] and again["created"] is False
     # the key is per namespace
-    register(api, op, spec_json("fan"), ns="other")
+    register(api, dev, spec_json("fan"), ns="other")
     elsewhere = create(api, op, "fan", ns="other", key="abc", params={"n": 3})
     assert elsewhere["id"] != first["id"]
     # the same key for another request is a conflict, not a silent wrong answer
@@ -364,8 +371,10 @@ def test_idempotency_key(api: TestClient, op: H) -> None:
     )
 
 
-def test_parallel_creates_with_one_key_make_one_run(api: TestClient, store: Store, op: H) -> None:
-    register(api, op, spec_json("fan"))
+def test_parallel_creates_with_one_key_make_one_run(
+    api: TestClient, store: Store, op: H, dev: H
+) -> None:
+    register(api, dev, spec_json("fan"))
     barrier = threading.Barrier(50)
 
     def one(_: int) -> tuple[int, str]:
@@ -388,10 +397,12 @@ def test_parallel_creates_with_one_key_make_one_run(api: TestClient, store: Stor
 # -- list ----------------------------------------------------------------------------
 
 
-def test_list_filters_and_pagination(api: TestClient, store: Store, op: H, viewer: H) -> None:
-    register(api, op, spec_json("fan"))
-    register(api, op, TYPED)
-    register(api, op, spec_json("fan"), ns="other")
+def test_list_filters_and_pagination(
+    api: TestClient, store: Store, op: H, dev: H, viewer: H
+) -> None:
+    register(api, dev, spec_json("fan"))
+    register(api, dev, TYPED)
+    register(api, dev, spec_json("fan"), ns="other")
     made: list[dict[str, Any]] = []
     for i in range(7):
         labels = {"team": "a" if i % 2 else "b", "idx": str(i)}
@@ -481,8 +492,8 @@ def test_list_rejects_bad_filters(api: TestClient, viewer: H) -> None:
         assert err["details"][0]["path"].startswith(path), (params, err)
 
 
-def test_bad_run_ids_are_404(api: TestClient, op: H) -> None:
-    register(api, op, spec_json("fan"))
+def test_bad_run_ids_are_404(api: TestClient, op: H, dev: H) -> None:
+    register(api, dev, spec_json("fan"))
     run = create(api, op, "fan")
     for bad in ("zz", "not-hex-at-all", "abc", "0" * 32, "f" * 40, run["id"][:5]):
         for method, suffix in [
@@ -502,10 +513,10 @@ def test_bad_run_ids_are_404(api: TestClient, op: H) -> None:
 
 
 def test_cancel_and_rerun(
-    api: TestClient, store: Store, settings: Settings, op: H, tmp_path: Path
+    api: TestClient, store: Store, settings: Settings, op: H, dev: H, tmp_path: Path
 ) -> None:
-    register(api, op, spec_json("fan"))
-    register(api, op, spec_json("rerunnable"))
+    register(api, dev, spec_json("fan"))
+    register(api, dev, spec_json("rerunnable"))
     queued = create(api, op, "fan")
     r = api.post(f"/runs/{queued['id']}/cancel", headers=op)
     assert r.status_code == 202 and r.json()["state"] == "cancelled"
@@ -551,9 +562,9 @@ def sse(text: str) -> list[dict[str, str]]:
 
 
 def test_logs_json_sse_and_events(
-    api: TestClient, store: Store, settings: Settings, op: H, viewer: H
+    api: TestClient, store: Store, settings: Settings, op: H, dev: H, viewer: H
 ) -> None:
-    register(api, op, spec_json("fan"))
+    register(api, dev, spec_json("fan"))
     run = create(api, op, "fan", params={"n": 5})
     rid = run["id"]
     logs = api.get(f"/runs/{rid}/logs", headers=viewer).json()
@@ -617,13 +628,13 @@ def test_logs_json_sse_and_events(
 
 
 def test_stream_keeps_alive_while_quiet(
-    api: TestClient, op: H, viewer: H, monkeypatch: pytest.MonkeyPatch
+    api: TestClient, op: H, dev: H, viewer: H, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ferryman.api.routes import runs as runs_routes
 
     monkeypatch.setattr(runs_routes, "KEEPALIVE_SECONDS", 0.1)
     monkeypatch.setattr(runs_routes, "POLL_SECONDS", 0.05)
-    register(api, op, spec_json("fan"))
+    register(api, dev, spec_json("fan"))
     rid = create(api, op, "fan")["id"]
 
     def cancel_soon() -> None:
@@ -641,8 +652,8 @@ def test_stream_keeps_alive_while_quiet(
 # -- compatibility route ------------------------------------------------------------
 
 
-def test_compat_route(api: TestClient, store: Store, op: H) -> None:
-    register(api, op, TYPED, ns="kubeflow-user")
+def test_compat_route(api: TestClient, store: Store, op: H, dev: H) -> None:
+    register(api, dev, TYPED, ns="kubeflow-user")
     body = {"day": "2024-01-01", "count": 3, "webhook_uri": "https://hooks.example.com/x"}
     r = api.post("/kubeflow-user/pipelines/run/typed/", json=body, headers=op)
     assert r.status_code == 201, r.text
@@ -707,9 +718,9 @@ def test_openapi_documents_the_routes(api: TestClient) -> None:
     assert "/{namespace}/pipelines/run/{pipeline_name}" not in paths
 
 
-def test_nul_characters_are_refused_not_500(api: TestClient, op: H) -> None:
+def test_nul_characters_are_refused_not_500(api: TestClient, op: H, dev: H) -> None:
     """PostgreSQL cannot store NUL in text or JSON: a 422, never a server error."""
-    register(api, op, TYPED)
+    register(api, dev, TYPED)
     err = error(
         api.post(
             "/namespaces/default/pipelines/typed/runs",
@@ -723,7 +734,7 @@ def test_nul_characters_are_refused_not_500(api: TestClient, op: H) -> None:
         error(api.post("/namespaces/default/pipelines/typed/runs", json=body, headers=op), 422)
     err = error(
         api.post(
-            "/namespaces/default/pipelines", json={**TYPED, "description": "\u0000"}, headers=op
+            "/namespaces/default/pipelines", json={**TYPED, "description": "\u0000"}, headers=dev
         ),
         422,
     )

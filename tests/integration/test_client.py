@@ -53,7 +53,8 @@ PASSWORD = "correct horse battery"
 def server(settings: Settings, store: Store) -> Iterator[str]:
     """The API served by uvicorn in a thread on a free loopback port."""
     with store.write() as conn:
-        create_user(conn, "alice", PASSWORD, Role.OPERATOR)
+        # alice registers pipelines too: a developer (operator + code)
+        create_user(conn, "alice", PASSWORD, Role.DEVELOPER)
         create_user(conn, "victor", PASSWORD, Role.VIEWER)
     app = create_app(settings, store)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -117,10 +118,7 @@ def test_sync_client(
     assert detail.params_schema["properties"]["n"]["type"] == "integer"
     assert [v.version for v in client.list_versions("default", "ticks").items] == [reg.version]
 
-    run = client.create_run(
-        "default",
-        "ticks",
-        {"n": 4, "delay": 0.25},
+    request: dict[str, Any] = dict(
         labels={"team": "a"},
         webhook_url="https://hooks.example.com/x",
         slack_channel="C1",
@@ -128,9 +126,14 @@ def test_sync_client(
         timeout=120,
         idempotency_key="k-1",
     )
+    run = client.create_run("default", "ticks", {"n": 4, "delay": 0.25}, **request)
     assert run.created and run.state == "queued" and run.has_webhook and run.timeout == 120
-    same = client.create_run("default", "ticks", {"n": 4, "delay": 0.25}, idempotency_key="k-1")
+    same = client.create_run("default", "ticks", {"n": 4, "delay": 0.25}, **request)
     assert same.id == run.id and not same.created
+    # the key with anything else (here: no labels and no options) is a conflict
+    with pytest.raises(ApiError) as exc:
+        client.create_run("default", "ticks", {"n": 4, "delay": 0.25}, idempotency_key="k-1")
+    assert exc.value.status == 409 and "labels and options" in exc.value.message
 
     # follow the logs while the step runs: lines arrive before the run ends
     worker = work(store, settings, run.id)
@@ -227,11 +230,18 @@ def test_auth_through_the_client(server: str, store: Store) -> None:
             anon.register_pipeline("default", f"{PIPES}:fan")
         assert exc.value.status == 403
     with store.write() as conn:
-        bot = create_user(conn, "ci-bot", None, Role.OPERATOR)
+        bot = create_user(conn, "ci-bot", None, Role.DEVELOPER)
         _, token = create_api_token(conn, bot["id"], "ci")
+        runner = create_user(conn, "ci-runner", None, Role.OPERATOR)
+        _, runner_token = create_api_token(conn, runner["id"], "ci")
     with Client(server, token) as c:
         assert c.register_pipeline("default", f"{PIPES}:fan").created
         assert c.create_run("default", "fan").trigger == {"kind": "api", "user": "ci-bot"}
+    with Client(server, runner_token) as c:  # operators run what developers registered
+        with pytest.raises(ApiError) as exc:
+            c.register_pipeline("default", f"{PIPES}:fan")
+        assert (exc.value.status, exc.value.code) == (403, "forbidden")
+        assert c.create_run("default", "fan").trigger == {"kind": "api", "user": "ci-runner"}
 
 
 def test_unreachable_server_is_an_api_error() -> None:

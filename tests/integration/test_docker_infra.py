@@ -421,7 +421,6 @@ def test_attach_after_worker_loss_streams_and_returns_the_exit_code(
         wait_for(lambda: ("stdout", "before") in seen1, timeout=30)
         first.close()  # the worker is "lost": its streams and handles are gone
         second = DockerInfrastructure(cfg)
-        assert second.attach("0" * 64, lambda s, line: None) is False
         seen2: list[tuple[str, str]] = []
         time.sleep(1.2)  # the lost worker stored "before" more than a second ago
         since = dt.datetime.now(dt.UTC)

@@ -4,6 +4,8 @@
 - every ``$ ferryman ...`` line of its ``console`` blocks runs successfully, in order;
 - every relative link in ``README.md`` and ``docs/`` points at an existing file
   (and, for ``file.md#anchor`` links, at an existing heading);
+- the examples of ``docs/testing.md`` (python blocks naming a ``file=``) pass
+  when written to those files and run with pytest;
 - every ``FERRYMAN_*`` setting is documented in ``docs/configuration.md``, with
   its real default;
 - every CLI command, and every option of it, is documented in ``docs/cli.md``.
@@ -32,6 +34,7 @@ DOCS = ROOT / "docs"
 GETTING_STARTED = DOCS / "getting-started.md"
 CONFIGURATION = DOCS / "configuration.md"
 CLI_DOC = DOCS / "cli.md"
+TESTING = DOCS / "testing.md"
 
 FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
@@ -99,6 +102,42 @@ def test_getting_started_commands_run_in_order(tmp_path: Path) -> None:
             f"`{command}` exited with {proc.returncode}\n"
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
+
+
+# --------------------------------------------------------------------------- testing guide
+
+FILE_BLOCK = re.compile(r"^```python file=(\S+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+def test_testing_guide_shows_only_tested_python() -> None:
+    text = TESTING.read_text(encoding="utf-8")
+    files = FILE_BLOCK.findall(text)
+    assert len(files) >= 2
+    assert len(code_blocks(text, "python")) == len(files), "a python block without file="
+
+
+@pytest.mark.slow
+def test_testing_guide_examples_pass(tmp_path: Path) -> None:
+    """Written where the guide says, the examples pass under pytest (run from
+    the project's top directory, as a user would)."""
+    files = FILE_BLOCK.findall(TESTING.read_text(encoding="utf-8"))
+    for name, body in files:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    tests = sum(body.count("\ndef test_") for _, body in files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{tests} passed" in proc.stdout, proc.stdout
 
 
 # --------------------------------------------------------------------------- links

@@ -149,7 +149,7 @@ def test_cancel_stops_running_processes(store: Store, settings: Settings, tmp_pa
 def test_secrets_are_masked_in_logs(
     store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FERRYMAN_TEST_SECRET", "hunter2-very-secret")
+    monkeypatch.setenv("PIPELINE_TEST_SECRET", "hunter2-very-secret")
     run = run_to_end(store, settings, "secretive")
     assert run["state"] == "succeeded"
     with store.read() as conn:
@@ -158,10 +158,10 @@ def test_secrets_are_masked_in_logs(
 
 
 def test_missing_secret_fails_clearly(store: Store, settings: Settings) -> None:
-    os.environ.pop("FERRYMAN_TEST_SECRET", None)
+    os.environ.pop("PIPELINE_TEST_SECRET", None)
     run = run_to_end(store, settings, "secretive")
     assert run["state"] == "failed"
-    assert "FERRYMAN_TEST_SECRET" in node(run, "leaky")["error"]
+    assert "PIPELINE_TEST_SECRET" in node(run, "leaky")["error"]
 
 
 def test_non_json_output_is_a_clear_error(store: Store, settings: Settings) -> None:

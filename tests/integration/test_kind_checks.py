@@ -77,7 +77,7 @@ def test_the_api_refuses_to_register_a_step_its_infrastructure_cannot_run(
     settings: Settings, store: Store
 ) -> None:
     with store.write() as conn:
-        user = create_user(conn, "op-bot", None, Role.OPERATOR)
+        user = create_user(conn, "dev-bot", None, Role.DEVELOPER)  # registers code
         _, token = create_api_token(conn, user["id"], "tests")
     spec = PipelineSpec(
         name="boxed",

@@ -26,7 +26,7 @@ def ferryman(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env.update(
         FERRYMAN_HOME=str(tmp_path / "home"),
         FERRYMAN_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite",
-        FERRYMAN_TEST_SECRET=SECRET,
+        PIPELINE_TEST_SECRET=SECRET,
     )
     return subprocess.run(
         [sys.executable, "-m", "ferryman", *args],
@@ -57,7 +57,7 @@ def test_preview_masks_secrets_and_selects_one_step(tmp_path: Path) -> None:
     assert SECRET not in r.stdout
     (doc,) = json.loads(r.stdout)
     assert doc["step"] == "leaky" and doc["infrastructure"] == "process"
-    assert doc["launch"]["env"]["FERRYMAN_TEST_SECRET"] == MASK
+    assert doc["launch"]["env"]["PIPELINE_TEST_SECRET"] == MASK
 
 
 def test_preview_errors_are_one_line(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ steps:
     command: ["sh", "-c"]
     args: ["echo {{ params.day }}"]
     infrastructure: INFRA
-    secrets: [FERRYMAN_TEST_SECRET]
+    secrets: [PIPELINE_TEST_SECRET]
 """
 
 
@@ -120,7 +120,7 @@ def test_preview_prints_the_kubernetes_job_manifest(tmp_path: Path) -> None:
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["echo 2024-05-01"]
-    assert {"name": "FERRYMAN_TEST_SECRET", "value": MASK} in c["env"]
+    assert {"name": "PIPELINE_TEST_SECRET", "value": MASK} in c["env"]
     validate(job, "1.30", strict=True)  # the real schema (raises if invalid)
 
 
@@ -132,5 +132,5 @@ def test_preview_prints_the_docker_container_settings(tmp_path: Path) -> None:
     assert SECRET not in r.stdout
     (box,) = [d for d in yaml.safe_load_all(r.stdout) if d]
     assert box["kind"] == "docker" and box["image"] == "busybox:1.36"
-    assert box["command"] == ["echo 2024-01-01"] and box["env"]["FERRYMAN_TEST_SECRET"] == MASK
+    assert box["command"] == ["echo 2024-01-01"] and box["env"]["PIPELINE_TEST_SECRET"] == MASK
     assert box["labels"]["io.ferryman.step"] == "hello"

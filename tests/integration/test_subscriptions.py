@@ -9,7 +9,9 @@ Signatures are checked with the ``standardwebhooks`` package, not our code.
 from __future__ import annotations
 
 import json
+import re
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -380,8 +382,11 @@ def test_kfp_format_field_by_field(
         body = verify(secret, req)
         e = by_id[req.headers["webhook-id"]]
         assert set(body) == {"KfpRunId", "WorkflowName", "NodeName", "EventType", "Message"}
-        assert body["KfpRunId"] == e.run_id
-        assert body["WorkflowName"] == f"{e.pipeline}-{e.run_id}"
+        # shaped like KFP's and Argo's (issue 12, item 14), derived from the run
+        assert body["KfpRunId"] == str(uuid.UUID(e.run_id))
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                            body["KfpRunId"])  # fmt: skip
+        assert body["WorkflowName"] == f"{e.pipeline}-{e.run_id}"  # fan, failing: valid already
         assert body["EventType"] == mapping[e.type]
         assert body["NodeName"] == (e.node or "")
         assert body["Message"] == e.message

@@ -397,7 +397,7 @@ def test_api_shows_triggers_and_refuses_bad_ones(store: Store, settings: Setting
     from ferryman.services.auth import Role, create_api_token, create_user
 
     with store.write() as conn:
-        user = create_user(conn, "op-bot", None, Role.OPERATOR)
+        user = create_user(conn, "dev-bot", None, Role.DEVELOPER)  # registers code
         _, token = create_api_token(conn, user["id"], "tests")
     h = {"Authorization": f"Bearer {token}"}
     spec = load_pipeline(f"{PIPES}:report").model_dump(mode="json")

@@ -93,9 +93,9 @@ def long_running(pidfile: str) -> None:
     ok("never").after(s)
 
 
-@step(secrets=["FERRYMAN_TEST_SECRET"])
+@step(secrets=["PIPELINE_TEST_SECRET"])
 def leaky() -> str:
-    print("the secret is", os.environ["FERRYMAN_TEST_SECRET"])
+    print("the secret is", os.environ["PIPELINE_TEST_SECRET"])
     return "done"
 
 

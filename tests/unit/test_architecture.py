@@ -209,6 +209,27 @@ def test_validator_markers_stay_light(tmp_path: Path) -> None:
     assert loaded["pydantic"] is False
 
 
+def test_testing_helpers_import_light(tmp_path: Path) -> None:
+    """``import ferryman.testing`` (in users' test modules) loads no database
+    layer, services or engine: ``run_pipeline`` imports them when called."""
+    probe = "import sys, json\nimport ferryman.testing\nprint(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert "ferryman.testing" in loaded
+    heavy = {"sqlalchemy", "alembic", "psycopg", "fastapi", "uvicorn", "docker", "kubernetes"}
+    assert sorted({m.split(".")[0] for m in loaded} & heavy) == []
+    ours = ("ferryman.store", "ferryman.services", "ferryman.engine", "ferryman.api")
+    assert sorted(m for m in loaded if m.startswith(ours)) == []
+
+
 # --------------------------------------------------------------------------- the Python client
 
 #: What ``import ferryman.client`` may load of ferryman: the client itself, the

@@ -1076,3 +1076,51 @@ def test_annotated_param_keeps_the_default_param_description(files: Files) -> No
 def test_with_options_rejects_unknown_options() -> None:
     with pytest.raises(DSLError, match=r"unknown step option\(s\) \['retry'\]"):
         double.with_options(retry=3)
+
+
+# ------------------------------------------------------------- defaults (issue 12, item 6)
+
+
+def test_invalid_defaults_are_refused_like_yaml(files: Files) -> None:
+    with pytest.raises(DSLError) as exc:
+        files.load(
+            """
+            @pipeline
+            def p(
+                n: int = "five",
+                mode: Literal["full", "incr"] = "fulll",
+                k: int = Param(0, minimum=1),
+                m: Annotated[int, Param(maximum=3)] = 4,
+                langs: list[int] = [1, "x"],
+                fine: int = 3,
+                empty: Optional[int] = None,
+            ):
+                src()
+            """
+        )
+    lines = str(exc.value).splitlines()
+    assert lines[0] == "pipeline 'p': invalid parameter defaults:"
+    # the same paths and messages as YAML's check of its defaults
+    assert lines[1:] == [
+        "  - params.n.default: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        "  - params.mode.default: Input should be 'full' or 'incr'",
+        "  - params.k.default: Input should be greater than or equal to 1",
+        "  - params.m.default: Input should be less than or equal to 3",
+        "  - params.langs.default[1]: Input should be a valid integer, "
+        "unable to parse string as an integer",
+    ]
+
+
+def test_valid_defaults_still_compile(files: Files) -> None:
+    spec = files.load(
+        """
+        @pipeline
+        def p(n: int = 3, mode: Literal["full", "incr"] = "incr", k: int = Param(1, minimum=1),
+              day: dt.date = dt.date(2024, 1, 2), x: float = 2):
+            src()
+        """
+    )
+    assert validate_params(spec, {}) == {
+        "n": 3, "mode": "incr", "k": 1, "day": "2024-01-02", "x": 2.0,
+    }  # fmt: skip

@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -227,3 +228,105 @@ def test_0007_downgrades_and_upgrades_again(tmp_path: Path) -> None:
     assert upgrade(store) is True
     _check_0007(store)
     store.dispose()
+
+
+# -- 0009: run names (issue 12, item 10) -----------------------------------------------
+
+
+def _seed_runs_0007(store: Store) -> list[str]:
+    """Runs as 0007 knew them (no name): two namespaces, and two ids of one
+    namespace whose last 8 hex digits agree."""
+    ids = ["01a20a0270ed7204a81f184e9cf8a93a", "01a20a02dd247b55b99ce1931e9cf8a9",
+           "01a20a02dd247b55b99ce193aadab66f", "01a20a030000000000001111" + "1e9cf8a9"]  # fmt: skip
+    now = dt.datetime(2026, 1, 1)
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipelines (id, namespace, name, created_at, updated_at) "
+                "VALUES (1, 'default', 'etl', :now, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_versions (id, pipeline_id, version, spec, created_at) "
+                "VALUES (1, 1, 'v1', '{}', :now)"
+            ),
+            {"now": now},
+        )
+        for i, run_id in enumerate(ids):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO runs (id, namespace, pipeline, pipeline_version_id, version, "
+                    "state, params, labels, nodes_total, nodes_remaining, cancel_requested, "
+                    "options, created_at, updated_at) VALUES (:id, :ns, 'etl', 1, 'v1', "
+                    "'succeeded', '{}', '{}', 1, 0, false, '{}', :now, :now)"
+                ),
+                {"id": run_id, "ns": "other" if i == 2 else "default", "now": now},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO nodes (run_id, name, state, attempt, max_attempts, waiting_on, "
+                    "cancel_requested, has_output, reused) "
+                    "VALUES (:id, 'a', 'succeeded', 1, 1, 0, false, false, false)"
+                ),
+                {"id": run_id},
+            )
+    return ids
+
+
+def _check_0009(store: Store, ids: list[str]) -> None:
+    from ferryman.store.tables import nodes, runs
+
+    with store.engine.connect() as conn:
+        named = dict(conn.execute(sa.select(runs.c.id, runs.c.name)).all())
+        kept = conn.execute(sa.select(sa.func.count()).select_from(nodes)).scalar()
+    assert named == {
+        ids[0]: "run-" + ids[0][-8:],
+        ids[1]: "run-" + ids[1][-8:],
+        ids[2]: "run-" + ids[2][-8:],
+        # the same last 8 digits as ids[1] in the same namespace: more digits
+        ids[3]: "run-" + ids[3][-12:],
+    }
+    assert kept == 4  # the rebuild of runs did not cascade to the nodes
+    with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.execute(sa.update(runs).where(runs.c.id == ids[0]).values(name=named[ids[1]]))
+
+
+def test_0009_names_existing_runs_on_sqlite(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/x.db")
+    upgrade(store, "0007")
+    ids = _seed_runs_0007(store)
+    assert upgrade(store) is True
+    with store.engine.connect() as conn:
+        assert _diff(conn) == []
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    _check_0009(store, ids)
+    downgrade(store, "0007")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM nodes").scalar() == 4
+    assert upgrade(store) is True
+    _check_0009(store, ids)
+    store.dispose()
+
+
+def test_0009_names_existing_runs_on_postgres(pg_database: str) -> None:
+    import uuid
+
+    admin = sa.create_engine(Store(pg_database).url, isolation_level="AUTOCOMMIT")
+    name = f"ferryman_m8_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        store = Store(str(sa.make_url(pg_database).set(database=name)))
+        upgrade(store, "0007")
+        ids = _seed_runs_0007(store)
+        assert upgrade(store) is True
+        with store.engine.connect() as conn:
+            assert _diff(conn) == []
+        _check_0009(store, ids)
+        store.dispose()
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()

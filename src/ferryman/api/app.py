@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from ferryman import __version__
 from ferryman.api import errors
+from ferryman.api.body_limit import BodyLimit
 from ferryman.api.input_guard import InputGuard
 from ferryman.api.login_gate import LoginGate
 from ferryman.api.routes import (
@@ -41,6 +42,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     # Values no database keeps (lone surrogates, NUL, non-finite numbers) are
     # refused before routing, for every route at once.
     app.add_middleware(InputGuard)
+    # Added last, so outermost: no body past the limit is read by anyone.
+    app.add_middleware(BodyLimit, limit=settings.http_max_body_bytes)
     for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)
     return app

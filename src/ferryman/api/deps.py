@@ -107,4 +107,6 @@ def _require(role: Role):  # type: ignore[no-untyped-def]
 
 Viewer = Annotated[Principal, Depends(_require(Role.VIEWER))]
 Operator = Annotated[Principal, Depends(_require(Role.OPERATOR))]
+#: Registers pipeline code: whoever may do it runs code on the workers.
+Developer = Annotated[Principal, Depends(_require(Role.DEVELOPER))]
 Admin = Annotated[Principal, Depends(_require(Role.ADMIN))]

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ferryman.domain.params import ParamsInvalid
-from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound
+from ferryman.errors import Conflict, FerrymanError, InvalidInput, NotFound, TooLarge
 from ferryman.services.auth import AuthError, Forbidden, TooManyAttempts
 from ferryman.store.engine import describe_unavailable, is_unavailable
 
@@ -31,6 +31,7 @@ STATUS: dict[type[FerrymanError], int] = {
     NotFound: 404,
     Conflict: 409,
     InvalidInput: 422,
+    TooLarge: 413,
     AuthError: 401,
     Forbidden: 403,
     TooManyAttempts: 429,

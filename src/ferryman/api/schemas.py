@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from ferryman.domain.options import RunOptions
-from ferryman.domain.spec import PipelineSpec
+from ferryman.domain.spec import ParamSpec, PipelineSpec
 from ferryman.domain.states import NodeState, RunState
 
 #: Label keys: what ``GET /runs?label=key:value`` can filter on.
@@ -92,11 +92,18 @@ class RunPublic(_Out):
     """A run (without its steps)."""
 
     id: str = Field(description="32 hex digits, time-ordered")
+    name: str = Field(
+        description="A short readable handle, unique in the namespace (e.g. brave-otter-42); "
+        "usable wherever a run id is"
+    )
     namespace: str
     pipeline: str
     version: str = Field(description="The pipeline version the run uses")
     state: RunState
-    params: dict[str, Any]
+    params: dict[str, Any] | None = Field(
+        default=None,
+        description="The run's parameters (in a list of runs only with ?include_params=true)",
+    )
     labels: dict[str, str]
     nodes_total: int
     nodes_remaining: int = Field(description="Steps not yet in a final state")
@@ -291,7 +298,7 @@ class PipelinePublic(_Out):
 
 
 class PipelineList(_Out):
-    """The pipelines of a namespace, by name."""
+    """Pipelines, by namespace and name."""
 
     items: list[PipelinePublic]
 
@@ -321,19 +328,61 @@ class TriggerPublic(_Out):
 
 
 class PipelineDetail(_Out):
-    """One version of a pipeline: its parameters (as JSON Schema) and steps."""
+    """One version of a pipeline: its parameters (as declared, and as JSON
+    Schema) and steps."""
 
     namespace: str
     name: str
     version: str
     created_at: dt.datetime
     description: str = ""
+    params: list[ParamSpec] = Field(
+        default_factory=list,
+        description="The parameters as declared: type, required, default, constraints",
+    )
     params_schema: dict[str, Any] = Field(description="JSON Schema of the run parameters")
     steps: list[StepPublic]
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = None
     infrastructure: str = "process"
     triggers: list[TriggerPublic] = Field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        namespace: str,
+        version: str,
+        created_at: dt.datetime,
+        spec: PipelineSpec,
+        *,
+        params_schema: dict[str, Any],
+        triggers: list[dict[str, Any]],
+    ) -> PipelineDetail:
+        """Build from a stored version's spec (``triggers``: ``triggers_of``)."""
+        return cls(
+            namespace=namespace,
+            name=spec.name,
+            version=version,
+            created_at=created_at,
+            description=spec.description,
+            params=list(spec.params),
+            params_schema=params_schema,
+            steps=[
+                StepPublic(
+                    name=s.name,
+                    kind=s.kind,
+                    depends_on=list(s.depends_on),
+                    infrastructure=s.infrastructure or spec.infrastructure,
+                    retries=s.retries,
+                    timeout=s.timeout,
+                )
+                for s in spec.steps
+            ],
+            labels=dict(spec.labels),
+            timeout=spec.timeout,
+            infrastructure=spec.infrastructure,
+            triggers=[TriggerPublic.model_validate(t) for t in triggers],
+        )
 
 
 class VersionPublic(_Out):

@@ -13,6 +13,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help: typer's rich help panels show every flag as taking a value
+    # (``--follow <bool>``); click's own help shows flags as flags.
+    rich_markup_mode=None,
 )
 app.command("run")(run.run_command)
 app.command("deploy")(pipelines.deploy_command)

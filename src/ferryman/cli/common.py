@@ -34,11 +34,30 @@ class _LazyConsole:
         if self._real is None:
             from rich.console import Console
 
-            self._real = Console(**self._kwargs)
+            kwargs = dict(self._kwargs)
+            stream = sys.stderr if kwargs.get("stderr") else sys.stdout
+            if not _is_terminal(stream):
+                # Piped or redirected: whatever reads it gets every character
+                # (no ellipsis, no wrapping at COLUMNS), so ids and names can be cut
+                # out with awk or grep.
+                kwargs.setdefault("width", UNLIMITED_WIDTH)
+                kwargs.setdefault("soft_wrap", True)
+            self._real = Console(**kwargs)
         return self._real
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
+
+
+#: The width of output that is not a terminal: wide enough never to cut.
+UNLIMITED_WIDTH = 1_000_000
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
 
 
 _console = _LazyConsole(highlight=False)
@@ -52,11 +71,20 @@ def real_console() -> Console:
     return _console.real
 
 
-def table(*columns: str, **kwargs: Any) -> Table:
-    """A rich ``Table`` (rich is imported on first use)."""
+def table(*columns: str, to: Console | None = None, **kwargs: Any) -> Table:
+    """A rich ``Table`` (rich is imported on first use) to print on ``to``
+    (default: standard output). On a terminal it has borders; otherwise its
+    columns are separated by spaces only, under one header line, and never
+    shortened."""
     from rich.table import Table
 
-    return Table(*columns, **kwargs)
+    if not (to or console).is_terminal:
+        kwargs.setdefault("box", None)
+        kwargs.setdefault("pad_edge", False)
+    t = Table(*columns, **kwargs)
+    for column in t.columns:
+        column.overflow = "fold"  # a narrow terminal folds a value, never cuts it
+    return t
 
 
 def escape(text: str) -> str:
@@ -87,8 +115,27 @@ def open_store(s: Settings | None = None) -> Any:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print ``error: message`` (plain text, never markup) and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def print_candidates(message: str, candidates: Any) -> None:
+    """``error: message`` and the runs an ambiguous handle could mean (a list
+    of ``{id, name, namespace, pipeline, created_at}``)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    if not isinstance(candidates, list):
+        return
+    t = table("run id", "name", "pipeline", "created", to=err_console)
+    for c in candidates:
+        if isinstance(c, dict):
+            t.add_row(
+                escape(str(c.get("id"))),
+                escape(str(c.get("name"))),
+                escape(f"{c.get('namespace')}/{c.get('pipeline')}"),
+                str(c.get("created_at", ""))[:19].replace("T", " "),
+            )
+    err_console.print(t)
 
 
 @contextmanager
@@ -99,16 +146,21 @@ def clean_errors() -> Iterator[None]:
 
     from ferryman.domain.params import ParamsInvalid
     from ferryman.dsl.decorators import DSLError
-    from ferryman.errors import FerrymanError
+    from ferryman.errors import Ambiguous, FerrymanError
 
     try:
         yield
     except typer.Exit:
         raise
+    except Ambiguous as exc:
+        print_candidates(exc.message, exc.details)
+        raise typer.Exit(EXIT_USAGE) from None
     except ParamsInvalid as exc:
         err_console.print("[bold red]error:[/] invalid parameters:")
         for e in exc.errors:
-            err_console.print(f"  - [bold]{e.path or '(params)'}[/]: {e.reason}", soft_wrap=True)
+            err_console.print(
+                f"  - [bold]{escape(e.path or '(params)')}[/]: {escape(e.reason)}", soft_wrap=True
+            )
         raise typer.Exit(EXIT_USAGE) from None
     except (FerrymanError, DSLError, LookupError, ValueError) as exc:
         if isinstance(exc, ValidationError):
@@ -164,25 +216,55 @@ class RawParam(str):
     """A ``-p name=value`` value, typed once the pipeline's parameters are known."""
 
 
-def type_params(params: dict[str, Any], spec: Any) -> dict[str, Any]:
-    """Give ``-p`` values their types: text for string parameters (so
-    ``-p day=2024`` stays a string), JSON for the others (``-p n=3``,
-    ``-p 'tags=["a","b"]'``), the raw text when it is not JSON."""
+def type_params(params: dict[str, Any], spec: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Give ``-p`` values their types, by the declared type of each parameter
+    of ``spec`` (a ``PipelineSpec`` or the API's ``PipelineDetail``): text for
+    ``string`` and ``date`` parameters (``-p day=2024`` stays the string
+    ``"2024"``), JSON for the others (``-p n=3``, ``-p 'tags=["a","b"]'``),
+    the raw text when it is not JSON. Values from a params file are JSON
+    already and are left alone (validated like the REST API's).
+
+    Also returns hints for the errors of ``-p`` values: how a list or a
+    mapping is written on the command line."""
     types = {p.name: p.type for p in spec.params}
     out: dict[str, Any] = {}
+    hints: dict[str, str] = {}
     for k, v in params.items():
         if not isinstance(v, RawParam):
             out[k] = v
             continue
         text = str(v)
-        if types.get(k) in ("string", "date"):
+        declared = types.get(k)
+        if declared in ("string", "date"):
             out[k] = text
             continue
+        if declared == "array":
+            hints[k] = f"""(on the command line a list is JSON: -p {k}='["a","b"]')"""
+        elif declared == "object":
+            hints[k] = f"""(on the command line a mapping is JSON: -p {k}='{{"key": "value"}}')"""
         try:
             out[k] = json.loads(text)
         except ValueError:
             out[k] = text
-    return out
+    return out, hints
+
+
+def with_param_hints(exc: Any, hints: dict[str, str]) -> Any:
+    """``ParamsInvalid`` ``exc`` with ``hints`` added to the reasons of the
+    parameters they are about."""
+    from ferryman.domain.params import ParamError, ParamsInvalid
+
+    if not hints:
+        return exc
+    errors = [
+        ParamError(e.path, f"{e.reason} {hints[top]}") if (top := _top(e.path)) in hints else e
+        for e in exc.errors
+    ]
+    return ParamsInvalid(errors)
+
+
+def _top(path: str) -> str:
+    return path.split(".")[0].split("[")[0]
 
 
 def setup_logging(level: str = "WARNING") -> None:
@@ -194,6 +276,10 @@ def setup_logging(level: str = "WARNING") -> None:
 
 
 def looks_like_file(ref: str) -> bool:
-    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's name)."""
+    """A file or ``package.module:pipeline`` (as opposed to a deployed pipeline's
+    name): a ``:``, a path (``dir/x``), a pipeline file's suffix or one close to
+    it (``etl.pyy`` is a missing file, not a pipeline name), or an existing path."""
+    from ferryman.dsl.loader import looks_like_path
+
     target = ref.partition(":")[0]
-    return ":" in ref or target.endswith((".py", ".yaml", ".yml", ".json")) or Path(target).exists()
+    return ":" in ref or looks_like_path(target) or Path(target).exists()

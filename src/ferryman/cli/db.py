@@ -18,7 +18,24 @@ def upgrade(revision: str = typer.Argument("head", help="Target revision")) -> N
         from ferryman.store.migrate import upgrade as do_upgrade
 
         s = settings()
-        store = Store(s.db_url, synchronous=s.sqlite_synchronous)
+        store = Store.from_settings(s, prepare=False)
         ran = do_upgrade(store, revision)
         rev = current_revision(store)
         console.print(f"database at revision {rev}" + (" (upgraded)" if ran else " (up to date)"))
+
+
+@app.command("reseal")
+def reseal() -> None:
+    """Encrypt every stored secret with the first key of FERRYMAN_SECRET_KEY.
+
+    To rotate the key: set FERRYMAN_SECRET_KEY="NEW,OLD" everywhere, run
+    this once, then drop OLD (see docs/server.md, "Secrets at rest").
+    """
+    with clean_errors():
+        from ferryman.services.subscriptions import reseal_secrets
+        from ferryman.store.engine import Store
+
+        store = Store.from_settings(settings())
+        with store.write() as conn:
+            n = reseal_secrets(conn, store.secret_box)
+        console.print(f"{n} subscription(s) sealed with the current key")

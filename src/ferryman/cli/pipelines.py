@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ferryman.cli.common import clean_errors, console, fail, open_store, table
+from ferryman.cli.common import clean_errors, console, escape, fail, open_store, table
+from ferryman.cli.readers import reader
+from ferryman.cli.render import print_json
 
 if TYPE_CHECKING:
-    from ferryman.domain.spec import PipelineSpec
+    from ferryman.api.schemas import PipelineDetail
 
 app = typer.Typer(help="Registered pipelines.", no_args_is_help=True)
 
@@ -19,10 +21,10 @@ app = typer.Typer(help="Registered pipelines.", no_args_is_help=True)
 def specs_in(path: Path) -> list[object]:
     """Every pipeline spec a file defines."""
     from ferryman.dsl.decorators import pipelines_in
-    from ferryman.dsl.loader import load_pipeline, load_python_file
+    from ferryman.dsl.loader import load_pipeline, load_python_file, missing_file
 
     if not path.exists():
-        fail(f"no such file: {path}")
+        fail(missing_file(str(path)))
     if path.suffix == ".py":
         return [p.spec() for p in pipelines_in(load_python_file(path))]
     return [load_pipeline(str(path))]
@@ -68,77 +70,119 @@ def deploy_command(
                     console.print(f"[yellow]warning:[/] {warning}")
 
 
-@app.command("ls")
-def ls(namespace: str = typer.Option(None, "--namespace", "-n")) -> None:
-    """List registered pipelines."""
-    with clean_errors():
-        from ferryman.services.catalog import list_pipelines
+SERVER = typer.Option(
+    None, "--server", envvar="FERRYMAN_SERVER", help="Ask this ferryman server instead"
+)
+JSON = typer.Option(False, "--json", help="Print JSON (the REST API's fields) instead")
 
-        store = open_store()
-        with store.read() as conn:
-            rows = list_pipelines(conn, namespace)
+
+@app.command("ls")
+def ls(
+    namespace: str = typer.Option(None, "--namespace", "-n", help="Only this namespace"),
+    as_json: bool = JSON,
+    server: str = SERVER,
+) -> None:
+    """List registered pipelines."""
+    with clean_errors(), reader(server) as r:
+        rows = r.list_pipelines(namespace)
+        if as_json:
+            print_json(rows)
+            return
         t = table("namespace", "name", "latest version", "versions", "updated")
-        for r in rows:
+        for p in rows:
             t.add_row(
-                r["namespace"],
-                r["name"],
-                r["latest_version"],
-                str(r["versions"]),
-                f"{r['updated_at']:%Y-%m-%d %H:%M:%S}",
+                escape(p.namespace),
+                escape(p.name),
+                p.latest_version,
+                str(p.versions),
+                f"{p.updated_at:%Y-%m-%d %H:%M:%S}",
             )
         console.print(t)
 
 
 @app.command("describe")
-def describe(name: str, namespace: str = typer.Option("default", "--namespace", "-n")) -> None:
+def describe(
+    name: str,
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    as_json: bool = JSON,
+    server: str = SERVER,
+) -> None:
     """Show a pipeline's parameters (types, defaults), steps and event triggers."""
-    with clean_errors():
-        from ferryman.services.catalog import latest
+    with clean_errors(), reader(server) as r:
+        detail = r.get_pipeline(namespace, name)
+        if as_json:
+            print_json(detail)
+            return
+        show_pipeline(detail)
 
-        store = open_store()
-        with store.read() as conn:
-            pv = latest(conn, namespace, name)
-        spec = pv.spec
-        console.print(f"[bold]{namespace}/{spec.name}[/] version {pv.version}")
-        if spec.description:
-            console.print(spec.description)
-        t = table("parameter", "type", "required", "default", "description")
-        for p in spec.params:
-            t.add_row(
-                p.name,
-                p.type,
-                "yes" if p.required else "no",
-                "" if p.required else repr(p.default),
-                p.description,
-            )
+
+def show_pipeline(d: PipelineDetail) -> None:
+    """A pipeline version: description, parameters, steps and triggers."""
+    console.print(f"[bold]{escape(d.namespace)}/{escape(d.name)}[/] version {d.version}")
+    if d.description:
+        console.print(escape(d.description))
+    t = table("parameter", "type", "required", "default", "description")
+    for p in d.params:
+        ptype = p.type + (f" of {p.items}" if p.items else "")
+        if p.enum:
+            ptype += " (" + " | ".join(json.dumps(v) for v in p.enum) + ")"
+        t.add_row(
+            escape(p.name),
+            escape(ptype),
+            "yes" if p.required else "no",
+            "" if p.required else escape(json.dumps(p.default)),
+            escape(p.description),
+        )
+    console.print(t)
+    s = table("step", "kind", "depends on", "infrastructure", "retries", "timeout")
+    for st in d.steps:
+        s.add_row(
+            escape(st.name),
+            st.kind,
+            escape(", ".join(st.depends_on)),
+            escape(st.infrastructure or d.infrastructure),
+            str(st.retries),
+            f"{st.timeout:g}s" if st.timeout else "",
+        )
+    console.print(s)
+    print_triggers(d)
+
+
+@app.command("versions")
+def versions(
+    name: str,
+    namespace: str = typer.Option("default", "--namespace", "-n"),
+    as_json: bool = JSON,
+    server: str = SERVER,
+) -> None:
+    """List the stored versions of a pipeline, newest first."""
+    with clean_errors(), reader(server) as r:
+        rows = r.list_versions(namespace, name)
+        if as_json:
+            print_json(rows)
+            return
+        t = table("version", "registered")
+        for v in rows:
+            t.add_row(v.version, f"{v.created_at:%Y-%m-%d %H:%M:%S}")
         console.print(t)
-        s = table("step", "kind", "depends on", "infrastructure", "retries", "timeout")
-        for st in spec.steps:
-            s.add_row(
-                st.name,
-                st.kind,
-                ", ".join(st.depends_on),
-                st.infrastructure or spec.infrastructure,
-                str(st.retries),
-                f"{st.timeout:g}s" if st.timeout else "",
-            )
-        console.print(s)
-        print_triggers(namespace, spec)
 
 
-def print_triggers(namespace: str, spec: PipelineSpec) -> None:
+def print_triggers(d: PipelineDetail) -> None:
     """The pipeline's event triggers: which runs start it and with what params."""
-    from ferryman.services.triggers import triggers_of
-
-    if not spec.triggers:
+    if not d.triggers:
         return
     t = table("runs when", "in state", "params", "labels")
-    for tr in triggers_of(namespace, spec):
-        mapping = ", ".join(f"{k} = {show_expr(v)}" for k, v in tr["params"].items())
-        labels = ", ".join(f"{k}={v}" for k, v in tr["labels"].items())
-        if tr["inherit_labels"]:
+    for tr in d.triggers:
+        mapping = ", ".join(f"{k} = {show_expr(v)}" for k, v in tr.params.items())
+        labels = ", ".join(f"{k}={v}" for k, v in tr.labels.items())
+        if tr.inherit_labels:
             labels = "inherited" + (f" + {labels}" if labels else "")
-        t.add_row(f"{tr['namespace']}/{tr['pipeline']}", " | ".join(tr["states"]), mapping, labels)
+        t.add_row(
+            escape(f"{tr.namespace}/{tr.pipeline}"),
+            " | ".join(tr.states),
+            escape(mapping),
+            escape(labels),
+        )
     console.print(t)
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from ferryman.cli.common import clean_errors, console, parse_params, settings, type_params
+from ferryman.cli.common import (
+    clean_errors,
+    console,
+    fail,
+    parse_params,
+    settings,
+    type_params,
+    with_param_hints,
+)
 
 
 def preview_command(
@@ -20,6 +28,12 @@ def preview_command(
     namespace: str = typer.Option("default", "--namespace", "-n"),
     infrastructure: str = typer.Option(None, "--infrastructure", help="Override for every step"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML"),
+    server: str = typer.Option(
+        None,
+        "--server",
+        envvar="FERRYMAN_SERVER",
+        help="Set: a deployed pipeline's name is refused (preview its file)",
+    ),
 ) -> None:
     """Print what each step would launch — the process command line, the Docker
     container settings, the Kubernetes Job manifest — with secret values masked.
@@ -28,7 +42,7 @@ def preview_command(
         import yaml
 
         from ferryman.cli.common import looks_like_file
-        from ferryman.domain.params import validate_params
+        from ferryman.domain.params import ParamsInvalid, validate_params
         from ferryman.dsl.loader import load_pipeline
         from ferryman.infra.preview import preview_pipeline
         from ferryman.infra.registry import InfraPool
@@ -36,6 +50,13 @@ def preview_command(
         s = settings()
         if looks_like_file(ref):
             spec = load_pipeline(ref)
+        elif server:
+            # The server keeps step definitions to itself; reading the local
+            # database instead would preview something else without a word.
+            fail(
+                f"cannot preview {ref!r} as deployed on {server}: the server does not "
+                "hand out step definitions; preview the pipeline's file instead"
+            )
         else:
             from ferryman.cli.common import open_store
             from ferryman.services.catalog import latest
@@ -46,7 +67,11 @@ def preview_command(
                     spec = latest(conn, namespace, ref).spec
             finally:
                 store.dispose()
-        params = validate_params(spec, type_params(parse_params(param, params_file), spec))
+        typed, hints = type_params(parse_params(param, params_file), spec)
+        try:
+            params = validate_params(spec, typed)
+        except ParamsInvalid as exc:
+            raise with_param_hints(exc, hints) from None
         pool = InfraPool(s.infra_config)
         try:
             previews = preview_pipeline(

@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
 
-from ferryman.cli.common import EXIT_FAILED, console, escape, fail, settings
-from ferryman.cli.render import fmt_duration, print_log_line, styled
+from ferryman.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    console,
+    err_console,
+    escape,
+    fail,
+    print_candidates,
+    settings,
+)
+from ferryman.cli.render import fmt_duration, styled
+from ferryman.client.errors import ApiError
 
 CREDENTIALS = "credentials.json"
 
@@ -37,7 +49,7 @@ def saved_token(server: str) -> str | None:
 
 def save_token(server: str, token: str) -> Path:
     path = _credentials_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -65,12 +77,16 @@ def api_errors(exc: Exception) -> None:
     from ferryman.client import ApiError
 
     if isinstance(exc, ApiError):
+        if exc.code == "ambiguous":
+            print_candidates(exc.message, exc.details)
+            raise typer.Exit(2)
         if exc.code in ("invalid_params", "invalid") and isinstance(exc.details, list):
-            console.print(f"[bold red]error:[/] {escape(exc.message)}", style=None)
+            err_console.print(f"[bold red]error:[/] {escape(exc.message)}:")
             for d in exc.details:
                 if isinstance(d, dict):
-                    console.print(f"  - [bold]{escape(str(d.get('path') or '(params)'))}[/]: "
-                                  f"{escape(str(d.get('reason')))}")  # fmt: skip
+                    err_console.print(f"  - [bold]{escape(str(d.get('path') or '(params)'))}[/]: "
+                                      f"{escape(str(d.get('reason')))}",
+                                      soft_wrap=True)  # fmt: skip
             raise typer.Exit(2)
         fail(f"{exc.message} (HTTP {exc.status})", 2 if exc.status < 500 else EXIT_FAILED)
     import httpx
@@ -108,39 +124,69 @@ def run_remote(
         if spec is not None:
             reg = c.register_pipeline(namespace, spec.model_dump(mode="json"))
             name = reg.name
-            params = type_params(params, spec)
+            params, hints = type_params(params, spec)
         else:
             detail = c.get_pipeline(namespace, name)
-            props = detail.params_schema.get("properties", {})
-            params = _type_remote(params, props)
-        run = c.create_run(
-            namespace, name, params=params, labels=labels or None,
-            idempotency_key=idempotency_key, timeout=timeout,
-        )  # fmt: skip
-        console.print(f"run [bold]{run.id}[/] of {namespace}/{name} (version {run.version}) "
-                      f"on {server}")  # fmt: skip
+            params, hints = type_params(params, detail)
+        try:
+            run = c.create_run(
+                namespace, name, params=params, labels=labels or None,
+                idempotency_key=idempotency_key, timeout=timeout,
+            )  # fmt: skip
+        except ApiError as exc:
+            raise with_hints(exc, hints) from None
+        if not run.created:
+            console.print(f"run {run.id} already exists for this idempotency key")
+        console.print(f"run [bold]{run.id}[/] ({escape(run.name)}) of {namespace}/{name} "
+                      f"(version {run.version}) on {server}")  # fmt: skip
         if not (watch or wait):
             return 0
-        return follow_remote(c, run.id, watch)
+        return follow_remote(c, run.id, watch, server)
 
 
-def _type_remote(params: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
-    from ferryman.cli.common import RawParam
+def with_hints(exc: ApiError, hints: dict[str, str]) -> ApiError:
+    """``exc`` with the CLI's hints (``-p`` syntax) added to the reasons of the
+    parameters they are about."""
+    if not hints or exc.code != "invalid_params" or not isinstance(exc.details, list):
+        return exc
+    details = []
+    for d in exc.details:
+        if isinstance(d, dict):
+            top = str(d.get("path") or "").split(".")[0].split("[")[0]
+            if top in hints:
+                d = {**d, "reason": f"{d.get('reason')} {hints[top]}"}
+        details.append(d)
+    return ApiError(exc.status, exc.code, exc.message, details)
 
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if isinstance(v, RawParam) and props.get(k, {}).get("type") != "string":
-            try:
-                out[k] = json.loads(str(v))
-                continue
-            except ValueError:
-                pass
-        out[k] = str(v) if isinstance(v, RawParam) else v
-    return out
+
+class _Interrupts:
+    """Ctrl-C while following a run on a server: the first asks the server to
+    cancel the run (as an embedded ``ferryman run`` does) and keeps waiting for
+    its end; the second stops waiting at once (``KeyboardInterrupt``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        self._old = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._old)
+
+    def _on_sigint(self, _signum: int, _frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
 
 
-def follow_remote(c: Any, run_id: str, watch: bool) -> int:
+def follow_remote(c: Any, run_id: str, watch: bool, server: str) -> int:
+    """Wait for a run on ``server`` to end (printing its events when ``watch``)
+    and return the exit code of its outcome; Ctrl-C cancels it there (130
+    once it has ended cancelled), a second Ctrl-C detaches (130 at once)."""
     after = 0
+    asked = cancelled = False
 
     def show_events() -> None:
         nonlocal after
@@ -154,15 +200,27 @@ def follow_remote(c: Any, run_id: str, watch: bool) -> int:
             console.print(f"[dim]{e.time:%H:%M:%S}[/] {escape(target)} {styled(state)}{msg}")
         after = evs.next_after
 
-    while True:
-        if watch:
-            show_events()
-        run = c.get_run(run_id)
-        if run.state in ("succeeded", "failed", "cancelled"):
-            if watch:
-                show_events()
-            break
-        time.sleep(0.3)
+    with _Interrupts() as interrupts:
+        try:
+            while True:
+                if interrupts.count and not asked:
+                    asked = True
+                    cancelled = _cancel_on_server(c, run_id)
+                if watch:
+                    show_events()
+                run = c.get_run(run_id)
+                if run.state in ("succeeded", "failed", "cancelled"):
+                    if watch:
+                        show_events()
+                    break
+                time.sleep(0.3)
+        except KeyboardInterrupt:
+            if not cancelled:
+                # Two quick Ctrl-Cs: the first one's cancel still goes out (again,
+                # if the second cut it short: a repeated cancel changes nothing).
+                cancelled = _cancel_on_server(c, run_id, quiet=True)
+            _detached(run_id, server, cancelled)
+            return EXIT_INTERRUPTED
     console.print(f"run {run_id} {styled(run.state)} in {fmt_duration(run.duration)}")
     if run.state == "succeeded":
         return 0
@@ -178,47 +236,33 @@ def follow_remote(c: Any, run_id: str, watch: bool) -> int:
                 console.print(f"  {escape(rec.line)}", soft_wrap=True, highlight=False)
     elif run.error:
         console.print(f"[red]error:[/] {escape(run.error)}")
-    return EXIT_FAILED
+    return EXIT_INTERRUPTED if asked and run.state == "cancelled" else EXIT_FAILED
 
 
-def runs_ls(server: str, namespace: str | None, pipeline: str | None, state: str | None,
-            limit: int) -> list[dict[str, Any]]:  # fmt: skip
-    with client(server) as c:
-        page = c.list_runs(namespace=namespace, pipeline=pipeline, state=state, limit=limit)
-    return [r.model_dump() for r in page.items]
+def _cancel_on_server(c: Any, run_id: str, *, quiet: bool = False) -> bool:
+    """Ask the server to cancel the run; whether it took the request."""
+    if not quiet:
+        err_console.print(
+            "[yellow]cancelling the run on the server and waiting for it to end "
+            "(Ctrl-C again to stop waiting)…[/]"
+        )
+    try:
+        c.cancel_run(run_id)
+    except ApiError as exc:  # already ended (409), or not allowed to
+        err_console.print(f"[dim]{escape(exc.message)}[/]")
+        return False
+    return True
 
 
-def runs_get(server: str, run_id: str) -> dict[str, Any]:
-    with client(server) as c:
-        run = c.get_run(run_id)
-    d: dict[str, Any] = run.model_dump()
-    d["nodes"] = [n.model_dump() for n in run.nodes]
-    return d
-
-
-def runs_logs(server: str, run_id: str, step: str | None, follow: bool) -> None:
-    with client(server) as c:
-        after = 0
-        while True:
-            page = c.logs(run_id, step=step, after=after, limit=5000)
-            for rec in page.items:
-                print_log_line(rec.model_dump())
-            after = page.next_after
-            if len(page.items) == 5000:
-                continue
-            if not follow or page.run_state in ("succeeded", "failed", "cancelled"):
-                return
-            time.sleep(0.3)
-
-
-def runs_cancel(server: str, run_id: str) -> str:
-    with client(server) as c:
-        return str(c.cancel_run(run_id).id)
-
-
-def runs_rerun(server: str, run_id: str) -> str:
-    with client(server) as c:
-        return str(c.rerun(run_id).id)
+def _detached(run_id: str, server: str, cancelled: bool) -> None:
+    state = "being cancelled" if cancelled else "running"
+    err_console.print(
+        f"[yellow]detached: run {run_id} is still {state} on {server}[/]\n"
+        f"  follow it: ferryman runs logs {run_id} --follow --server {server}\n"
+        f"  see it:    ferryman runs get {run_id} --server {server}\n"
+        f"  cancel it: ferryman runs cancel {run_id} --server {server}",
+        soft_wrap=True,
+    )
 
 
 def deploy(server: str, namespace: str, specs: list[Any]) -> None:

@@ -1,9 +1,11 @@
-"""How the CLI shows runs: state colours, durations, log lines (shared by the
-local and the ``--server`` commands)."""
+"""How the CLI shows runs: state colours, durations, log lines and ``--json``
+(shared by the local and the ``--server`` commands)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import typer
 
 from ferryman.cli.common import console, escape
 
@@ -40,3 +42,30 @@ def print_log_line(rec: dict[str, Any]) -> None:
     style = "red" if rec["stream"] == "stderr" else "dim"
     console.print(f"[{style}]{escape(prefix)}[/] {escape(rec['line'])}", highlight=False,
                   soft_wrap=True)  # fmt: skip
+
+
+def print_json(value: Any) -> None:
+    """``value`` (a model, a list of models or plain data) as indented JSON,
+    written as is (never through rich: no markup, no wrapping)."""
+    import json
+
+    from pydantic import BaseModel
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, BaseModel):
+            return v.model_dump(mode="json")
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    typer.echo(json.dumps(plain(value), indent=2, default=str))
+
+
+def print_json_line(value: Any) -> None:
+    """One model as one line of JSON (JSON Lines, for streams such as logs)."""
+    typer.echo(value.model_dump_json())
+
+
+def first_line(text: str | None) -> str:
+    """The first line of ``text`` (errors can hold a whole traceback)."""
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""

@@ -9,11 +9,13 @@ import typer
 from ferryman.cli.common import (
     clean_errors,
     console,
+    escape,
     open_store,
     parse_params,
     settings,
     setup_logging,
     type_params,
+    with_param_hints,
 )
 
 # (run_command and _run_on_server call them by these names)
@@ -49,40 +51,47 @@ def run_command(
                                         label, idempotency_key, timeout))  # fmt: skip
     with clean_errors():
         from ferryman.domain.options import RunOptions
-        from ferryman.domain.params import validate_params
+        from ferryman.domain.params import ParamsInvalid, validate_params
         from ferryman.dsl.loader import load_pipeline
         from ferryman.services.catalog import latest, register
         from ferryman.services.runs import RunService
 
-        params = parse_params(param, params_file)
+        raw = parse_params(param, params_file)
         labels = _labels(label)
         s = settings()
         spec = load_pipeline(ref) if _looks_like_file(ref) else None
-        if spec is not None:
-            params = type_params(params, spec)
-            validate_params(spec, params)  # before touching the database
-        store = open_store(s)
-        with store.write() as conn:
-            pv = (
-                register(conn, namespace, spec)
-                if spec is not None
-                else latest(conn, namespace, ref)
-            )
-        if spec is None:
-            params = type_params(params, pv.spec)
-        if infrastructure:
-            from ferryman.infra.registry import infrastructure_class
+        hints: dict[str, str] = {}
+        try:
+            if spec is not None:
+                params, hints = type_params(raw, spec)
+                validate_params(spec, params)  # before touching the database
+            store = open_store(s)
+            with store.write() as conn:
+                pv = (
+                    register(conn, namespace, spec)
+                    if spec is not None
+                    else latest(conn, namespace, ref)
+                )
+            if spec is None:
+                params, hints = type_params(raw, pv.spec)
+            if infrastructure:
+                from ferryman.infra.registry import infrastructure_class
 
-            infrastructure_class(infrastructure)
-        options = RunOptions(infrastructure=infrastructure or None, timeout=timeout or None)
-        svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
-        started = svc.start_version(
-            pv, params, options=options, labels=labels, idempotency_key=idempotency_key
-        )
+                infrastructure_class(infrastructure)
+            options = RunOptions(infrastructure=infrastructure or None, timeout=timeout or None)
+            svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
+            started = svc.start_version(
+                pv, params, options=options, labels=labels, idempotency_key=idempotency_key
+            )
+        except ParamsInvalid as exc:
+            raise with_param_hints(exc, hints) from None
         run_id = started.id
         if not started.created:
             console.print(f"run {run_id} already exists for this idempotency key")
-        console.print(f"run [bold]{run_id}[/] of {namespace}/{pv.name} (version {pv.version})")
+        console.print(
+            f"run [bold]{run_id}[/] ({escape(started.record['name'])}) of "
+            f"{namespace}/{pv.name} (version {pv.version})"
+        )
         code = _execute_embedded(store, s, svc, run_id, watch)
     raise typer.Exit(code)
 

@@ -1,30 +1,48 @@
-"""``ferryman runs``: list, inspect, cancel and follow runs."""
+"""``ferryman runs``: list, inspect, cancel and follow runs, in the local
+database or on a server (``--server``/``FERRYMAN_SERVER``).
+
+A run is named by its id, a unique prefix of it (6+ hex digits) or its name
+(``brave-otter-42``) everywhere."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
-from ferryman.cli.common import clean_errors, console, open_store, table
+from ferryman.cli.common import clean_errors, console, escape, open_store, table
 from ferryman.cli.embedded import execute_embedded
-from ferryman.cli.render import fmt_duration, print_log_line, styled
+from ferryman.cli.readers import Reader, RunFilter, reader
+from ferryman.cli.render import (
+    first_line,
+    fmt_duration,
+    print_json,
+    print_json_line,
+    print_log_line,
+    styled,
+)
+
+if TYPE_CHECKING:
+    from ferryman.api.schemas import RunDetail
 
 app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
 
 SERVER = typer.Option(
     None, "--server", envvar="FERRYMAN_SERVER", help="Ask this ferryman server instead"
 )
+JSON = typer.Option(False, "--json", help="Print JSON (the REST API's fields) instead")
+RUN = typer.Argument(..., help="The run: its id, a unique prefix of 6+, or its name")
 
 
-def _remote(fn: Any, *args: Any) -> Any:
-    from ferryman.cli import remote
-
-    try:
-        return fn(*args)
-    except Exception as exc:
-        remote.api_errors(exc)
+def _label_filters(items: list[str] | None) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--label {item!r} must look like key=value")
+        out.append((key, value))
+    return out
 
 
 @app.command("ls")
@@ -32,121 +50,118 @@ def ls(
     state: str = typer.Option(None, "--state"),
     pipeline: str = typer.Option(None, "--pipeline"),
     namespace: str = typer.Option(None, "--namespace", "-n"),
+    label: list[str] = typer.Option(
+        None, "--label", "-l", help="key=value the run carries (repeatable: all must match)"
+    ),
     limit: int = typer.Option(20, "--limit", min=1, max=200),
+    as_json: bool = JSON,
     server: str = SERVER,
 ) -> None:
     """List runs, newest first."""
     with clean_errors():
         from ferryman.domain.states import RunState
-        from ferryman.services.queries import list_runs
 
         if state and state not in {s.value for s in RunState}:
             raise ValueError(f"unknown state {state!r} (one of {', '.join(RunState)})")
-        if server:
-            from ferryman.cli import remote
-
-            rows = _remote(remote.runs_ls, server, namespace, pipeline, state, limit)
-        else:
-            store = open_store()
-            with store.read() as conn:
-                rows = list_runs(
-                    conn, namespace=namespace, pipeline=pipeline, state=state, limit=limit
-                )
-        t = table("pipeline", "state", "steps", "created", "duration")
-        t.add_column("run", no_wrap=True, min_width=32)
-        for r in rows:
-            done = r["nodes_total"] - r["nodes_remaining"]
+        f = RunFilter(namespace, pipeline, state, _label_filters(label), limit)
+        with reader(server) as r:
+            rows = r.list_runs(f)
+        if as_json:
+            print_json(rows)
+            return
+        t = table("name", "pipeline", "state", "steps", "created", "duration", "run id")
+        for run in rows:
+            done = run.nodes_total - run.nodes_remaining
             t.add_row(
-                f"{r['namespace']}/{r['pipeline']}",
-                styled(r["state"]),
-                f"{done}/{r['nodes_total']}",
-                f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
-                fmt_duration(r["duration"]),
-                r["id"],
+                escape(run.name),
+                escape(f"{run.namespace}/{run.pipeline}"),
+                styled(run.state),
+                f"{done}/{run.nodes_total}",
+                f"{run.created_at:%Y-%m-%d %H:%M:%S}",
+                fmt_duration(run.duration),
+                run.id,
             )
         console.print(t)
 
 
 @app.command("get")
-def get(run_id: str, server: str = SERVER) -> None:
+def get(run_id: str = RUN, as_json: bool = JSON, server: str = SERVER) -> None:
     """Show a run and its steps."""
-    with clean_errors():
-        from ferryman.services.queries import find_run_id, get_run
+    with clean_errors(), reader(server) as r:
+        run = r.get_run(run_id)
+        if as_json:
+            print_json(run)
+            return
+        show_run(run)
 
-        if server:
-            from ferryman.cli import remote
 
-            r = _remote(remote.runs_get, server, run_id)
-        else:
-            from ferryman.services.triggers import firings_of
-
-            store = open_store()
-            with store.read() as conn:
-                r = get_run(conn, find_run_id(conn, run_id))
-                r["triggered"] = firings_of(conn, r["id"])
-        console.print(
-            f"[bold]run {r['id']}[/]  {r['namespace']}/{r['pipeline']} "
-            f"(version {r['version']})  {styled(r['state'])}  "
-            f"{fmt_duration(r['duration'])}"
+def show_run(r: RunDetail) -> None:
+    """The run's header, parameters, triggers, error and steps."""
+    console.print(
+        f"[bold]run {r.id}[/] ({escape(r.name)})  {escape(r.namespace)}/{escape(r.pipeline)} "
+        f"(version {r.version})  {styled(r.state)}  {fmt_duration(r.duration)}"
+    )
+    console.print(f"params: {escape(repr(r.params))}")
+    print_triggers(r)
+    if r.error:
+        console.print(f"[red]error:[/] {escape(r.error)}")
+    t = table("step", "state", "attempt", "duration", "error")
+    for n in r.nodes:
+        t.add_row(
+            escape(n.name),
+            styled(n.state) + (" (reused)" if n.reused else ""),
+            str(n.attempt),
+            fmt_duration(n.duration),
+            escape(first_line(n.error)),
         )
-        console.print(f"params: {r['params']}")
-        print_triggers(r)
-        if r["error"]:
-            console.print(f"[red]error:[/] {r['error']}")
-        t = table("step", "state", "attempt", "duration", "error")
-        for n in r["nodes"]:
-            t.add_row(
-                n["name"],
-                styled(n["state"]) + (" (reused)" if n["reused"] else ""),
-                str(n["attempt"]),
-                fmt_duration(n["duration"]),
-                (n["error"] or "")[:80],
-            )
-        console.print(t)
+    console.print(t)
 
 
-def print_triggers(r: dict[str, Any]) -> None:
+def print_triggers(r: RunDetail) -> None:
     """The event trigger that started this run, and what this run's end triggered."""
-    t = r.get("trigger") or {}
+    t = r.trigger or {}
     if t.get("kind") == "event":
         console.print(
             f"triggered by: run {t.get('run_id')} of {t.get('namespace')}/{t.get('pipeline')} "
             f"({t.get('state')}, event {t.get('event_id')}, chain level {t.get('depth')})"
         )
-    for f in r.get("triggered") or []:
-        target = f"{f['namespace']}/{f['pipeline']}"
-        if f.get("run_id"):
-            console.print(f"triggered: {target} run {f['run_id']}")
+    for f in r.triggered:
+        target = f"{f.namespace}/{f.pipeline}"
+        if f.run_id:
+            console.print(f"triggered: {target} run {f.run_id}")
         else:
-            console.print(f"[yellow]trigger {target} started no run:[/] {f.get('error')}")
+            console.print(f"[yellow]trigger {target} started no run:[/] {escape(f.error or '')}")
 
 
 @app.command("cancel")
-def cancel(run_id: str, server: str = SERVER) -> None:
+def cancel(run_id: str = RUN, server: str = SERVER) -> None:
     """Cancel a run: stop its running steps and skip the rest."""
     if server:
         from ferryman.cli import remote
 
-        with clean_errors():
-            rid = _remote(remote.runs_cancel, server, run_id)
+        with clean_errors(), remote.client(server) as c:
+            try:
+                rid = c.cancel_run(run_id).id
+            except Exception as exc:
+                remote.api_errors(exc)
             console.print(f"run {rid}: cancel requested")
         return
     with clean_errors():
         from ferryman.cli.common import settings
-        from ferryman.services.queries import find_run_id
+        from ferryman.services.queries import resolve_run_id
         from ferryman.services.runs import RunService
 
         s = settings()
         store = open_store(s)
         with store.read() as conn:
-            rid = find_run_id(conn, run_id)
+            rid = resolve_run_id(conn, run_id)
         RunService(store, trigger_max_depth=s.trigger_max_depth).cancel(rid)
         console.print(f"run {rid}: cancel requested")
 
 
 @app.command("rerun")
 def rerun(
-    run_id: str,
+    run_id: str = RUN,
     watch: bool = typer.Option(False, "--watch", "-w", help="Show live per-step progress"),
     queue_only: bool = typer.Option(
         False, "--queue-only", help="Only queue it for `ferryman worker` processes"
@@ -159,66 +174,81 @@ def rerun(
     if server:
         from ferryman.cli import remote
 
-        with clean_errors():
-            new = _remote(remote.runs_rerun, server, run_id)
-            console.print(f"run [bold]{new}[/] (re-run of {run_id}) on {server}")
+        with clean_errors(), remote.client(server) as c:
+            try:
+                new = c.rerun(run_id)
+            except Exception as exc:
+                remote.api_errors(exc)
+            console.print(f"run [bold]{new.id}[/] ({escape(new.name)}) (re-run of {run_id}) "
+                          f"on {server}")  # fmt: skip
             if watch:
-                with remote.client(server) as c:
-                    code = remote.follow_remote(c, new, True)
+                code = remote.follow_remote(c, new.id, True, server)
         raise typer.Exit(code)
     with clean_errors():
         from ferryman.cli.common import settings
-        from ferryman.services.queries import find_run_id
+        from ferryman.services.queries import get_run, resolve_run_id
         from ferryman.services.runs import RunService
 
         s = settings()
         store = open_store(s)
         with store.read() as conn:
-            rid = find_run_id(conn, run_id)
+            rid = resolve_run_id(conn, run_id)
         svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
-        new = svc.rerun(rid)
+        new_id = svc.rerun(rid)
+        with store.read() as conn:
+            name = get_run(conn, new_id, with_nodes=False)["name"]
         if queue_only:
-            console.print(f"run {new} queued (re-run of {rid})")
+            console.print(f"run {new_id} ({escape(name)}) queued (re-run of {rid})")
             return
-        console.print(f"run [bold]{new}[/] (re-run of {rid})")
-        code = execute_embedded(store, s, svc, new, watch)
+        console.print(f"run [bold]{new_id}[/] ({escape(name)}) (re-run of {rid})")
+        code = execute_embedded(store, s, svc, new_id, watch)
     raise typer.Exit(code)
 
 
 @app.command("logs")
 def logs_command(
-    run_id: str,
-    step: str = typer.Option(None, "--step", "-s"),
+    run_id: str = RUN,
+    step: str = typer.Option(None, "--step", "-s", help="Only this step's lines"),
+    attempt: int = typer.Option(None, "--attempt", "-a", min=1, help="Only this attempt's lines"),
+    tail: int = typer.Option(
+        None, "--tail", "-t", min=1, max=10000, help="Only the last N lines (then --follow)"
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the run ends"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print each line as a JSON object (JSON Lines)"
+    ),
     server: str = SERVER,
 ) -> None:
     """Print a run's logs (stdout and stderr of its steps)."""
-    if server:
-        from ferryman.cli import remote
+    with clean_errors(), reader(server) as r:
+        try:
+            _print_logs(r, r.run_id(run_id), step, attempt, tail, follow, as_json)
+        except KeyboardInterrupt:  # following, and the user has seen enough
+            raise typer.Exit(130) from None
 
-        with clean_errors():
-            _remote(remote.runs_logs, server, run_id, step, follow)
-        return
-    with clean_errors():
-        from ferryman.domain.states import RunState
-        from ferryman.services.queries import find_run_id, get_logs
-        from ferryman.store.tables import runs
 
-        store = open_store()
-        with store.read() as conn:
-            rid = find_run_id(conn, run_id)
-        last = 0
-        while True:
-            with store.read() as conn:
-                batch = get_logs(conn, rid, node=step, after_id=last, limit=5000)
-                state = conn.execute(
-                    runs.select().with_only_columns(runs.c.state).where(runs.c.id == rid)
-                ).scalar_one()
-            for rec in batch:
-                print_log_line(rec)
-                last = rec["id"]
-            if len(batch) == 5000:
-                continue
-            if not follow or RunState(state).terminal:
-                break
-            time.sleep(0.3)
+def _print_logs(
+    r: Reader,
+    rid: str,
+    step: str | None,
+    attempt: int | None,
+    tail: int | None,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    after, batch = 0, 5000
+    first = tail
+    while True:
+        page = r.logs(rid, step=step, attempt=attempt, after=after, limit=batch, tail=first)
+        for rec in page.items:
+            if as_json:
+                print_json_line(rec)
+            else:
+                print_log_line(rec.model_dump())
+        after, full = page.next_after, first is None and len(page.items) == batch
+        first = None
+        if full:
+            continue
+        if not follow or page.run_state.terminal:
+            return
+        time.sleep(0.3)

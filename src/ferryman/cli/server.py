@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from ferryman.cli.common import clean_errors, fail, settings, setup_logging
+from ferryman.settings import protect_process_secrets
 
 
 def server_command(
@@ -17,7 +18,9 @@ def server_command(
         False, "--no-worker", help="Serve the API only; steps run on `ferryman worker`s"
     ),
     log_level: str = typer.Option("WARNING", "--log-level", help="DEBUG, INFO, WARNING, ERROR"),
-    access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request"),
+    access_log: bool = typer.Option(
+        False, "--access-log", help="Log every HTTP request (whatever --log-level says)"
+    ),
 ) -> None:
     """Serve the REST API, run steps and deliver run-completion callbacks.
 
@@ -25,6 +28,7 @@ def server_command(
     finish); a second one forces the exit.
     """
     setup_logging(log_level)
+    uvicorn_level = _access_log_level(log_level) if access_log else log_level
     with clean_errors():
         from ferryman.server import serve
 
@@ -34,9 +38,33 @@ def server_command(
             s = s.model_copy(update=overrides)
         try:
             s.check_production()
+            s.check_secret_key()
         except ValueError as exc:
             fail(f"refusing to start: {exc}")
-        serve(s, no_worker=no_worker, log_level=log_level, access_log=access_log)
+        # Read once: the steps and libraries this process runs never find them.
+        protect_process_secrets()
+        serve(s, no_worker=no_worker, log_level=uvicorn_level, access_log=access_log)
+
+
+def _access_log_level(log_level: str) -> str:
+    """``--access-log`` logs every request whatever ``--log-level`` says: the
+    access lines are INFO records, so uvicorn's loggers are set to INFO, and
+    the records of uvicorn's other loggers below ``log_level`` (its start-up
+    chatter) are filtered out again on the way to stderr."""
+    import logging
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int) or level <= logging.INFO:
+        return log_level
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= level or record.name == "uvicorn.access":
+            return True
+        return not record.name.startswith("uvicorn")
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(keep)
+    return "info"
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from ferryman.cli.common import EXIT_FAILED, clean_errors, console, escape, fail, open_store, table
+from ferryman.cli.render import print_json
 
 app = typer.Typer(help="Subscribe endpoints to run events; inspect deliveries.",
                   no_args_is_help=True)  # fmt: skip
@@ -17,6 +18,7 @@ app = typer.Typer(help="Subscribe endpoints to run events; inspect deliveries.",
 SERVER = typer.Option(
     None, "--server", envvar="FERRYMAN_SERVER", help="Ask this ferryman server instead"
 )
+JSON = typer.Option(False, "--json", help="Print JSON (the REST API's fields) instead")
 
 
 def _remote(fn: Any, *args: Any, **kw: Any) -> Any:
@@ -105,7 +107,7 @@ def add(
 
 
 @app.command("ls")
-def ls(server: str = SERVER) -> None:
+def ls(as_json: bool = JSON, server: str = SERVER) -> None:
     """List subscriptions (secrets are never shown)."""
     with clean_errors():
         if server:
@@ -118,6 +120,11 @@ def ls(server: str = SERVER) -> None:
 
             with open_store().read() as conn:
                 items = subs.list_subscriptions(conn)
+        if as_json:
+            from ferryman.api.subscription_schemas import SubscriptionPublic
+
+            print_json([SubscriptionPublic.model_validate(i) for i in items])
+            return
         t = table("name", "url", "format", "filters", "enabled", "source")
         for i in items:
             filters = []
@@ -224,6 +231,7 @@ def deliveries_command(
     state: str = typer.Option(None, "--state", help="pending, delivered or dead"),
     run: str = typer.Option(None, "--run", help="Only this run's deliveries"),
     limit: int = typer.Option(20, "--limit", min=1, max=500),
+    as_json: bool = JSON,
     server: str = SERVER,
 ) -> None:
     """List deliveries, newest first (dead letters: --state dead)."""
@@ -241,6 +249,11 @@ def deliveries_command(
             with open_store().read() as conn:
                 items = deliveries.list_deliveries(conn, subscription=ref, state=state,
                                                    run_id=run, limit=limit)  # fmt: skip
+        if as_json:
+            from ferryman.api.subscription_schemas import DeliveryPublic
+
+            print_json([DeliveryPublic.model_validate(i) for i in items])
+            return
         t = table("id", "subscription", "event", "run", "state", "attempts", "last")
         style = {"delivered": "green", "dead": "red", "pending": "yellow"}
         for i in items:
@@ -259,7 +272,9 @@ def deliveries_command(
 
 @app.command("delivery")
 def delivery(
-    delivery_id: int = typer.Argument(..., help="A delivery's id"), server: str = SERVER
+    delivery_id: int = typer.Argument(..., help="A delivery's id"),
+    as_json: bool = JSON,
+    server: str = SERVER,
 ) -> None:
     """Show a delivery and every attempt: status, latency, error, answer."""
     with clean_errors():
@@ -273,6 +288,11 @@ def delivery(
 
             with open_store().read() as conn:
                 d = deliveries.get_delivery(conn, delivery_id)
+        if as_json:
+            from ferryman.api.subscription_schemas import DeliveryDetail
+
+            print_json(DeliveryDetail.model_validate(d))
+            return
         console.print(f"[bold]delivery {d['id']}[/]  {d['event_type']} of run {d['run_id']} → "
                       f"{escape(d['subscription'])}  {d['state']}  (webhook-id "
                       f"{d['event_id']})")  # fmt: skip

@@ -9,6 +9,7 @@ from types import FrameType
 import typer
 
 from ferryman.cli.common import clean_errors, console, open_store, settings, setup_logging
+from ferryman.settings import protect_process_secrets
 
 
 def worker_command(
@@ -22,6 +23,8 @@ def worker_command(
         from ferryman.engine.worker import Worker
 
         s = settings()
+        # Read once: the steps and libraries this process runs never find them.
+        protect_process_secrets()
         store = open_store(s)
         w = Worker(store, s, worker_id=worker_id, concurrency=concurrency)
         stops = 0

@@ -111,18 +111,22 @@ class AsyncClient(AsyncAdmin, ClientBase):
     async def register_pipeline(
         self, namespace: str, spec: PipelineSpec | Mapping[str, Any] | str
     ) -> PipelineRegistered:
-        """Register a pipeline in ``namespace`` (operators).
+        """Register a pipeline in ``namespace`` (developers and admins: its code
+        runs on the workers; 403 for operators and viewers).
 
-        ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), or a
-        reference compiled here first, as ``ferryman run`` takes it:
-        ``path/to/file.py:name``, a YAML/JSON file or ``package.module:name``.
+        ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), the
+        text of a YAML/JSON pipeline, or a reference compiled here first, as
+        ``ferryman run`` takes it: ``path/to/file.py:name``, a YAML/JSON file
+        or ``package.module:name``. Relative function files of a text are
+        resolved against the current directory.
         The answer's ``version`` is the definition's content hash; ``created``
         is False when that exact definition was already stored.
         """
         return await self.send(Calls.register_pipeline(namespace, spec))
 
-    async def list_pipelines(self, namespace: str) -> PipelineList:
-        """The pipelines of a namespace, by name."""
+    async def list_pipelines(self, namespace: str | None = None) -> PipelineList:
+        """The pipelines of a namespace by name, or with no ``namespace`` those
+        of every namespace, by namespace and name."""
         return await self.send(Calls.list_pipelines(namespace))
 
     async def get_pipeline(
@@ -189,16 +193,27 @@ class AsyncClient(AsyncAdmin, ClientBase):
         created_before: dt.datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        include_params: bool = False,
     ) -> RunList:
         """One page of runs, newest first; pass ``next_cursor`` as ``cursor``
         for the next page (``iter_runs`` does it for you).
 
         ``state`` is one state or several; ``labels`` a mapping or
         ``"key:value"`` strings (all must match); naive datetimes are UTC.
+        Each run's ``params`` is None unless ``include_params`` (``get_run``
+        always has them).
         """
         return await self.send(
             Calls.list_runs(
-                namespace, pipeline, state, labels, created_after, created_before, limit, cursor
+                namespace,
+                pipeline,
+                state,
+                labels,
+                created_after,
+                created_before,
+                limit,
+                cursor,
+                include_params,
             )
         )
 
@@ -212,6 +227,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
         created_after: dt.datetime | None = None,
         created_before: dt.datetime | None = None,
         page_size: int = 100,
+        include_params: bool = False,
     ) -> AsyncIterator[RunPublic]:
         """Every matching run, newest first, fetching pages as needed (filters
         as in ``list_runs``)."""
@@ -226,6 +242,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
                 created_before=created_before,
                 limit=page_size,
                 cursor=cursor,
+                include_params=include_params,
             )
             for item in page.items:
                 yield item
@@ -244,7 +261,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
         return await self.send(Calls.count_runs(namespace, pipeline, labels))
 
     async def get_run(self, run_id: str) -> RunDetail:
-        """A run and its steps (``run_id``: full, or a unique prefix of 6+)."""
+        """A run and its steps (``run_id``: its id, a unique prefix of 6+ or its name)."""
         return await self.send(Calls.get_run(run_id))
 
     async def cancel_run(self, run_id: str) -> RunPublic:
@@ -266,6 +283,7 @@ class AsyncClient(AsyncAdmin, ClientBase):
         run_id: str,
         *,
         step: str | None = None,
+        attempt: int | None = None,
         after: int = 0,
         limit: int = 1000,
         tail: int | None = None,
@@ -273,12 +291,13 @@ class AsyncClient(AsyncAdmin, ClientBase):
         """A page of a run's log lines (secrets masked), in order.
 
         Lines whose id is greater than ``after``, at most ``limit`` of them, or
-        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines.
+        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines,
+        ``attempt`` one attempt's (of every step, or of ``step``).
         Pass the answer's ``next_after`` as ``after`` for the next page;
         ``run_state`` tells whether more can come (``follow_logs`` streams
         them instead).
         """
-        return await self.send(Calls.logs(run_id, step, after, limit, tail))
+        return await self.send(Calls.logs(run_id, step, after, limit, tail, attempt))
 
     async def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
         """Lifecycle events of a run after sequence number ``after``; pass the

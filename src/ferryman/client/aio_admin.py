@@ -134,9 +134,10 @@ class AsyncAdmin:
         password: str | None = None,
         slack_user_id: str | None = None,
     ) -> UserPublic:
-        """Create a user (``role``: admin, operator or viewer); without a password
-        the user can only use API tokens or Slack. The fields are checked here
-        first (``pydantic.ValidationError``, before any request)."""
+        """Create a user (``role``: admin, developer, operator or viewer);
+        without a password the user can only use API tokens or Slack. The
+        fields are checked here first (``pydantic.ValidationError``, before
+        any request)."""
         return await self.send(AccountCalls.create_user(username, role, password, slack_user_id))
 
     async def get_user(self, user_id: int) -> UserPublic:

@@ -95,14 +95,20 @@ def timestamp(value: dt.datetime | None) -> str | None:
 
 
 def spec_json(spec: PipelineSpec | Mapping[str, Any] | str) -> Any:
-    """The JSON of a pipeline: a spec, its JSON already, or a reference such as
-    ``path/to/file.py:name`` compiled here."""
+    """The JSON of a pipeline: a spec, its JSON already, the text of a YAML
+    (or JSON) pipeline (it has a line break, or starts with ``{``), or a
+    reference such as ``path/to/file.py:name`` compiled here."""
     if isinstance(spec, str):
-        # The DSL loader is needed only for references; importing it lazily
-        # keeps ``import ferryman.client`` light.
-        from ferryman.dsl.loader import load_pipeline
+        # The DSL loaders are needed only for text and references; importing
+        # them lazily keeps ``import ferryman.client`` light.
+        if "\n" in spec.strip() or spec.lstrip().startswith("{"):
+            from ferryman.dsl.yaml_loader import load_pipeline_text
 
-        spec = load_pipeline(spec)
+            spec = load_pipeline_text(spec)
+        else:
+            from ferryman.dsl.loader import load_pipeline
+
+            spec = load_pipeline(spec)
     if isinstance(spec, PipelineSpec):
         return spec.model_dump(mode="json")
     return dict(spec)
@@ -167,7 +173,9 @@ class Calls:
         )
 
     @staticmethod
-    def list_pipelines(namespace: str) -> Call[PipelineList]:
+    def list_pipelines(namespace: str | None) -> Call[PipelineList]:
+        if namespace is None:
+            return Call("GET", "/pipelines", PipelineList)
         return Call("GET", f"/namespaces/{segment(namespace)}/pipelines", PipelineList)
 
     @staticmethod
@@ -228,6 +236,7 @@ class Calls:
         created_before: dt.datetime | None,
         limit: int,
         cursor: str | None,
+        include_params: bool = False,
     ) -> Call[RunList]:
         states = [state] if isinstance(state, str) else (list(state) if state else None)
         return Call(
@@ -243,6 +252,7 @@ class Calls:
                 created_before=timestamp(created_before),
                 limit=limit,
                 cursor=cursor,
+                include_params="true" if include_params else None,
             ),
         )
 
@@ -275,13 +285,18 @@ class Calls:
 
     @staticmethod
     def logs(
-        run_id: str, step: str | None, after: int, limit: int, tail: int | None
+        run_id: str,
+        step: str | None,
+        after: int,
+        limit: int,
+        tail: int | None,
+        attempt: int | None = None,
     ) -> Call[LogList]:
         return Call(
             "GET",
             f"/runs/{segment(run_id)}/logs",
             LogList,
-            params=query(step=step, after=after, limit=limit, tail=tail),
+            params=query(step=step, attempt=attempt, after=after, limit=limit, tail=tail),
         )
 
     @staticmethod

@@ -108,18 +108,22 @@ class Client(SyncAdmin, ClientBase):
     def register_pipeline(
         self, namespace: str, spec: PipelineSpec | Mapping[str, Any] | str
     ) -> PipelineRegistered:
-        """Register a pipeline in ``namespace`` (operators).
+        """Register a pipeline in ``namespace`` (developers and admins: its code
+        runs on the workers; 403 for operators and viewers).
 
-        ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), or a
-        reference compiled here first, as ``ferryman run`` takes it:
-        ``path/to/file.py:name``, a YAML/JSON file or ``package.module:name``.
+        ``spec`` is a compiled ``PipelineSpec``, its JSON (a mapping), the
+        text of a YAML/JSON pipeline, or a reference compiled here first, as
+        ``ferryman run`` takes it: ``path/to/file.py:name``, a YAML/JSON file
+        or ``package.module:name``. Relative function files of a text are
+        resolved against the current directory.
         The answer's ``version`` is the definition's content hash; ``created``
         is False when that exact definition was already stored.
         """
         return self.send(Calls.register_pipeline(namespace, spec))
 
-    def list_pipelines(self, namespace: str) -> PipelineList:
-        """The pipelines of a namespace, by name."""
+    def list_pipelines(self, namespace: str | None = None) -> PipelineList:
+        """The pipelines of a namespace by name, or with no ``namespace`` those
+        of every namespace, by namespace and name."""
         return self.send(Calls.list_pipelines(namespace))
 
     def get_pipeline(self, namespace: str, name: str, version: str | None = None) -> PipelineDetail:
@@ -184,16 +188,27 @@ class Client(SyncAdmin, ClientBase):
         created_before: dt.datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        include_params: bool = False,
     ) -> RunList:
         """One page of runs, newest first; pass ``next_cursor`` as ``cursor``
         for the next page (``iter_runs`` does it for you).
 
         ``state`` is one state or several; ``labels`` a mapping or
         ``"key:value"`` strings (all must match); naive datetimes are UTC.
+        Each run's ``params`` is None unless ``include_params`` (``get_run``
+        always has them).
         """
         return self.send(
             Calls.list_runs(
-                namespace, pipeline, state, labels, created_after, created_before, limit, cursor
+                namespace,
+                pipeline,
+                state,
+                labels,
+                created_after,
+                created_before,
+                limit,
+                cursor,
+                include_params,
             )
         )
 
@@ -207,6 +222,7 @@ class Client(SyncAdmin, ClientBase):
         created_after: dt.datetime | None = None,
         created_before: dt.datetime | None = None,
         page_size: int = 100,
+        include_params: bool = False,
     ) -> Iterator[RunPublic]:
         """Every matching run, newest first, fetching pages as needed (filters
         as in ``list_runs``)."""
@@ -221,6 +237,7 @@ class Client(SyncAdmin, ClientBase):
                 created_before=created_before,
                 limit=page_size,
                 cursor=cursor,
+                include_params=include_params,
             )
             yield from page.items
             if not page.next_cursor:
@@ -238,7 +255,7 @@ class Client(SyncAdmin, ClientBase):
         return self.send(Calls.count_runs(namespace, pipeline, labels))
 
     def get_run(self, run_id: str) -> RunDetail:
-        """A run and its steps (``run_id``: full, or a unique prefix of 6+)."""
+        """A run and its steps (``run_id``: its id, a unique prefix of 6+ or its name)."""
         return self.send(Calls.get_run(run_id))
 
     def cancel_run(self, run_id: str) -> RunPublic:
@@ -260,6 +277,7 @@ class Client(SyncAdmin, ClientBase):
         run_id: str,
         *,
         step: str | None = None,
+        attempt: int | None = None,
         after: int = 0,
         limit: int = 1000,
         tail: int | None = None,
@@ -267,12 +285,13 @@ class Client(SyncAdmin, ClientBase):
         """A page of a run's log lines (secrets masked), in order.
 
         Lines whose id is greater than ``after``, at most ``limit`` of them, or
-        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines.
+        with ``tail`` the last ``tail`` lines; ``step`` keeps one step's lines,
+        ``attempt`` one attempt's (of every step, or of ``step``).
         Pass the answer's ``next_after`` as ``after`` for the next page;
         ``run_state`` tells whether more can come (``follow_logs`` streams
         them instead).
         """
-        return self.send(Calls.logs(run_id, step, after, limit, tail))
+        return self.send(Calls.logs(run_id, step, after, limit, tail, attempt))
 
     def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> EventList:
         """Lifecycle events of a run after sequence number ``after``; pass the

@@ -13,21 +13,25 @@ from typing import Literal
 
 
 class Role(StrEnum):
-    """What a user may do: admins manage users; operators run; viewers read."""
+    """What a user may do, each role including the ones before it: viewers
+    read; operators also run registered pipelines (start, cancel, re-run);
+    developers also register pipeline code, which runs on the workers;
+    admins also manage users, tokens and subscriptions."""
 
     ADMIN = "admin"
+    DEVELOPER = "developer"
     OPERATOR = "operator"
     VIEWER = "viewer"
 
     def allows(self, needed: Role) -> bool:
-        """Whether this role includes ``needed`` (admin > operator > viewer)."""
-        order = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
-        return order[self] >= order[needed]
+        """Whether this role includes ``needed`` (admin > developer > operator > viewer)."""
+        return _ORDER[self] >= _ORDER[needed]
 
 
-#: The role names as a type, for wire models: admins manage users and tokens;
-#: operators also run; viewers read.
-RoleName = Literal["admin", "operator", "viewer"]
+_ORDER = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.DEVELOPER: 2, Role.ADMIN: 3}
+
+#: The role names as a type, for wire models (see ``Role``).
+RoleName = Literal["admin", "developer", "operator", "viewer"]
 
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024

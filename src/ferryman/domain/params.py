@@ -4,6 +4,7 @@ that reports *every* error with its field path and reason."""
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 from typing import Any, Literal
 
@@ -93,6 +94,25 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(x) for x in loc)
 
 
+def _reason(e: Any, spec: PipelineSpec) -> str:
+    """pydantic's message, said for a pipeline's parameters: an unknown name
+    with the closest known one; a number given for a text parameter with how
+    to give it as text (JSON values are not converted: ``"5"``, not ``5``)."""
+    if e["type"] == "extra_forbidden":
+        names = [p.name for p in spec.params]
+        close = difflib.get_close_matches(str(e["loc"][0]), names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown parameter ({hint}known: {', '.join(names) or 'none'})"
+    given = e.get("input")
+    if (
+        e["type"] == "string_type"
+        and isinstance(given, int | float)
+        and not isinstance(given, bool)
+    ):
+        return f'{e["msg"]} (got the number {json.dumps(given)}: send it as text, "{given}")'
+    return str(e["msg"])
+
+
 def validate_params(spec: PipelineSpec, raw: dict[str, Any] | None) -> dict[str, Any]:
     """Validate ``raw`` against the pipeline's parameters.
 
@@ -111,11 +131,7 @@ def validate_params(spec: PipelineSpec, raw: dict[str, Any] | None) -> dict[str,
         values = model.model_validate(raw).model_dump(mode="json")
     except ValidationError as exc:
         for e in exc.errors(include_url=False):
-            reason = e["msg"]
-            if e["type"] == "extra_forbidden":
-                known = ", ".join(p.name for p in spec.params) or "none"
-                reason = f"unknown parameter (known: {known})"
-            errors.append(ParamError(_path(e["loc"]), reason))
+            errors.append(ParamError(_path(e["loc"]), _reason(e, spec)))
     failed = {err.path.split(".")[0] for err in errors}
     # Validators see the raw values of fields that passed type checks, so a
     # type error and a rule violation on different fields are both reported.

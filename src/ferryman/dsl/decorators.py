@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from ferryman.dsl.errors import DSLError as DSLError
+from ferryman.dsl.errors import code_error, raised_by_ferryman
+
 if TYPE_CHECKING:
     from ferryman.domain.spec import ParamSpec as ParamSpecModel
     from ferryman.domain.spec import PipelineSpec, ValidatorSpec
@@ -34,10 +37,6 @@ R = TypeVar("R")
 
 USER_MODULE_PREFIX = "ferryman_user_"
 _NO_DEFAULT: Any = inspect.Parameter.empty
-
-
-class DSLError(ValueError):
-    """A pipeline or step definition that cannot be compiled."""
 
 
 @dataclass(frozen=True)
@@ -462,7 +461,14 @@ class Pipeline:
         from ferryman.domain.spec import PipelineSpec, error_loc, parse_step
 
         where = f"pipeline {self.name!r}"
-        hints = typing.get_type_hints(self.fn, include_extras=True)
+        try:
+            hints = typing.get_type_hints(self.fn, include_extras=True)
+        except Exception as exc:  # an annotation naming something undefined
+            if raised_by_ferryman(exc):
+                raise
+            raise code_error(
+                exc, inspect.getsourcefile(self.fn), self.fn.__code__.co_firstlineno
+            ) from exc
         params = []
         validators = list(self.options.get("validators", []))
         refs: dict[str, ParamRef] = {}
@@ -477,6 +483,14 @@ class Pipeline:
         token = _BUILDER.set(builder)
         try:
             self.fn(**refs)
+        except Exception as exc:
+            # The body is the user's code: report where it went wrong (a
+            # NameError, a placeholder used as a value …), not ferryman's stack.
+            if raised_by_ferryman(exc):
+                raise
+            raise code_error(
+                exc, inspect.getsourcefile(self.fn), self.fn.__code__.co_firstlineno
+            ) from exc
         finally:
             _BUILDER.reset(token)
         if not builder.nodes:
@@ -490,7 +504,7 @@ class Pipeline:
                 raise DSLError(f"{where}: {exc}") from None
         try:
             steps = [parse_step(n) for n in builder.nodes.values()]
-            return PipelineSpec(
+            compiled = PipelineSpec(
                 name=self.name,
                 description=self.options.get("description") or inspect.getdoc(self.fn) or "",
                 params=params,
@@ -509,6 +523,13 @@ class Pipeline:
                 for e in exc.errors(include_url=False)
             )
             raise DSLError(f"{where}: {problems}") from None
+        from ferryman.dsl.defaults import default_problems
+
+        bad = default_problems(compiled)
+        if bad:
+            listed = "".join(f"\n  - {path}: {message}" for path, message in bad)
+            raise DSLError(f"{where}: invalid parameter defaults:{listed}")
+        return compiled
 
     def _triggers(self, where: str) -> list[dict[str, Any]]:
         from ferryman.dsl.triggers import Trigger

@@ -128,6 +128,16 @@ class ResolvingBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def peer_address(response: httpx.Response) -> str | None:
+    """The address the answer came from (None when unknown: a mock transport)."""
+    stream = response.extensions.get("network_stream")
+    try:
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+    except Exception:  # a stream without the information
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
+
 def read_start(response: httpx.Response, limit: int) -> bytes:
     """The first ``limit`` bytes or so of a streamed answer, without reading it all."""
     got = b""

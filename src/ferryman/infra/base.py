@@ -18,22 +18,41 @@ works the same for a local process, a container or a Kubernetes pod.
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import functools
 import json
 import os
+import re
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ferryman.domain.spec import STEP_MODELS, PythonStep, StepSpec
+from ferryman.redaction import MASK as MASK
+from ferryman.redaction import Redactor
 
 RESULT_MARKER = "\x1eferryman-result "
 PAYLOAD_ENV = "FERRYMAN_STEP_PAYLOAD"
-MASK = "********"
+#: ferryman's own names: no variable of this prefix reaches a step but the
+#: step's own (``StepLaunch.ferryman_env`` and an infrastructure's plumbing).
+RESERVED_PREFIX = "FERRYMAN_"
+#: What a step started as a local process keeps of the worker's environment
+#: (names or globs): what a program needs to run, nothing that configures
+#: ferryman or holds its secrets. More with ``FERRYMAN_STEP_ENV_PASSTHROUGH``.
+STEP_ENV_ALLOW: tuple[str, ...] = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_*", "TZ",
+    "TMPDIR", "TEMP", "TMP", "PYTHONPATH", "PYTHONHOME", "PYTHONIOENCODING", "PYTHONUTF8",
+    "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
+    "SSL_CERT_FILE", "SSL_CERT_DIR",
+)  # fmt: skip
+#: The variable naming more of the worker's variables to pass to steps
+#: (comma-separated names or globs; ``Settings.step_env_passthrough``).
+PASSTHROUGH_ENV = "FERRYMAN_STEP_ENV_PASSTHROUGH"
 
 # exit codes reported by watch() for things ferryman itself ended
 EXIT_KILLED = -9
@@ -80,10 +99,10 @@ class StepLaunch:
     def payload_json(self) -> str:
         return json.dumps(self.payload(), separators=(",", ":"))
 
-    def full_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """``base`` (default: this process's env) + ferryman's env + step env; ``None`` unsets."""
-        env = dict(os.environ if base is None else base)
-        ferry = {
+    def ferryman_env(self) -> dict[str, str]:
+        """The step's own ``FERRYMAN_*`` variables: run, step, attempt,
+        pipeline, namespace and the payload."""
+        return {
             "FERRYMAN_RUN_ID": self.run_id,
             "FERRYMAN_STEP": self.node,
             "FERRYMAN_ATTEMPT": str(self.attempt),
@@ -91,20 +110,28 @@ class StepLaunch:
             "FERRYMAN_NAMESPACE": self.namespace,
             PAYLOAD_ENV: self.payload_json(),
         }
-        env.update(ferry)
+
+    def full_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The step's environment: ``base`` (default: the worker's variables
+        that ``step_environment`` lets through, never all of them) + the
+        step's own ``FERRYMAN_*`` variables + its env and secrets (``None``
+        unsets). No other ``FERRYMAN_*`` variable is kept, from any layer."""
+        env = step_environment() if base is None else without_reserved(base)
+        env.update(self.ferryman_env())
         for k, v in {**self.env, **self.secrets}.items():
+            if k.startswith(RESERVED_PREFIX):
+                continue
             if v is None:
                 env.pop(k, None)
             else:
                 env[k] = v
         return env
 
-    def mask(self, text: str) -> str:
-        """Replace every secret value in ``text`` with a mask."""
-        for v in self.secrets.values():
-            if v:
-                text = text.replace(v, MASK)
-        return text
+    @functools.cached_property
+    def mask(self) -> Redactor:
+        """Masks this step's secret values (and token shapes) in a text:
+        ``launch.mask(text)``; see ``ferryman.redaction``."""
+        return Redactor.of(self.secrets.values())
 
 
 @dataclass
@@ -148,7 +175,10 @@ class Infrastructure(ABC):
         """Launch the attempt; return its identifier as soon as it exists.
 
         Output lines are passed to ``sink`` as they arrive (possibly from a
-        background thread) until the thing ends.
+        background thread) until the thing ends. An infrastructure may begin
+        following them only once ``watch`` is called (``kubernetes`` then
+        reads the pod's log from its first line): none is lost either way,
+        and the worker watches right after ``start``.
         """
 
     @abstractmethod
@@ -164,6 +194,19 @@ class Infrastructure(ABC):
 
     #: True when ``attach`` can resume watching a thing a lost worker started.
     reattachable: ClassVar[bool] = False
+    #: True when ``kill`` asks the step's code to stop (SIGTERM) and forces it
+    #: (SIGKILL) after the grace period. False when it can only abandon the
+    #: attempt: ``watch`` returns at once and later output is dropped, but the
+    #: code runs on (``inline``: a thread cannot be stopped).
+    kill_signals: ClassVar[bool] = True
+    #: True when stdout and stderr reach the sink as two streams, each in
+    #: order. False when the platform keeps one log and every line arrives as
+    #: "stdout", in the order written (``kubernetes``: a pod's log).
+    separates_streams: ClassVar[bool] = True
+    #: True when the step's ``env`` and secrets are set in the environment its
+    #: code runs in. False for ``inline``: threads share the worker's
+    #: environment (its secrets still mask the output).
+    applies_env: ClassVar[bool] = True
 
     def attach(self, identifier: str, sink: LogSink, since: dt.datetime | None = None) -> bool:
         """Resume streaming the output of an attempt that a lost worker started.
@@ -187,11 +230,19 @@ class Infrastructure(ABC):
 
 
 class OutputCapture:
-    """Wraps a sink: strips the runtime's result line and keeps its value."""
+    """Wraps a sink: strips the runtime's result line and keeps its value;
+    masks secrets in every other line (``mask``: the launch's ``Redactor``,
+    which also recognises a secret split over two lines and PEM blocks; any
+    other text masker is applied line by line)."""
 
     def __init__(self, nonce: str, sink: LogSink, mask: Callable[[str], str]) -> None:
         self._prefix = RESULT_MARKER + nonce + " "
         self._sink = sink
+        self.redactor = mask if isinstance(mask, Redactor) else None
+        # One masker per stream: each is fed by one reader thread, in order.
+        self._maskers: dict[str, Callable[[str], str]] = (
+            {"stdout": mask.lines(), "stderr": mask.lines()} if isinstance(mask, Redactor) else {}
+        )
         self._mask = mask
         self._lock = threading.Lock()
         self.has_result = False
@@ -203,7 +254,51 @@ class OutputCapture:
                 self.has_result = True
                 self.result_json = line[len(self._prefix) :]
             return
-        self._sink(stream, self._mask(line))
+        self._sink(stream, self._maskers.get(stream, self._mask)(line))
+
+    def redact_value(self, value: Any) -> Any:
+        """A step's output (any JSON value) with secrets masked in every string."""
+        if self.redactor is not None:
+            return self.redactor.value(value)
+        return _mask_strings(value, self._mask)
+
+
+def _mask_strings(value: Any, mask: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: _mask_strings(v, mask) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_strings(v, mask) for v in value]
+    return value
+
+
+def without_reserved(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without ferryman's own (``FERRYMAN_*``) variables."""
+    return {k: v for k, v in env.items() if not k.startswith(RESERVED_PREFIX)}
+
+
+@functools.lru_cache(maxsize=8)
+def _allowed(passthrough: str) -> re.Pattern[str]:
+    extra = [p.strip() for p in passthrough.split(",") if p.strip()]
+    return re.compile("|".join(fnmatch.translate(p) for p in (*STEP_ENV_ALLOW, *extra)))
+
+
+def step_environment(
+    environ: Mapping[str, str] | None = None, passthrough: Iterable[str] | str | None = None
+) -> dict[str, str]:
+    """What a step run as a local process gets of the worker's environment
+    (``environ``, default ``os.environ``): the variables named by
+    ``STEP_ENV_ALLOW`` and by ``passthrough`` (names or globs; default:
+    ``FERRYMAN_STEP_ENV_PASSTHROUGH`` of ``environ``), never a ``FERRYMAN_*``
+    one. ferryman's settings and secrets stay with ferryman."""
+    environ = os.environ if environ is None else environ
+    if passthrough is None:
+        passthrough = environ.get(PASSTHROUGH_ENV, "")
+    if not isinstance(passthrough, str):
+        passthrough = ",".join(passthrough)
+    allowed = _allowed(passthrough).match
+    return {k: v for k, v in environ.items() if not k.startswith(RESERVED_PREFIX) and allowed(k)}
 
 
 def python_command() -> list[str]:

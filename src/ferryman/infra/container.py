@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from ferryman.domain.spec import ContainerStep
-from ferryman.infra.base import PAYLOAD_ENV, StepLaunch
+from ferryman.infra.base import PAYLOAD_ENV, RESERVED_PREFIX, StepLaunch
 from ferryman.infra.step_kinds import step_kind
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z0-9_\-]+))?\s*\}\}")
@@ -127,10 +127,15 @@ def container_env(launch: StepLaunch, base: dict[str, str | None] | None = None)
     """The container's environment: ``base`` (e.g. the infrastructure's
     configured env) + ferryman's variables + the step's env (rendered) +
     secrets; a ``None`` value at any layer removes the variable. The
-    worker's own environment is never copied into a container."""
-    merged: dict[str, str | None] = dict(base or {})
+    worker's own environment is never copied into a container, and no
+    ``FERRYMAN_*`` variable but the step's own is set, from any layer."""
+    merged: dict[str, str | None] = {
+        k: v for k, v in (base or {}).items() if not k.startswith(RESERVED_PREFIX)
+    }
     step_env: dict[str, str | None] = {
-        k: (render(v, launch) if v is not None else None) for k, v in launch.env.items()
+        k: (render(v, launch) if v is not None else None)
+        for k, v in launch.env.items()
+        if not k.startswith(RESERVED_PREFIX)
     }
     full = launch.full_env(base={})
     if not step_kind(launch.step.kind).needs_payload:
@@ -139,5 +144,5 @@ def container_env(launch: StepLaunch, base: dict[str, str | None] | None = None)
         full.pop(k, None)
     merged.update(full)
     merged.update(step_env)
-    merged.update(launch.secrets)
+    merged.update({k: v for k, v in launch.secrets.items() if not k.startswith(RESERVED_PREFIX)})
     return {k: v for k, v in merged.items() if v is not None}

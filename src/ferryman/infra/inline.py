@@ -5,7 +5,12 @@ limitations compared to ``process``:
 
 - **No isolation.** The step shares the worker's interpreter, memory,
   ``sys.modules``, ``sys.path`` and working directory; a crash or a blocking
-  C call affects the worker.
+  C call affects the worker. It can reach everything the worker holds: its
+  settings and database connections in memory, its files and environment.
+  ``ferryman server`` and ``ferryman worker`` remove ferryman's secret
+  variables from ``os.environ`` once the settings are read
+  (``settings.forget_secret_environ``), which stops accidents, not intent:
+  use inline only for code you trust as much as the worker itself.
 - **Env and secrets are not applied**: ``os.environ`` is global to the
   process, so per-step variables cannot be set safely from a thread.
 - **Kill cannot stop the step.** Python threads cannot be killed. ``kill``
@@ -189,6 +194,8 @@ class InlineInfrastructure(Infrastructure):
     config_model = InlineConfig
     kinds = frozenset({"python"})
     records_identifier = False  # a thread of this process: nobody else can kill it
+    kill_signals = False  # a thread cannot be stopped: kill abandons it
+    applies_env = False  # os.environ is the worker's, shared by every thread
     config: InlineConfig
 
     def __init__(self, config: InlineConfig | None = None) -> None:

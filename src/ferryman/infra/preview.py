@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferryman.domain.spec import PipelineSpec, iter_refs, resolve
-from ferryman.infra.base import MASK, StepLaunch
+from ferryman.infra.base import StepLaunch
 from ferryman.infra.registry import InfraPool, check_step
+from ferryman.redaction import Redactor
 
 
 @dataclass
@@ -36,17 +37,9 @@ class UnknownStep(LookupError):
 
 
 def _mask_all(value: Any, secrets: dict[str, str]) -> Any:
-    """Belt and braces: replace any secret value left anywhere in a preview."""
-    if isinstance(value, str):
-        for v in secrets.values():
-            if v:
-                value = value.replace(v, MASK)
-        return value
-    if isinstance(value, dict):
-        return {k: _mask_all(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mask_all(v, secrets) for v in value]
-    return value
+    """Belt and braces: mask any secret value (in any form the redactor
+    knows) left anywhere in a preview."""
+    return Redactor.of(secrets.values()).value(value)
 
 
 def preview_pipeline(

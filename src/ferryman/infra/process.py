@@ -1,9 +1,13 @@
 """The ``process`` infrastructure (SPEC §7): a step in a local subprocess.
 
 Each attempt runs ``python -m ferryman.runtime`` in a fresh temporary working
-directory, in its own session and process group, with env = this process's
-env + ferryman's env + the step's env and secrets (``None`` unsets). stdout
-and stderr are streamed line by line to the sink by two reader threads.
+directory, in its own session and process group, with env = the part of this
+process's env that ``base.step_environment`` lets through (an allow-list plus
+``FERRYMAN_STEP_ENV_PASSTHROUGH``; never ferryman's settings or secrets) +
+the step's own ``FERRYMAN_*`` variables + the step's env and secrets
+(``None`` unsets) + this infrastructure's plumbing (``FERRYMAN_PROCESS_TOKEN``,
+``FERRYMAN_LIFELINE_FD``). stdout and stderr are streamed line by line to the
+sink by two reader threads.
 
 Process hygiene:
 

@@ -5,6 +5,7 @@ infrastructure runs a step's kind (``check_step``, the one such check)."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -103,11 +104,19 @@ def kind_problems(spec: PipelineSpec) -> list[tuple[int, str]]:
 
 
 class InfraPool:
-    """One instance per kind, created on first use, closed together."""
+    """One instance per kind, created on first use, closed together.
 
-    def __init__(self, configs: dict[str, dict[str, Any]] | None = None) -> None:
+    ``instances``: infrastructures made by the caller, by the name steps and
+    runs use for them; they are used as they are, whether or not that name is
+    installed (a test's ``ferryman.testing.FakeInfrastructure``, say)."""
+
+    def __init__(
+        self,
+        configs: dict[str, dict[str, Any]] | None = None,
+        instances: Mapping[str, Infrastructure] | None = None,
+    ) -> None:
         self._configs = configs or {}
-        self._instances: dict[str, Infrastructure] = {}
+        self._instances: dict[str, Infrastructure] = dict(instances or {})
 
     def get(self, kind: str) -> Infrastructure:
         inst = self._instances.get(kind)

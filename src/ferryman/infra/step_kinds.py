@@ -80,7 +80,10 @@ class PythonKind(StepKind):
         if not isinstance(result, dict):
             return StepResult(False, error="the step's result line could not be parsed")
         if result.get("ok") and exit_code == 0:
-            return StepResult(True, output=result.get("value"), has_output=True)
+            # Outputs are shown to viewers and sent to receivers: masked like logs.
+            return StepResult(
+                True, output=capture.redact_value(result.get("value")), has_output=True
+            )
         return StepResult(False, error=str(result.get("error") or f"exit code {exit_code}"))
 
 

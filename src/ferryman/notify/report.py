@@ -12,7 +12,10 @@ Webhook body (Standard Webhooks' recommended envelope)::
               "created_at", "started_at", "ended_at", "duration_seconds",
               "failed_step", "error", "labels", "links": {"ui", "api"}}}
 
-``error`` is an excerpt of at most ``ERROR_EXCERPT`` characters. The Slack
+``error`` is an excerpt of at most ``ERROR_EXCERPT`` characters. Texts a step
+produced (``message``, ``error``) pass the redactor (``ferryman.redaction``)
+again: the worker masked the step's declared secrets when it recorded them,
+and token shapes are masked here whatever recorded them. The Slack
 text is short and never carries a traceback: only the last line of an error
 that contains one (the exception itself), cut to ``SLACK_ERROR_EXCERPT``.
 """
@@ -26,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ferryman.errors import NotFound
+from ferryman.redaction import SHAPES_ONLY
 from ferryman.settings import Settings
 from ferryman.store.tables import events, runs
 
@@ -100,13 +104,13 @@ def build_report(conn: Connection, run_id: str, settings: Settings) -> dict[str,
         "pipeline": row.pipeline,
         "version": row.version,
         "state": row.state,
-        "message": message or "",
+        "message": SHAPES_ONLY.text(message or ""),
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),
         "ended_at": _iso(row.ended_at),
         "duration_seconds": None if duration is None else round(duration, 3),
         "failed_step": row.failed_node if row.state == "failed" else None,
-        "error": excerpt(error),
+        "error": excerpt(SHAPES_ONLY.text(error)) if error else None,
         "labels": dict(row.labels or {}),
         "links": run_links(settings, row.id),
     }

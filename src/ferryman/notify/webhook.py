@@ -13,13 +13,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from ferryman.http import USER_AGENT
-from ferryman.notify.formats import FormatContext, get_format
+from ferryman.notify.formats import FormatContext, content_type, get_format
 from ferryman.notify.signing import secret_key, signed_headers
+from ferryman.redaction import SHAPES_ONLY
 from ferryman.store.tables import new_id, utcnow
 
 
 def envelope(row: Any) -> dict[str, Any]:
-    """The ferryman envelope (SPEC §4) of an ``events`` row, JSON-ready."""
+    """The ferryman envelope (SPEC §4) of an ``events`` row, JSON-ready; its
+    message and data pass the redactor (token shapes; a step's declared
+    secrets were masked when the worker recorded them)."""
     when = row.time
     return {
         "id": row.id,
@@ -32,9 +35,9 @@ def envelope(row: Any) -> dict[str, Any]:
         "run_id": row.run_id,
         "node": row.node,
         "attempt": row.attempt,
-        "message": row.message or "",
+        "message": SHAPES_ONLY.text(row.message) if row.message else "",
         "labels": dict(row.labels or {}),
-        "data": dict(row.data or {}),
+        "data": SHAPES_ONLY.value(dict(row.data)) if row.data else {},
     }
 
 
@@ -49,12 +52,11 @@ def build_request(
     """The body and headers of one attempt: rendered, then signed with the event
     id as the stable ``webhook-id`` and a fresh timestamp. ferryman's user
     agent wins over one in ``extra_headers``."""
-    body = json.dumps(
-        get_format(fmt_name).render(event, ctx), separators=(",", ":"), ensure_ascii=False
-    ).encode()
+    fmt = get_format(fmt_name)
+    body = json.dumps(fmt.render(event, ctx), separators=(",", ":"), ensure_ascii=False).encode()
     headers = {
         **extra_headers,
-        "content-type": "application/json",
+        "content-type": content_type(fmt),
         "user-agent": USER_AGENT,
         **signed_headers(secret_key(secret), event["id"], body),
     }

@@ -69,6 +69,26 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, name="ferryman-lifeline", daemon=True).start()
 
 
+def exit_on_sigterm() -> None:
+    """Give SIGTERM its usual effect when the step runs as process 1.
+
+    In a container the runtime is its PID namespace's process 1, for which
+    the kernel drops every signal left at its default action: ``docker stop``
+    and a pod's deletion would wait out the whole grace period and then
+    SIGKILL the step. Here SIGTERM ends it at once, with exit code 143
+    (128 + 15, as a shell reports a process SIGTERM ended). A step that sets
+    its own SIGTERM handler replaces this one.
+    """
+    if os.getpid() != 1:
+        return
+    import signal
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def _parent_gone() -> None:
     sys.stderr.write("ferryman.runtime: the worker that started this step is gone; exiting\n")
     sys.stderr.flush()
@@ -111,6 +131,7 @@ def read_payload() -> dict[str, Any] | str:
 
 def main() -> int:
     die_with_parent()
+    exit_on_sigterm()
     stdout = sys.stdout
     reconfigure = getattr(stdout, "reconfigure", None)
     if reconfigure is not None:

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from ferryman.domain.options import NO_OPTIONS, Origin, RunOptions
+from ferryman.domain.run_names import run_name
 from ferryman.domain.states import NodeState, RunState
 from ferryman.errors import Conflict
 from ferryman.services.cache import RunInfo
@@ -78,7 +80,7 @@ def create_run(tx: Tx, req: RunRequest) -> dict[str, Any]:
         created_at=now,
         updated_at=now,
     )
-    tx.conn.execute(sa.insert(runs).values(**values))
+    values["name"] = _insert_run(tx.conn, values)
     record = {k: values.get(k) for k in RUN_FIELDS}
     record["duration"] = 0.0
     tx.cache.put(
@@ -130,22 +132,68 @@ def create_run(tx: Tx, req: RunRequest) -> dict[str, Any]:
     return record
 
 
-def find_by_key(
-    conn: Connection, pv: PipelineVersion, key: str, params: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The run already created with idempotency ``key`` in ``pv``'s namespace
-    (as ``queries.run_dict`` shows it), or None. A ``Conflict`` (409) if that
-    run was for another pipeline or other parameters: silently returning an
-    unrelated run would be worse."""
+#: How many names a creation tries before giving up (the later ones are long:
+#: see ``run_names.run_name``).
+NAME_ATTEMPTS = 10
+_RUN_INSERTS: dict[str, Any] = {}
+
+
+def _run_insert(dialect: str) -> Any:
+    """``INSERT INTO runs … ON CONFLICT (name, namespace) DO NOTHING RETURNING id``: a name
+    another run of the namespace has (or, on PostgreSQL, is inserting in a
+    transaction not committed yet: the insert waits for it) inserts nothing,
+    without failing the caller's transaction, which may be the gate's."""
+    stmt = _RUN_INSERTS.get(dialect)
+    if stmt is None:
+        insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(runs)
+            .on_conflict_do_nothing(index_elements=["name", "namespace"])
+            .returning(runs.c.id)
+        )
+        _RUN_INSERTS[dialect] = stmt
+    return stmt
+
+
+def _insert_run(conn: Connection, values: dict[str, Any]) -> str:
+    """Insert the run with a free name of its namespace; return the name."""
+    stmt = _run_insert(conn.dialect.name)
+    for attempt in range(NAME_ATTEMPTS):
+        name = run_name(attempt)
+        # RETURNING, not rowcount: drivers need not count an INSERT's rows
+        if conn.execute(stmt, {**values, "name": name}).first() is not None:
+            return name
+    raise Conflict(f"no free run name in namespace {values['namespace']!r}; try again")
+
+
+def find_by_key(conn: Connection, req: RunRequest) -> dict[str, Any] | None:
+    """The run already created with ``req``'s idempotency key in its
+    namespace (as ``queries.run_dict`` shows it), or None. A ``Conflict``
+    (409) naming what differs if that run was for another pipeline, other
+    parameters, other labels or other options: silently returning a run that
+    is not the one asked for would be worse."""
+    pv, key = req.pv, req.idempotency_key
     row = conn.execute(
         sa.select(runs).where(runs.c.namespace == pv.namespace, runs.c.idempotency_key == key)
     ).first()
     if row is None:
         return None
-    if row.pipeline != pv.name or row.params != params:
+    # The labels a run of this request would have had: the pipeline's, then the request's.
+    labels = {**pv.spec.labels, **req.labels}
+    differs = [
+        what
+        for what, same in (
+            ("pipeline", row.pipeline == pv.name),
+            ("parameters", row.params == req.params),
+            ("labels", (row.labels or {}) == labels),
+            ("options", RunOptions.from_stored(row.options) == req.options),
+        )
+        if not same
+    ]
+    if differs:
         raise Conflict(
             f"idempotency key {key!r} was already used for run {row.id} with a different "
-            "pipeline or different parameters",
+            + " and ".join(differs),
             {"run_id": row.id},
         )
     return run_dict(row)

@@ -7,6 +7,7 @@ CLI ask.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Connection
 from ferryman.domain.events import EventType
 from ferryman.errors import InvalidInput, NotFound
 from ferryman.http import RESPONSE_EXCERPT, DestinationPolicy, Timeouts, describe, response_excerpt
+from ferryman.http.base import is_public
 from ferryman.notify.formats import FormatContext, get_format
 from ferryman.notify.webhook import build_request, sample_event
 from ferryman.services.fanout import DEAD, DELIVERY_STATES, PENDING, WAITING
@@ -161,9 +163,15 @@ def send_test(
 
     Nothing is recorded: the test is not an event. A format without an
     equivalent for ``event_type`` is an ``InvalidInput``. ``policy``: the
-    destination policy (``ferryman.http.destination_policy(settings)``).
+    destination policy (``ferryman.http.destination_policy(settings)``); a
+    refused destination gets no request, only the refusal.
+
+    The start of the answer is shown for a 2xx answer, or one from a public
+    address; a non-2xx answer from anywhere else (a service on the server's
+    own network that the policy allows) shows only its status: the test
+    send must not become a way to read internal services.
     """
-    from ferryman.http.sync import ERRORS, read_start, sync_client
+    from ferryman.http.sync import ERRORS, peer_address, read_start, sync_client
 
     row = subscription_row(conn, ref)
     try:
@@ -188,11 +196,23 @@ def send_test(
             sync_client(Timeouts.per_phase(timeout), policy=policy) as client,
             client.stream("POST", row.url, content=body, headers=headers) as resp,
         ):
-            text = response_excerpt(read_start(resp, RESPONSE_EXCERPT * 4))
+            text = None
+            if 200 <= resp.status_code < 300 or _public(peer_address(resp)):
+                text = response_excerpt(read_start(resp, RESPONSE_EXCERPT * 4))
         return TestResult(event["id"], resp.status_code, _ms(started), text, None)
     except ERRORS as exc:
         error = describe(exc, timeout=timeout).error
         return TestResult(event["id"], None, _ms(started), None, error)
+
+
+def _public(address: str | None) -> bool:
+    """Whether ``address`` is a public one (an unknown one is not)."""
+    if address is None:
+        return False
+    try:
+        return is_public(ipaddress.ip_address(address.split("%", 1)[0]))
+    except ValueError:
+        return False
 
 
 def _ms(started: float) -> float:

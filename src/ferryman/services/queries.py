@@ -14,12 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from ferryman.errors import InvalidInput, NotFound
+from ferryman.domain.run_names import MAX_RUN_NAME
+from ferryman.errors import Ambiguous, InvalidInput, NotFound
 from ferryman.services.catalog import PipelineVersion, latest, spec_of_version
 from ferryman.store.tables import events, logs, nodes, pipeline_versions, pipelines, runs
 
 RUN_FIELDS = (
     "id",
+    "name",
     "namespace",
     "pipeline",
     "version",
@@ -68,11 +70,15 @@ def run_dict(row: Any) -> dict[str, Any]:
 
 
 _RUN_COLUMNS = [runs.c[k] for k in RUN_FIELDS]
+# Lists leave the parameters out unless asked: they can be large, and a page
+# of runs should cost the same whatever the runs were given.
+_LIST_FIELDS = tuple(k for k in RUN_FIELDS if k != "params")
+_LIST_COLUMNS = [runs.c[k] for k in _LIST_FIELDS]
 
 
-def _run_dict_of_tuple(row: Any) -> dict[str, Any]:
-    # a row of _RUN_COLUMNS, in order (cheaper than attribute access per field)
-    d = dict(zip(RUN_FIELDS, row, strict=True))
+def _run_dict_of_tuple(row: Any, fields: Sequence[str] = RUN_FIELDS) -> dict[str, Any]:
+    # a row of the columns of ``fields``, in order (cheaper than attribute access per field)
+    d = dict(zip(fields, row, strict=True))
     d["duration"] = _duration(d["started_at"] or d["created_at"], d["ended_at"])
     return d
 
@@ -93,24 +99,6 @@ def get_run(conn: Connection, run_id: str, *, with_nodes: bool = True) -> dict[s
             )
         ]
     return d
-
-
-def find_run_id(conn: Connection, prefix: str) -> str:
-    """Accept a full run id or a unique prefix of one (at least 6 characters)."""
-    if len(prefix) == 32:
-        return prefix
-    if len(prefix) < 6:
-        raise NotFound(f"run id {prefix!r} is too short (give at least 6 characters)")
-    ids = (
-        conn.execute(sa.select(runs.c.id).where(runs.c.id.like(prefix.lower() + "%")).limit(2))
-        .scalars()
-        .all()
-    )
-    if not ids:
-        raise NotFound(f"no run {prefix!r}")
-    if len(ids) > 1:
-        raise NotFound(f"run id prefix {prefix!r} is ambiguous")
-    return str(ids[0])
 
 
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}$")
@@ -208,14 +196,18 @@ def list_runs(
     created_before: dt.datetime | None = None,
     limit: int = 50,
     before: str | None = None,
+    with_params: bool = True,
 ) -> list[dict[str, Any]]:
     """Newest first; ``before`` is a run id cursor (ids are time-ordered).
 
     ``state`` and ``states`` both filter on the run state (any of them);
     ``labels`` must all match; the creation time range is ``[after, before)``.
+    Without ``with_params`` the parameters are not read (``params`` is None).
     """
     all_states = [*states, state] if state else list(states)
-    q = sa.select(*_RUN_COLUMNS).order_by(runs.c.id.desc()).limit(limit)
+    fields = RUN_FIELDS if with_params else _LIST_FIELDS
+    columns = _RUN_COLUMNS if with_params else _LIST_COLUMNS
+    q = sa.select(*columns).order_by(runs.c.id.desc()).limit(limit)
     for clause in _run_filters(
         conn,
         namespace=namespace,
@@ -228,7 +220,11 @@ def list_runs(
         q = q.where(clause)
     if before:
         q = q.where(runs.c.id < before)
-    return [_run_dict_of_tuple(r) for r in conn.execute(q).all()]
+    out = [_run_dict_of_tuple(r, fields) for r in conn.execute(q).all()]
+    if not with_params:
+        for d in out:
+            d["params"] = None
+    return out
 
 
 def encode_cursor(run_id: str) -> str:
@@ -261,10 +257,12 @@ def page_runs(
     labels: LabelFilter | None = None,
     created_after: dt.datetime | None = None,
     created_before: dt.datetime | None = None,
+    with_params: bool = False,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of runs, newest first, and the cursor of the next page (None at
     the end). Keyset pagination on the time-ordered id: runs created while a
-    client pages never shift the pages it has not read yet."""
+    client pages never shift the pages it has not read yet. The parameters
+    are read only ``with_params``."""
     rows = list_runs(
         conn,
         namespace=namespace,
@@ -275,6 +273,7 @@ def page_runs(
         created_before=created_before,
         limit=limit + 1,
         before=decode_cursor(cursor) if cursor else None,
+        with_params=with_params,
     )
     more = len(rows) > limit
     rows = rows[:limit]
@@ -305,21 +304,61 @@ def count_runs(
     return {str(s): int(n) for s, n in conn.execute(q).all()}
 
 
-def normalize_run_id(given: str) -> str:
-    """A run id as stored (lower case), or ``NotFound`` when ``given`` cannot
-    be one: neither 32 hex digits nor a prefix of at least 6."""
+#: How many runs an ambiguous handle lists.
+MAX_CANDIDATES = 10
+
+
+def full_run_id(given: str) -> str | None:
+    """``given`` as a stored run id (lower case) when it is a whole one (32
+    hex digits), else None: a prefix or a name, for ``resolve_run_id``."""
     rid = given.lower()
-    if len(rid) > 32 or len(rid) < 6 or not _HEX_RE.match(rid):
-        raise NotFound(f"no run {given!r}")
-    return rid
+    return rid if len(rid) == 32 and _HEX_RE.match(rid) else None
 
 
 def resolve_run_id(conn: Connection, given: str) -> str:
-    """A full run id (32 hex digits) or a unique prefix of at least 6; anything
-    else is ``NotFound``. A full id is returned without a query: the caller's
-    own lookup reports it missing."""
-    rid = normalize_run_id(given)
-    return rid if len(rid) == 32 else find_run_id(conn, rid)
+    """The id of the run that ``given`` names: its id (32 hex digits), a unique
+    prefix of it (6 hex digits or more) or its name (``brave-otter-42``).
+
+    A whole id is returned without a query (the caller's own lookup reports
+    it missing). ``NotFound`` when nothing matches; ``Ambiguous`` (a
+    ``NotFound``) when several runs do (a prefix, or a name used in several
+    namespaces), with the newest of them in ``details``.
+    """
+    full = full_run_id(given)
+    if full is not None:
+        return full
+    handle = given.lower()
+    cols = (runs.c.id, runs.c.name, runs.c.namespace, runs.c.pipeline, runs.c.created_at)
+    q = sa.select(*cols).order_by(runs.c.id.desc()).limit(MAX_CANDIDATES + 1)
+    if _HEX_RE.match(handle):
+        if len(handle) > 32:
+            raise NotFound(f"no run {given!r}")
+        if len(handle) < 6:
+            raise NotFound(f"run id {given!r} is too short (give at least 6 characters)")
+        q = q.where(runs.c.id.like(handle + "%"))
+        what = f"run id prefix {given!r}"
+        hint = "give more of the id, or the run's name"
+    elif len(handle) <= MAX_RUN_NAME:
+        q = q.where(runs.c.name == handle)
+        what = f"run name {given!r}"
+        hint = "the name is used in several namespaces: give the run's id"
+    else:
+        raise NotFound(f"no run {given!r}")
+    rows = conn.execute(q).all()
+    if not rows:
+        raise NotFound(f"no run {given!r}")
+    if len(rows) > 1:
+        listed = [
+            {"id": r.id, "name": r.name, "namespace": r.namespace, "pipeline": r.pipeline,
+             "created_at": r.created_at.isoformat()}
+            for r in rows[:MAX_CANDIDATES]
+        ]  # fmt: skip
+        more = "" if len(rows) <= MAX_CANDIDATES else f" (the {MAX_CANDIDATES} newest listed)"
+        raise Ambiguous(
+            f"{what} matches several runs{more}: {hint}",
+            listed,
+        )
+    return str(rows[0].id)
 
 
 def run_state(conn: Connection, run_id: str) -> str | None:
@@ -368,13 +407,18 @@ def get_logs(
     run_id: str,
     *,
     node: str | None = None,
+    attempt: int | None = None,
     after_id: int = 0,
     limit: int = 1000,
     tail: int | None = None,
 ) -> list[dict[str, Any]]:
+    """A run's log lines in order: those after ``after_id`` (at most
+    ``limit``), or the last ``tail``; of one step and/or one attempt."""
     q = sa.select(logs).where(logs.c.run_id == run_id, logs.c.id > after_id)
     if node:
         q = q.where(logs.c.node == node)
+    if attempt is not None:
+        q = q.where(logs.c.attempt == attempt)
     if tail is not None:
         rows = list(conn.execute(q.order_by(logs.c.id.desc()).limit(tail)))[::-1]
     else:

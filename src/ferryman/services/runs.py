@@ -149,7 +149,7 @@ class RunService:
             try:
                 with self.store.write() as conn:
                     if key:
-                        existing = find_by_key(conn, request.pv, key, request.params)
+                        existing = find_by_key(conn, request)
                         if existing:
                             return StartedRun(existing, False)
                     tx = self.tx(conn)
@@ -163,7 +163,7 @@ class RunService:
                 if not key or attempt == _KEY_RACE_ATTEMPTS - 1:
                     raise
                 with self.store.read() as conn:
-                    existing = find_by_key(conn, request.pv, key, request.params)
+                    existing = find_by_key(conn, request)
                 if existing:
                     return StartedRun(existing, False)
         raise AssertionError("unreachable")

@@ -27,7 +27,9 @@ from ferryman.errors import Conflict, InvalidInput, NotFound
 from ferryman.http import PERMISSIVE, DestinationPolicy, DestinationRefused
 from ferryman.notify.formats import formats
 from ferryman.notify.signing import SecretError, generate_secret, secret_key
+from ferryman.secret_box import SecretBox
 from ferryman.store.tables import (
+    JSONType,
     deliveries,
     delivery_attempts,
     new_id,
@@ -265,13 +267,17 @@ def bump_generation(conn: Connection) -> None:
         conn.execute(sa.insert(subscription_generation).values(id=1, generation=1))
 
 
-def check_destination(url: str, policy: DestinationPolicy) -> None:
+def check_destination(url: str, policy: DestinationPolicy, field: str = "url") -> None:
     """``InvalidInput`` when the destination policy refuses ``url`` (checked again
-    before every request: this is only the early answer)."""
+    before every request: this is only the early answer). ``field`` names the
+    input in the message and the details."""
     try:
         policy.check_url(url)
     except DestinationRefused as exc:
-        raise InvalidInput(f"url: destination refused: {exc.reason}") from None
+        raise InvalidInput(
+            f"{field}: destination refused: {exc.reason}",
+            [{"path": field, "reason": f"destination refused: {exc.reason}"}],
+        ) from None
 
 
 def create_subscription(
@@ -381,6 +387,34 @@ def delete_subscription(conn: Connection, ref: str, *, source: str | None = None
     conn.execute(sa.delete(subscriptions).where(subscriptions.c.id == row.id))
     bump_generation(conn)
     return str(row.id)
+
+
+# The stored values as they are (sealed), not through the sealing column types.
+_RAW = sa.table(
+    "subscriptions",
+    sa.column("id", sa.String),
+    sa.column("secret", sa.Text),
+    sa.column("headers", JSONType),
+)
+
+
+def reseal_secrets(conn: Connection, box: SecretBox) -> int:
+    """Seal every subscription's secret and header values with ``box``'s first
+    key (opening them with whichever of its keys sealed them): the step of a
+    key rotation after which the old key can go. Returns how many rows."""
+    rows = conn.execute(sa.select(_RAW.c.id, _RAW.c.secret, _RAW.c.headers)).all()
+    for row in rows:
+        headers = {
+            k: box.reseal(v) if isinstance(v, str) else v for k, v in (row.headers or {}).items()
+        }
+        conn.execute(
+            sa.update(_RAW)
+            .where(_RAW.c.id == row.id)
+            .values(secret=box.reseal(row.secret), headers=headers)
+        )
+    if rows:
+        bump_generation(conn)
+    return len(rows)
 
 
 def disable(conn: Connection, subscription_id: str, reason: str) -> None:

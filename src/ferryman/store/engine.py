@@ -15,7 +15,9 @@ one ``LISTEN`` connection (``store/listener.py``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -27,14 +29,16 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from ferryman.secret_box import NoKey, SecretBox
 from ferryman.settings import Settings
 from ferryman.store.locks import MIGRATION_LOCK_KEY
+from ferryman.store.tables import BOX_ATTRIBUTE
 
 if TYPE_CHECKING:
     from ferryman.store.listener import Listener
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0009"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
@@ -74,20 +78,48 @@ def describe_unavailable(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {first[:300]}"
 
 
-class Store:
-    """One database, shared by the services and loops of a process."""
+def private_file(path: Path) -> None:
+    """Make ``path`` (an SQLite database) readable by this user only: its
+    directory created 0700 when missing, the file (and its ``-wal`` and
+    ``-shm`` files, which SQLite creates with the database's mode) 0600.
+    Subscription secrets and run parameters live in it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
 
-    def __init__(self, url: str, *, synchronous: str = "NORMAL", pool_size: int = 10) -> None:
+
+class Store:
+    """One database, shared by the services and loops of a process.
+
+    ``secret_box`` seals the secrets stored in it (``Sealed`` columns);
+    without one (a store opened from a bare URL), sealed values cannot be
+    read or written (``Store.from_settings`` gives the settings' box).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "NORMAL",
+        pool_size: int = 10,
+        secret_box: SecretBox | None = None,
+    ) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.is_postgres = self.url.get_backend_name() == "postgresql"
         if self.is_postgres and self.url.drivername == "postgresql":
             self.url = self.url.set(drivername="postgresql+psycopg")
-        kwargs: dict[str, Any] = {}
+        # Never SQL parameters in exception messages: they carry run
+        # parameters and secrets, and the messages are logged.
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         if self.is_sqlite:
             db = self.url.database
-            if db and db != ":memory:":
-                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            if db and db != ":memory:" and not db.startswith("file:"):
+                private_file(Path(db))
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             kwargs["pool_size"] = pool_size
             kwargs["poolclass"] = sa.pool.QueuePool
@@ -96,6 +128,8 @@ class Store:
             kwargs["max_overflow"] = pool_size
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        self.secret_box = secret_box or NoKey()
+        setattr(self.engine.dialect, BOX_ATTRIBUTE, self.secret_box)
         # Wake-ups: in-process subscribers per channel; PostgreSQL adds
         # LISTEN/NOTIFY for other processes (one listener per store).
         self._subscribers: dict[str, list[Callable[[], None]]] = {}
@@ -113,7 +147,11 @@ class Store:
     def from_settings(cls, settings: Settings, *, prepare: bool = True) -> Store:
         """The store of ``settings``; with ``prepare`` (the default) its schema
         is brought to head first (when ``FERRYMAN_AUTO_MIGRATE`` allows)."""
-        store = cls(settings.db_url, synchronous=settings.sqlite_synchronous)
+        store = cls(
+            settings.db_url,
+            synchronous=settings.sqlite_synchronous,
+            secret_box=SecretBox.from_settings(settings),
+        )
         if prepare and settings.auto_migrate:
             store.prepare_schema()
         return store

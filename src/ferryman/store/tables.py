@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 
+from ferryman.secret_box import NoKey, SecretBox
+
 
 class UTCDateTime(sa.TypeDecorator[dt.datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite stores naive UTC)."""
@@ -40,6 +42,56 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
 
 
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+#: The attribute of an engine's dialect holding its store's ``SecretBox``:
+#: column types see only the dialect, and each engine has its own.
+BOX_ATTRIBUTE = "ferryman_secret_box"
+
+
+def box_of(dialect: Dialect) -> SecretBox:
+    """The secret box of the store whose engine has this dialect."""
+    box = getattr(dialect, BOX_ATTRIBUTE, None)
+    return box if isinstance(box, SecretBox) else NoKey()
+
+
+class Sealed(sa.TypeDecorator[str]):
+    """Text stored encrypted by the store's ``SecretBox`` (``fmbox1:…``);
+    reads give the plain text back (a value never sealed, as it is)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else box_of(dialect).seal(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else box_of(dialect).open(value)
+
+
+class SealedValues(sa.TypeDecorator[dict[str, str]]):
+    """A JSON object of texts whose values are stored sealed (its keys stay
+    readable: header names are not secret, their values often are)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(sa.JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        box = box_of(dialect)
+        return {k: box.seal(str(v)) for k, v in value.items()}
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        box = box_of(dialect)
+        return {k: box.open(v) if isinstance(v, str) else v for k, v in value.items()}
+
 
 metadata = sa.MetaData()
 
@@ -92,6 +144,8 @@ runs = sa.Table(
     "runs",
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
+    # a readable handle, unique per namespace (domain.run_names)
+    sa.Column("name", sa.String(64), nullable=False),
     sa.Column("namespace", sa.String(128), nullable=False),
     sa.Column("pipeline", sa.String(128), nullable=False),
     sa.Column(
@@ -117,6 +171,8 @@ runs = sa.Table(
     sa.Column("ended_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("namespace", "idempotency_key", name="uq_runs_idempotency"),
+    # name first: it also finds a run by name alone (``runs get brave-otter-42``)
+    sa.UniqueConstraint("name", "namespace", name="uq_runs_name"),
     sa.Index("ix_runs_ns_created", "namespace", "created_at"),
     sa.Index("ix_runs_state", "state"),
     sa.Index("ix_runs_pipeline", "namespace", "pipeline", "created_at"),
@@ -337,9 +393,10 @@ subscriptions = sa.Table(
     sa.Column("namespaces", JSONType, nullable=False),
     sa.Column("pipelines", JSONType, nullable=False),
     sa.Column("labels", JSONType, nullable=False),
-    # The HMAC key must be readable to sign; it is never returned or logged.
-    sa.Column("secret", sa.Text, nullable=False),
-    sa.Column("headers", JSONType, nullable=False),
+    # The HMAC key must be readable to sign; it is stored encrypted (the
+    # header values too) and never returned or logged.
+    sa.Column("secret", Sealed, nullable=False),
+    sa.Column("headers", SealedValues, nullable=False),
     sa.Column("enabled", sa.Boolean, nullable=False, default=True),
     sa.Column("disabled_reason", sa.Text, nullable=True),
     sa.Column("source", sa.String(16), nullable=False),

@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel
 
-from ferryman.api.deps import Operator, StoreDep, Viewer
+from ferryman.api.deps import Developer, SettingsDep, StoreDep, Viewer
 from ferryman.api.schemas import (
     PipelineDetail,
     PipelineList,
     PipelinePublic,
     PipelineRegistered,
-    StepPublic,
-    TriggerPublic,
     VersionList,
     VersionPublic,
 )
 from ferryman.domain.params import json_schema
 from ferryman.domain.spec import NAME_RE, PipelineSpec
-from ferryman.errors import InvalidInput
+from ferryman.errors import InvalidInput, TooLarge
 from ferryman.services import queries, triggers
 from ferryman.services.catalog import list_pipelines, register
 
@@ -87,6 +86,34 @@ def _check_validators(spec: PipelineSpec) -> None:
         raise InvalidInput(f"{len(problems)} invalid validator(s)", problems)
 
 
+def _check_reserved_env(spec: PipelineSpec) -> None:
+    # FERRYMAN_* is ferryman's: a step never gets such a variable but its own
+    # (they would be dropped at launch; refusing them says so up front).
+    from ferryman.infra.base import RESERVED_PREFIX
+
+    problems = [
+        {"path": f"steps.{i}.{field}", "reason": f"{name}: {RESERVED_PREFIX}* names are reserved"}
+        for i, s in enumerate(spec.steps)
+        for field, names in (("env", list(s.env)), ("secrets", s.secrets))
+        for name in names
+        if name.startswith(RESERVED_PREFIX)
+    ]
+    if problems:
+        raise InvalidInput(f"{len(problems)} reserved variable name(s)", problems)
+
+
+def check_size(what: str, value: Any, limit: int, setting: str) -> int:
+    """The size of ``value`` as compact JSON; ``TooLarge`` (413) past ``limit``
+    bytes, naming the limit and the setting that raises it."""
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > limit:
+        raise TooLarge(
+            f"{what} is {size} bytes as JSON; the limit is {limit} bytes ({setting})",
+            [{"path": what, "reason": f"larger than {limit} bytes"}],
+        )
+    return size
+
+
 def _check_step_kinds(spec: PipelineSpec) -> None:
     from ferryman.infra.registry import kind_problems
 
@@ -99,19 +126,28 @@ def _check_step_kinds(spec: PipelineSpec) -> None:
     "/namespaces/{ns}/pipelines",
     response_model=PipelineRegistered,
     status_code=201,
-    summary="Register a pipeline (a new version only when it changed)",
+    summary="Register a pipeline (developers and admins; a new version only when it changed)",
     responses={
-        200: {"description": "This definition was already registered", "model": PipelineRegistered}
+        200: {"description": "This definition was already registered", "model": PipelineRegistered},
+        403: {"description": "Only developers and admins register pipeline code"},
+        413: {"description": "The definition is larger than FERRYMAN_MAX_SPEC_BYTES"},
     },
 )
-def register_pipeline(ns: Namespace, spec: PipelineSpec, store: StoreDep, _: Operator) -> Response:
+def register_pipeline(
+    ns: Namespace, spec: PipelineSpec, store: StoreDep, settings: SettingsDep, _: Developer
+) -> Response:
     """Store the compiled pipeline spec; 201 with the new version, or 200 when
-    the same definition is already stored."""
-    bad = nul_paths(spec.model_dump(mode="json"))
+    the same definition is already stored.
+
+    Developers and admins only: a pipeline is code the workers run."""
+    document = spec.model_dump(mode="json")
+    check_size("spec", document, settings.max_spec_bytes, "FERRYMAN_MAX_SPEC_BYTES")
+    bad = nul_paths(document)
     if bad:
         details = [{"path": p, "reason": "contains a NUL character"} for p in bad]
         raise InvalidInput("NUL characters are not allowed", details)
     _check_validators(spec)
+    _check_reserved_env(spec)
     _check_step_kinds(spec)
     with store.write() as conn:
         pv = register(conn, ns, spec)
@@ -123,6 +159,19 @@ def register_pipeline(ns: Namespace, spec: PipelineSpec, store: StoreDep, _: Ope
         warnings=list(pv.warnings),
     )
     return respond(out, 201 if pv.created else 200)
+
+
+@router.get("/pipelines", response_model=PipelineList, summary="Pipelines of every namespace")
+def get_all_pipelines(
+    store: StoreDep,
+    _: Viewer,
+    namespace: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+) -> Response:
+    """Every pipeline with its newest version, by namespace and name (one
+    namespace with ``namespace``)."""
+    with store.read() as conn:
+        rows = list_pipelines(conn, namespace)
+    return respond(PipelineList(items=[PipelinePublic.model_validate(r) for r in rows]))
 
 
 @router.get(
@@ -153,28 +202,13 @@ def get_pipeline(
     with store.read() as conn:
         pv, created_at = queries.pipeline_version(conn, ns, name, version)
     spec = pv.spec
-    detail = PipelineDetail(
-        namespace=ns,
-        name=pv.name,
-        version=pv.version,
-        created_at=created_at,
-        description=spec.description,
+    detail = PipelineDetail.of(
+        ns,
+        pv.version,
+        created_at,
+        spec,
         params_schema=_params_schema(pv.version, spec),
-        steps=[
-            StepPublic(
-                name=s.name,
-                kind=s.kind,
-                depends_on=list(s.depends_on),
-                infrastructure=s.infrastructure or spec.infrastructure,
-                retries=s.retries,
-                timeout=s.timeout,
-            )
-            for s in spec.steps
-        ],
-        labels=dict(spec.labels),
-        timeout=spec.timeout,
-        infrastructure=spec.infrastructure,
-        triggers=[TriggerPublic.model_validate(t) for t in triggers.triggers_of(ns, spec)],
+        triggers=triggers.triggers_of(ns, spec),
     )
     return respond(detail)
 

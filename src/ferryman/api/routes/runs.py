@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -26,6 +27,7 @@ from ferryman.api.routes.pipelines import (
     NAME_PATTERN,
     Namespace,
     PipelineName,
+    check_size,
     nul_paths,
     respond,
 )
@@ -46,9 +48,12 @@ from ferryman.domain.options import Origin
 from ferryman.domain.params import ParamError, ParamsInvalid
 from ferryman.domain.states import RunState
 from ferryman.errors import InvalidInput, NotFound
+from ferryman.http import destination_policy
+from ferryman.redaction import SHAPES_ONLY
 from ferryman.services import queries, triggers
 from ferryman.services.auth import Principal
 from ferryman.services.runs import RunService
+from ferryman.services.subscriptions import check_destination
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 
@@ -69,9 +74,33 @@ IdempotencyKey = Annotated[
     ),
 ]
 RunId = Annotated[
-    str, Path(max_length=64, description="A run id: 32 hex digits, or a unique prefix of 6+")
+    str,
+    Path(
+        max_length=64,
+        description="A run: its id (32 hex digits), a unique prefix of 6+, or its name",
+    ),
 ]
 NameFilter = Annotated[str | None, Query(pattern=NAME_PATTERN)]
+#: The largest log line id or event seq (32-bit integer columns).
+MAX_POSITION = 2**31 - 1
+#: ``?after=``: a log line id or event seq; past the largest one is a 422.
+After = Annotated[
+    int, Query(ge=0, le=MAX_POSITION, description="Only items with a larger id (seq)")
+]
+# What Last-Event-ID may be: an id this server sent (ASCII digits; str.isdigit
+# also accepts '²' and other digits int() refuses).
+_EVENT_ID = re.compile(r"[0-9]{1,10}")
+
+
+def resume_after(last_event_id: str | None, after: int) -> int:
+    """Where a log stream resumes: after ``Last-Event-ID`` when it is an id
+    this server could have sent (1 to 10 ASCII digits, at most
+    ``MAX_POSITION``), else after ``after``: anything else in the header is
+    ignored, as a stream's client only echoes what it was sent."""
+    value = (last_event_id or "").strip()
+    if _EVENT_ID.fullmatch(value) and int(value) <= MAX_POSITION:
+        return max(after, int(value))
+    return after
 
 
 def _check_text(name: str, value: str | None) -> None:
@@ -104,9 +133,13 @@ def start_run(
     key re-used for another pipeline or other parameters is a 409: silently
     returning an unrelated run would be worse.
     """
+    check_size("params", body.params, settings.max_params_bytes, "FERRYMAN_MAX_PARAMS_BYTES")
     bad = nul_paths(body.params)
     if bad:
         raise ParamsInvalid([ParamError(p, "contains a NUL character") for p in bad])
+    if body.webhook_url is not None:
+        # Early answer; the dispatcher asks the policy again, after resolving.
+        check_destination(str(body.webhook_url), destination_policy(settings), "webhook_url")
     started = runs.start(
         namespace,
         pipeline,
@@ -185,8 +218,13 @@ def list_runs(
     created_before: Annotated[dt.datetime | None, Query(description="Exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of a page")] = None,
+    include_params: Annotated[
+        bool, Query(description="Include each run's parameters (left out by default)")
+    ] = False,
 ) -> Response:
-    """Runs matching every filter given, newest first, one page at a time."""
+    """Runs matching every filter given, newest first, one page at a time;
+    without ``include_params`` each run's ``params`` is null (they can be
+    large; ``GET /runs/{id}`` has them)."""
     labels = _labels(label)
     with store.read() as conn:
         rows, next_cursor = queries.page_runs(
@@ -199,6 +237,7 @@ def list_runs(
             labels=labels,
             created_after=created_after,
             created_before=created_before,
+            with_params=include_params,
         )
     base = settings.base_url
     return respond(
@@ -251,10 +290,10 @@ def cancel_run(
 ) -> Response:
     """Steps not started are cancelled at once; running ones are stopped (graceful,
     then forced) and the run becomes ``cancelled`` when the last has ended."""
-    rid = queries.normalize_run_id(run_id)
-    if len(rid) < 32:
+    rid = queries.full_run_id(run_id)
+    if rid is None:
         with store.read() as conn:
-            rid = queries.resolve_run_id(conn, rid)
+            rid = queries.resolve_run_id(conn, run_id)
     runs.cancel(rid)
     with store.read() as conn:
         row = queries.get_run(conn, rid, with_nodes=False)
@@ -273,10 +312,10 @@ def rerun(
 ) -> Response:
     """A new run of the same version and parameters that re-uses the outputs of
     the steps that succeeded."""
-    rid = queries.normalize_run_id(run_id)
-    if len(rid) < 32:
+    rid = queries.full_run_id(run_id)
+    if rid is None:
         with store.read() as conn:
-            rid = queries.resolve_run_id(conn, rid)
+            rid = queries.resolve_run_id(conn, run_id)
     new_id = runs.rerun(rid)
     with store.read() as conn:
         row = queries.get_run(conn, new_id, with_nodes=False)
@@ -298,16 +337,19 @@ def get_logs(
     store: StoreDep,
     _: Viewer,
     step: Annotated[str | None, Query(max_length=128, description="Only this step")] = None,
-    after: Annotated[int, Query(ge=0, description="Only lines with a larger id")] = 0,
+    after: After = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     tail: Annotated[int | None, Query(ge=1, le=10000, description="The last N lines")] = None,
+    attempt: Annotated[int | None, Query(ge=1, description="Only this attempt's lines")] = None,
 ) -> Response:
     """Lines in order. ``run_state`` is read before the lines: if it is final and
     fewer than ``limit`` lines came back, there are no more."""
     _check_text("step", step)
     with store.read() as conn:
         rid, state = _existing(conn, run_id)
-        rows = queries.get_logs(conn, rid, node=step, after_id=after, limit=limit, tail=tail)
+        rows = queries.get_logs(
+            conn, rid, node=step, attempt=attempt, after_id=after, limit=limit, tail=tail
+        )
     return respond(
         LogList(
             items=[LogLinePublic.model_validate(r) for r in rows],
@@ -370,16 +412,16 @@ def stream_logs(
     store: StoreDep,
     _: Viewer,
     step: Annotated[str | None, Query(max_length=128)] = None,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: After = 0,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
 ) -> StreamingResponse:
     """New lines as they are written; resumes after ``Last-Event-ID`` (or
-    ``after``); ends with ``event: end`` once the run is over and drained."""
+    ``after``); ends with ``event: end`` once the run is over and drained.
+    A ``Last-Event-ID`` that is not a line id (ASCII digits) is ignored."""
     _check_text("step", step)
     with store.read() as conn:
         rid, _state = _existing(conn, run_id)
-    if last_event_id and last_event_id.strip().isdigit():
-        after = max(after, int(last_event_id.strip()))
+    after = resume_after(last_event_id, after)
     return StreamingResponse(
         _log_events(request, store, rid, step, after),
         media_type="text/event-stream",
@@ -392,7 +434,7 @@ def get_events(
     run_id: RunId,
     store: StoreDep,
     _: Viewer,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger seq")] = 0,
+    after: After = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> Response:
     """Lifecycle events of the run in order."""
@@ -401,7 +443,17 @@ def get_events(
         rows = queries.get_events(conn, rid, after_seq=after, limit=limit)
     return respond(
         EventList(
-            items=[EventPublic.model_validate(r) for r in rows],
+            items=[EventPublic.model_validate(_masked_event(r)) for r in rows],
             next_after=rows[-1]["seq"] if rows else after,
         )
     )
+
+
+def _masked_event(row: dict[str, Any]) -> dict[str, Any]:
+    # Token shapes, whatever recorded the event (declared secrets were masked
+    # by the worker when it recorded a step's error).
+    if row.get("message"):
+        row = {**row, "message": SHAPES_ONLY.text(row["message"])}
+    if row.get("data"):
+        row = {**row, "data": SHAPES_ONLY.value(row["data"])}
+    return row

@@ -4,7 +4,8 @@ Who may do what:
 
 - **viewers** list and read subscriptions, deliveries and delivery attempts
   (never a secret: the signing secret is shown once, in the answer to the
-  creation, and header values are masked);
+  creation, and header values are masked; a URL's path and query, which can
+  carry credentials, are shown to admins only: ``https://host/…`` to others);
 - **operators** redeliver dead-lettered deliveries (an operational action on
   existing subscriptions);
 - **admins** create, change, delete and test subscriptions: a subscription
@@ -32,10 +33,11 @@ from ferryman.api.subscription_schemas import (
     TestRequest,
     TestResult,
 )
-from ferryman.http import destination_policy
+from ferryman.http import destination_policy, redact_url
 from ferryman.notify.formats import FormatContext
 from ferryman.services import deliveries
 from ferryman.services import subscriptions as subs
+from ferryman.services.auth import Principal, Role
 
 router = APIRouter(tags=["subscriptions"])
 
@@ -59,11 +61,19 @@ _WRITE: dict[int | str, dict[str, Any]] = {
 }
 
 
+def shown(record: dict[str, Any], principal: Principal) -> SubscriptionPublic:
+    """A subscription as ``principal`` may see it: the full URL for admins,
+    only its origin (``scheme://host[:port]/…``) for everyone else."""
+    if principal.role != Role.ADMIN:
+        record = {**record, "url": redact_url(record["url"])}
+    return SubscriptionPublic.model_validate(record)
+
+
 @router.get("/subscriptions", response_model=SubscriptionList, summary="List subscriptions")
-def list_subscriptions(_: Viewer, store: StoreDep) -> SubscriptionList:
+def list_subscriptions(principal: Viewer, store: StoreDep) -> SubscriptionList:
     with store.read() as conn:
         items = subs.list_subscriptions(conn)
-    return SubscriptionList(items=[SubscriptionPublic.model_validate(i) for i in items])
+    return SubscriptionList(items=[shown(i, principal) for i in items])
 
 
 @router.post(
@@ -87,9 +97,9 @@ def create_subscription(
     summary="Get a subscription (by id or name)",
     responses=_404,
 )
-def get_subscription(ref: SubRef, _: Viewer, store: StoreDep) -> SubscriptionPublic:
+def get_subscription(ref: SubRef, principal: Viewer, store: StoreDep) -> SubscriptionPublic:
     with store.read() as conn:
-        return SubscriptionPublic.model_validate(subs.get_subscription(conn, ref))
+        return shown(subs.get_subscription(conn, ref), principal)
 
 
 @router.patch(

@@ -79,6 +79,6 @@ or equal to 0``.
 
 from ferryman.dsl.yaml_loader.compiler import spec_from_mapping
 from ferryman.dsl.yaml_loader.context import PipelineFileError
-from ferryman.dsl.yaml_loader.files import load_pipeline_file
+from ferryman.dsl.yaml_loader.files import load_pipeline_file, load_pipeline_text
 
-__all__ = ["PipelineFileError", "load_pipeline_file", "spec_from_mapping"]
+__all__ = ["PipelineFileError", "load_pipeline_file", "load_pipeline_text", "spec_from_mapping"]

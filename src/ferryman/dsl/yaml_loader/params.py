@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from ferryman.domain.spec import PipelineSpec, ValidatorSpec
 from ferryman.domain.validators import check_validator_spec
+from ferryman.dsl.defaults import default_problems
 from ferryman.dsl.yaml_loader.context import Context, clean_message, describe, join_path, loc_path
 
 PARAM_TYPES = ("string", "integer", "number", "boolean", "array", "object", "date", "any")
@@ -65,24 +66,8 @@ def _param_type(ctx: Context, value: Any, path: str) -> str:
 
 def check_defaults(ctx: Context, spec: PipelineSpec) -> None:
     """Check the defaults of optional parameters against their types."""
-    from ferryman.domain.params import build_model
-
-    given = {p.name: p.default for p in spec.params if not p.required and p.default is not None}
-    if not given:
-        return
-    try:
-        model = build_model(spec)
-    except TypeError:  # an unhashable spec cannot be cached; the run will say so
-        return
-    try:
-        model.model_validate(given)
-    except ValidationError as exc:
-        for e in exc.errors(include_url=False):
-            loc = e["loc"]
-            if loc and loc[0] in given:
-                rest = loc_path(loc[1:])
-                sep = "" if not rest or rest.startswith("[") else "."
-                ctx.problem(f"params.{loc[0]}.default{sep}{rest}", e["msg"])
+    for path, message in default_problems(spec):
+        ctx.problem(path, message)
 
 
 def compile_validators(ctx: Context, raw: Any) -> Any:

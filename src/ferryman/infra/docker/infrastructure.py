@@ -119,6 +119,8 @@ class DockerInfrastructure(Infrastructure):
         finished while nobody watched still reports its value. Returns False
         when the container no longer exists.
         """
+        if not identifier:  # the SDK refuses an empty id before asking the daemon
+            return False
         client = self._client()
         try:
             client.api.inspect_container(identifier)
@@ -132,6 +134,8 @@ class DockerInfrastructure(Infrastructure):
         return True
 
     def watch(self, identifier: str) -> Result:
+        if not identifier:
+            return Result(EXIT_LOST, identifier, reason="no container identifier")
         with self._lock:
             handle = self._handles.get(identifier)
         if handle is None:  # not ours: wait for it anyway (no logs)
@@ -160,6 +164,8 @@ class DockerInfrastructure(Infrastructure):
         Idempotent: a stopped or unknown container is left alone. Works for a
         container started by another worker (the identifier is its id).
         """
+        if not identifier:
+            return
         grace = self.config.grace_seconds if grace_seconds is None else max(0.0, grace_seconds)
         with self._lock:
             handle = self._handles.get(identifier)

@@ -54,6 +54,7 @@ class KubernetesInfrastructure(Infrastructure):
     config: KubernetesConfig
     kinds = frozenset({"python", "container"})
     reattachable = True
+    separates_streams = False  # a pod has one log: stderr lines arrive as "stdout"
 
     def __init__(self, config: KubernetesConfig | None = None) -> None:
         super().__init__(config)

@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 # imports them): everyone else may take them from here.
 from ferryman.notify.formats.base import Format as Format
 from ferryman.notify.formats.base import FormatContext as FormatContext
+from ferryman.notify.formats.base import content_type as content_type
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,21 @@ class FormatContext:
         return f"{self.base_url.rstrip('/')}/runs/{run_id}"
 
 
+#: The content type of a format that declares none: bodies are sent as JSON.
+JSON = "application/json"
+
+
 @runtime_checkable
 class Format(Protocol):
-    """A payload format."""
+    """A payload format.
+
+    Besides these members a format should declare ``content_type`` (the
+    ``Content-Type`` of its bodies, a JSON type: they are sent JSON-encoded;
+    ``JSON`` when absent), and ``carries_event_id = False`` when its body has
+    no room for the event's id (every delivery also carries it in the
+    ``webhook-id`` header). The contract suite (``tests/contract/test_formats.py``)
+    checks every registered format against these rules.
+    """
 
     name: str
 
@@ -31,3 +43,8 @@ class Format(Protocol):
     def render(self, event: dict[str, Any], ctx: FormatContext) -> dict[str, Any]:
         """The JSON body for ``event`` (the envelope as a dict)."""
         ...
+
+
+def content_type(fmt: Format) -> str:
+    """The ``Content-Type`` of ``fmt``'s bodies (``JSON`` unless it declares one)."""
+    return str(getattr(fmt, "content_type", JSON))

@@ -11,6 +11,7 @@ class FerrymanFormat:
     """Every event, as ferryman's own JSON envelope."""
 
     name = "ferryman"
+    content_type = "application/json"
 
     def accepts(self, event_type: str) -> bool:
         """Every event type."""

@@ -38,6 +38,7 @@ class SlackFormat:
     """A short mrkdwn message with a link to the run."""
 
     name = "slack"
+    content_type = "application/json"
 
     def accepts(self, event_type: str) -> bool:
         """Every event type (filter by type in the subscription)."""

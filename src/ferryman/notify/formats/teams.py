@@ -14,6 +14,7 @@ class TeamsFormat:
     """A MessageCard with the event's facts and a link to the run."""
 
     name = "teams"
+    content_type = "application/json"
 
     def accepts(self, event_type: str) -> bool:
         """Every event type (filter by type in the subscription)."""
@@ -32,6 +33,7 @@ class TeamsFormat:
             facts.append({"name": "Step", "value": event["node"]})
         if event.get("attempt"):
             facts.append({"name": "Attempt", "value": str(event["attempt"])})
+        facts.append({"name": "Event id", "value": event["id"]})
         return {
             "@type": "MessageCard",
             "@context": "https://schema.org/extensions",
