@@ -30,7 +30,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from ferryman.engine.dispatcher import Dispatcher
 from standardwebhooks.webhooks import Webhook
 from tests.api_support import assert_error, bearer, live_server
 from tests.webhook_support import Receiver, always
@@ -38,6 +37,7 @@ from tests.webhook_support import Receiver, always
 from ferryman.api.app import create_app
 from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
+from ferryman.engine.callback_sender import CallbackSender
 from ferryman.engine.worker import Worker
 from ferryman.secret_box import PREFIX, SecretBox, SecretBoxError
 from ferryman.services import auth
@@ -390,7 +390,7 @@ def test_a_name_resolving_to_loopback_at_send_time_is_refused(
     fast = {"callback_backoff": 0.1, "callback_max_backoff": 0.2, "callback_max_attempts": 3}
     prod = Settings.model_validate({**settings.model_dump(), "env": "production", **fast})
     finish(store, prod, hook)  # a name: accepted when set
-    Dispatcher(store, prod).run_until_idle(20)
+    CallbackSender(store, prod).run_until_idle(20)
     (row,) = callback_rows(store)
     assert row.state == "dead" and row.attempts == 1, row
     assert row.last_error.startswith("destination refused: rebind.test resolves to 127.0.0.1")
@@ -399,7 +399,7 @@ def test_a_name_resolving_to_loopback_at_send_time_is_refused(
         {**prod.model_dump(), "outbound_allow_networks": "127.0.0.0/8"}
     )
     finish(store, allowed, hook)
-    Dispatcher(store, allowed).run_until_idle(20)
+    CallbackSender(store, allowed).run_until_idle(20)
     assert sorted(r.state for r in callback_rows(store)) == ["dead", "delivered"]
     assert len(rcv.requests) == 1
 
