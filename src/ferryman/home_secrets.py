@@ -90,8 +90,8 @@ def _check_stored_jwt_secret(secret: str) -> None:
 def load_or_create_jwt_secret(settings: Settings) -> tuple[str, bool]:
     """The secret signing access tokens: ``FERRYMAN_JWT_SECRET`` when set, else
     the home's (generated now if needed). Returns ``(secret, created)``."""
-    if settings.jwt_secret is not None:
-        return settings.jwt_secret.get_secret_value(), False
+    if settings.api.jwt_secret is not None:
+        return settings.api.jwt_secret.get_secret_value(), False
     return load_or_create(
         jwt_secret_path(settings), lambda: secrets.token_urlsafe(48), _check_stored_jwt_secret
     )

@@ -147,9 +147,13 @@ def _check_stored_key(key: str) -> None:
 
 def secret_keys(settings: Settings) -> list[str]:
     """The configured keys (first seals), else the home's, generated now if needed."""
-    if settings.secret_key is not None:
+    if settings.security.secret_key is not None:
         settings.check_secret_key()
-        return [k.strip() for k in settings.secret_key.get_secret_value().split(",") if k.strip()]
+        return [
+            k.strip()
+            for k in settings.security.secret_key.get_secret_value().split(",")
+            if k.strip()
+        ]
     key, _ = load_or_create(
         secret_key_path(settings), lambda: secrets.token_urlsafe(48), _check_stored_key
     )

@@ -82,7 +82,7 @@ class AdminSeed:
         from ferryman.errors import InvalidInput
         from ferryman.services.auth import hash_password, validate_password
 
-        configured = settings.admin_password
+        configured = settings.api.admin_password
         self.generated = configured is None
         self.password = configured.get_secret_value() if configured else secrets.token_urlsafe(18)
         try:
@@ -132,7 +132,7 @@ def bootstrap_admin(
         seed = seed_admin(store, settings)
         if seed is None:
             return False
-    configured = settings.admin_password
+    configured = settings.api.admin_password
     password = seed.password
     try:
         hashed = seed.hashed()  # hashed outside the write transaction
@@ -259,10 +259,10 @@ def _serve(
     settings: Settings, no_worker: bool, log_level: str, access_log: bool, stream: TextIO
 ) -> None:
     settings.check_production()
-    if settings.infra_config and not no_worker:
+    if settings.worker.infra_config and not no_worker:
         from ferryman.infra.registry import InfraPool
 
-        InfraPool(settings.infra_config).validate()  # ValueError: refuse to start
+        InfraPool(settings.worker.infra_config).validate()  # ValueError: refuse to start
     from ferryman.home_secrets import jwt_secret_path, load_or_create_jwt_secret
     from ferryman.notify.signing import load_or_create_secret, secret_path
     from ferryman.store.engine import Store
@@ -304,7 +304,7 @@ def _serve(
         finally:
             # The loops finish their in-flight work (bounded by their grace).
             stop.stop_loops()
-            deadline = time.monotonic() + settings.grace_seconds + 10
+            deadline = time.monotonic() + settings.loops.grace_seconds + 10
             for loop in stop.loops:
                 if not loop.join(max(deadline - time.monotonic(), 0.1)):
                     log.warning("the %s did not stop in time", loop.name)
@@ -312,7 +312,7 @@ def _serve(
 
 
 def _prepare_db(store: Any, settings: Settings) -> AdminSeed | None:
-    if settings.auto_migrate:
+    if settings.database.auto_migrate:
         store.prepare_schema()
     return seed_admin(store, settings)  # its hashing goes on in one more thread
 
@@ -386,7 +386,7 @@ def _serve_http(
             stop.start_loops(loops)
             worker = "off" if no_worker else "on"
             say(
-                f"ferryman server listening on http://{settings.host}:{settings.port} "
+                f"ferryman server listening on http://{settings.api.host}:{settings.api.port} "
                 f"(database {store.url.get_backend_name()}, worker {worker}, "
                 f"links {settings.base_url})",
                 out,
@@ -406,18 +406,18 @@ def uvicorn_config(
 
     return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
-        http=with_deadlines(settings.http_header_timeout, settings.http_body_timeout),
+        host=settings.api.host,
+        port=settings.api.port,
+        http=with_deadlines(settings.api.http_header_timeout, settings.api.http_body_timeout),
         log_config=None,  # our logging set-up (stderr) applies to uvicorn's loggers too
         log_level=log_level.lower(),
         access_log=access_log,
         server_header=False,
         ws="none",  # no websocket routes: do not import a websocket library
-        timeout_graceful_shutdown=max(int(settings.grace_seconds), 1),
-        timeout_keep_alive=settings.http_keepalive_timeout,
-        limit_concurrency=settings.http_max_connections,
+        timeout_graceful_shutdown=max(int(settings.loops.grace_seconds), 1),
+        timeout_keep_alive=settings.api.http_keepalive_timeout,
+        limit_concurrency=settings.api.http_max_connections,
         # X-Forwarded-For from these proxies names the client (rates, lockout)
         proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        forwarded_allow_ips=settings.api.forwarded_allow_ips,
     )

@@ -37,31 +37,56 @@ def estimated_bits(secret: str) -> float:
     return -sum(c * math.log2(c / n) for c in counts) if n else 0.0
 
 
-class Settings(BaseSettings):
-    """Every setting, read from ``FERRYMAN_<NAME>`` variables."""
+class _Group(BaseSettings):
+    """A group of settings. Each field is read from its own ``FERRYMAN_*``
+    variable: the group's ``env_prefix`` plus the field's name, or the
+    variable named by its ``validation_alias``."""
 
-    model_config = SettingsConfigDict(env_prefix="FERRYMAN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_", extra="forbid", populate_by_name=True)
 
-    home: Path = Field(default=Path("~/.ferryman"), description="Where embedded state lives")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default: SQLite under FERRYMAN_HOME"
+
+class DatabaseSettings(_Group):
+    """Where state lives (``FERRYMAN_DATABASE_URL`` …)."""
+
+    url: str | None = Field(
+        default=None,
+        validation_alias="FERRYMAN_DATABASE_URL",
+        description="SQLAlchemy URL; default: SQLite under FERRYMAN_HOME",
     )
-    env: Literal["development", "production"] = "development"
     auto_migrate: bool = Field(default=True, description="Upgrade the schema on start")
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = Field(
         default="NORMAL",
         description="SQLite fsync policy; NORMAL (WAL) survives process crashes, FULL power loss",
     )
-    lease_seconds: float = Field(default=30.0, gt=0, description="Step lease length")
-    heartbeat_seconds: float | None = Field(default=None, gt=0)
-    sweep_seconds: float = Field(
-        default=5.0, gt=0, description="How often expired leases are swept"
-    )
+
+
+class LoopSettings(_Group):
+    """What every long-running loop (worker, callback sender, event deliverer) shares."""
+
     poll_seconds: float = Field(
         default=2.0, gt=0, description="Fallback poll when no wake-up arrives"
     )
+    grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="On cancel and shutdown: SIGTERM→SIGKILL grace of a step; time in-flight "
+        "work gets to finish",
+    )
+
+
+class WorkerSettings(_Group):
+    """How workers claim, run and lease steps."""
+
+    lease_seconds: float = Field(default=30.0, gt=0, description="Step lease length")
+    heartbeat_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="How often leases are renewed (default: a third of the lease)",
+    )
+    sweep_seconds: float = Field(
+        default=5.0, gt=0, description="How often expired leases are swept"
+    )
     concurrency: int = Field(default=16, ge=1, le=4096, description="Steps a worker runs at once")
-    grace_seconds: float = Field(default=10.0, ge=0, description="SIGTERM→SIGKILL grace on cancel")
     trigger_max_depth: int = Field(
         default=10,
         ge=0,
@@ -73,8 +98,32 @@ class Settings(BaseSettings):
         repr=False,  # may hold registry credentials
         description='Per-infrastructure settings (JSON keyed by kind, e.g. {"docker": {...}})',
     )
+    step_env_passthrough: str | None = Field(
+        default=None,
+        description="More of the worker's variables a process step gets (comma-separated "
+        "names or globs, e.g. 'AWS_PROFILE,HF_*'); never FERRYMAN_* ones",
+    )
 
-    # -- server (REST API) --
+    @model_validator(mode="after")
+    def _heartbeat(self) -> WorkerSettings:
+        if self.heartbeat_seconds is None:
+            self.heartbeat_seconds = max(self.lease_seconds / 3, 0.05)
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"FERRYMAN_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
+                f"FERRYMAN_LEASE_SECONDS ({self.lease_seconds:g}), or leases expire between beats"
+            )
+        return self
+
+    @property
+    def heartbeat(self) -> float:
+        assert self.heartbeat_seconds is not None
+        return self.heartbeat_seconds
+
+
+class ApiSettings(_Group):
+    """The REST API server: where it listens, its limits, its tokens."""
+
     host: str = Field(default="127.0.0.1", description="Address the server listens on")
     port: int = Field(default=8787, ge=1, le=65535, description="Port the server listens on")
     public_url: str | None = Field(
@@ -86,32 +135,15 @@ class Settings(BaseSettings):
         "(FERRYMAN_HOME/jwt_secret); must be set, and strong, in production",
     )
     jwt_ttl_seconds: int = Field(default=3600, ge=60, description="Access token lifetime")
+    admin_password: SecretStr | None = Field(
+        default=None, description="Password of the first admin (generated and printed if unset)"
+    )
     forwarded_allow_ips: str = Field(
         default="127.0.0.1",
         description="Proxies trusted to say the client address (X-Forwarded-For), "
         "comma-separated addresses or networks, or * for any",
     )
-    # -- logins (issue 11): lockout per (user, client address), rates, hashing pool --
-    login_max_failures: int = Field(
-        default=5, ge=1, le=1000, description="Failed logins per (user, address) before a lock"
-    )
-    login_lock_seconds: float = Field(
-        default=60.0, gt=0, description="First lock; each further failure doubles it"
-    )
-    login_max_lock_seconds: float = Field(default=3600.0, gt=0, description="Longest lock")
-    login_rate_per_address: int = Field(
-        default=30, ge=1, description="Login attempts per minute per client address"
-    )
-    login_rate_per_user: int = Field(
-        default=60, ge=1, description="Login attempts per minute per username"
-    )
-    login_hash_threads: int | None = Field(
-        default=None, ge=1, le=64, description="Threads checking passwords (default: half the CPUs)"
-    )
-    login_queue: int = Field(
-        default=16, ge=0, le=10000, description="Logins waiting for a hashing thread before 429"
-    )
-    # -- HTTP server limits (issue 11): slow or idle clients are dropped --
+    # Slow or idle clients are dropped; oversized input is refused (issue 11).
     http_header_timeout: float = Field(
         default=10.0, gt=0, le=3600, description="Seconds a client has to send a request head"
     )
@@ -127,39 +159,6 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Connections and requests at once; 503 past it",
     )
-    admin_password: SecretStr | None = Field(
-        default=None, description="Password of the first admin (generated and printed if unset)"
-    )
-    # -- run-completion callbacks --
-    callback_timeout: float = Field(default=10.0, gt=0, description="Per-request timeout (s)")
-    callback_max_attempts: int = Field(default=12, ge=1, description="Attempts before dead")
-    callback_backoff: float = Field(default=2.0, gt=0, description="First retry delay (s)")
-    callback_max_backoff: float = Field(default=600.0, gt=0, description="Retry delay cap (s)")
-    webhook_secret: SecretStr | None = Field(
-        default=None, description="whsec_… secret signing run-completion webhooks"
-    )
-    slack_bot_token: SecretStr | None = Field(default=None, description="Slack bot token (xoxb-…)")
-    slack_api_url: str = Field(
-        default="https://slack.com/api/", description="Slack Web API base URL"
-    )
-    # -- security (issue 11) --
-    secret_key: SecretStr | None = Field(
-        default=None,
-        repr=False,
-        description="Encrypts stored secrets (subscription secrets and header values); "
-        "several keys comma-separated: the first encrypts, all decrypt (rotation). Default: "
-        "generated once per home (FERRYMAN_HOME/secret_key); required in production on PostgreSQL",
-    )
-    step_env_passthrough: str | None = Field(
-        default=None,
-        description="More of the worker's variables a process step gets (comma-separated "
-        "names or globs, e.g. 'AWS_PROFILE,HF_*'); never FERRYMAN_* ones",
-    )
-    outbound_allow_networks: str | None = Field(
-        default=None,
-        description="Networks (comma-separated CIDRs) webhooks and subscriptions may reach "
-        "although they are private, loopback or link-local (production refuses them otherwise)",
-    )
     http_max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest request body (413 past it)"
     )
@@ -171,22 +170,101 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest pipeline definition: a registered spec as JSON, a pipeline file",
     )
-    # -- event subscriptions (issue 4) --
-    subscriptions_file: Path | None = Field(
-        default=None, description="YAML/JSON file of subscriptions, re-read when it changes"
+
+
+class LoginSettings(_Group):
+    """Failed logins locked per (user, client address); rates; the hashing pool."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_LOGIN_")
+
+    max_failures: int = Field(
+        default=5, ge=1, le=1000, description="Failed logins per (user, address) before a lock"
     )
-    delivery_timeout: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout")
-    delivery_max_attempts: int = Field(default=15, ge=1, description="Attempts before dead-letter")
-    delivery_max_age: float = Field(
+    lock_seconds: float = Field(
+        default=60.0, gt=0, description="First lock; each further failure doubles it"
+    )
+    max_lock_seconds: float = Field(default=3600.0, gt=0, description="Longest lock")
+    rate_per_address: int = Field(
+        default=30, ge=1, description="Login attempts per minute per client address"
+    )
+    rate_per_user: int = Field(
+        default=60, ge=1, description="Login attempts per minute per username"
+    )
+    hash_threads: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+        ge=1,
+        le=64,
+        description="Threads checking passwords (default: half the CPUs)",
+    )
+    queue: int = Field(
+        default=16, ge=0, le=10000, description="Logins waiting for a hashing thread before 429"
+    )
+
+
+class CallbackSettings(_Group):
+    """Run-completion callbacks (webhooks, Slack messages)."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_CALLBACK_")
+
+    timeout: float = Field(default=10.0, gt=0, description="Per-request timeout (s)")
+    max_attempts: int = Field(default=12, ge=1, description="Attempts before dead")
+    backoff: float = Field(default=2.0, gt=0, description="First retry delay (s)")
+    max_backoff: float = Field(default=600.0, gt=0, description="Retry delay cap (s)")
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias="FERRYMAN_WEBHOOK_SECRET",
+        description="whsec_… secret signing run-completion webhooks",
+    )
+
+
+class DeliverySettings(_Group):
+    """Event deliveries to subscribers."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_DELIVERY_")
+
+    subscriptions_file: Path | None = Field(
+        default=None,
+        validation_alias="FERRYMAN_SUBSCRIPTIONS_FILE",
+        description="YAML/JSON file of subscriptions, re-read when it changes",
+    )
+    timeout: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout")
+    max_attempts: int = Field(default=15, ge=1, description="Attempts before dead-letter")
+    max_age: float = Field(
         default=86400.0, gt=0, description="Seconds of retrying before dead-letter"
     )
-    delivery_backoff: float = Field(default=1.0, gt=0, description="First retry delay (s)")
-    delivery_max_backoff: float = Field(default=300.0, gt=0, description="Retry delay cap (s)")
-    delivery_concurrency: int = Field(
+    backoff: float = Field(default=1.0, gt=0, description="First retry delay (s)")
+    max_backoff: float = Field(default=300.0, gt=0, description="Retry delay cap (s)")
+    concurrency: int = Field(
         default=256, ge=1, le=10000, description="Event deliveries in flight per server"
     )
-    delivery_per_subscriber: int = Field(
+    per_subscriber: int = Field(
         default=16, ge=1, le=1000, description="Deliveries in flight per subscriber"
+    )
+
+
+class SlackSettings(_Group):
+    """Slack: messages ferryman posts (and, later, the bot)."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_SLACK_")
+
+    bot_token: SecretStr | None = Field(default=None, description="Slack bot token (xoxb-…)")
+    api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL")
+
+
+class SecuritySettings(_Group):
+    """Secrets at rest and where ferryman may send requests."""
+
+    secret_key: SecretStr | None = Field(
+        default=None,
+        repr=False,
+        description="Encrypts stored secrets (subscription secrets and header values); "
+        "several keys comma-separated: the first encrypts, all decrypt (rotation). Default: "
+        "generated once per home (FERRYMAN_HOME/secret_key); required in production on PostgreSQL",
+    )
+    outbound_allow_networks: str | None = Field(
+        default=None,
+        description="Networks (comma-separated CIDRs) webhooks and subscriptions may reach "
+        "although they are private, loopback or link-local (production refuses them otherwise)",
     )
 
     @field_validator("outbound_allow_networks")
@@ -202,19 +280,134 @@ class Settings(BaseSettings):
                     ) from None
         return value
 
+
+#: The groups of ``Settings``: attribute name -> group class. A new group (the
+#: scheduler's, plugins', retention's, metrics') is one class and one line here.
+GROUPS: dict[str, type[_Group]] = {
+    "database": DatabaseSettings,
+    "loops": LoopSettings,
+    "worker": WorkerSettings,
+    "api": ApiSettings,
+    "login": LoginSettings,
+    "callbacks": CallbackSettings,
+    "delivery": DeliverySettings,
+    "slack": SlackSettings,
+    "security": SecuritySettings,
+}
+
+
+def variable_name(group: type[_Group], field: str) -> str:
+    """The ``FERRYMAN_*`` variable a group's field is read from."""
+    alias = group.model_fields[field].validation_alias
+    if isinstance(alias, str):
+        return alias
+    return (str(group.model_config.get("env_prefix", "FERRYMAN_")) + field).upper()
+
+
+def _setting_names() -> dict[str, tuple[str, str]]:
+    # A setting's name is its variable's, without FERRYMAN_ and in lower case:
+    # lease_seconds, callback_timeout, database_url …
+    names: dict[str, tuple[str, str]] = {}
+    for attr, group in GROUPS.items():
+        for field in group.model_fields:
+            names[variable_name(group, field)[len("FERRYMAN_") :].lower()] = (attr, field)
+    return names
+
+
+#: setting name -> (group attribute, field)
+SETTING_NAMES: dict[str, tuple[str, str]] = _setting_names()
+
+
+class Settings(BaseSettings):
+    """Every setting, in groups (``settings.worker.lease_seconds``,
+    ``settings.callbacks.timeout`` …), each read from its ``FERRYMAN_<NAME>``
+    variable (``FERRYMAN_LEASE_SECONDS``, ``FERRYMAN_CALLBACK_TIMEOUT`` …).
+
+    Built with keyword arguments, a setting is given by its name: the
+    variable's name without ``FERRYMAN_``, in lower case
+    (``Settings(lease_seconds=5, callback_timeout=1)``); every setting not
+    given is read from the environment, as always.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_", extra="ignore")
+
+    home: Path = Field(default=Path("~/.ferryman"), description="Where embedded state lives")
+    env: Literal["development", "production"] = Field(
+        default="development", description="production refuses weak or missing secrets"
+    )
+    database: DatabaseSettings
+    loops: LoopSettings
+    worker: WorkerSettings
+    api: ApiSettings
+    login: LoginSettings
+    callbacks: CallbackSettings
+    delivery: DeliverySettings
+    slack: SlackSettings
+    security: SecuritySettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _groups(cls, data: Any) -> Any:
+        """Route settings given by name into their groups; build each group
+        (which reads its variables from the environment for the rest)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        given: dict[str, dict[str, Any]] = {attr: {} for attr in GROUPS}
+        unknown = []
+        for key in list(data):
+            if key in GROUPS or key in cls.model_fields:
+                continue
+            where = SETTING_NAMES.get(key)
+            if where is None:
+                unknown.append(key)
+                continue
+            given[where[0]][where[1]] = data.pop(key)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        for attr, group in GROUPS.items():
+            value = data.get(attr)
+            if isinstance(value, group):
+                if given[attr]:
+                    data[attr] = value.model_copy(update=given[attr])
+            elif isinstance(value, dict):
+                data[attr] = group(**{**value, **given[attr]})
+            else:
+                data[attr] = group(**given[attr])
+        return data
+
     @model_validator(mode="after")
     def _derive(self) -> Settings:
         self.home = self.home.expanduser()
-        if self.heartbeat_seconds is None:
-            self.heartbeat_seconds = max(self.lease_seconds / 3, 0.05)
-        if self.login_hash_threads is None:
-            self.login_hash_threads = max(1, (os.cpu_count() or 2) // 2)
-        if self.heartbeat_seconds >= self.lease_seconds:
-            raise ValueError(
-                f"FERRYMAN_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}) must be shorter than "
-                f"FERRYMAN_LEASE_SECONDS ({self.lease_seconds:g}), or leases expire between beats"
-            )
         return self
+
+    def updated(self, **changes: Any) -> Settings:
+        """A copy with the settings named in ``changes`` replaced (by name, as
+        in the constructor: ``settings.updated(lease_seconds=1)``); validated."""
+        data: dict[str, Any] = {"home": self.home, "env": self.env}
+        for attr in GROUPS:
+            data[attr] = getattr(self, attr).model_dump()
+        for key, value in changes.items():
+            if key in ("home", "env"):
+                data[key] = value
+                continue
+            where = SETTING_NAMES.get(key)
+            if where is None:
+                raise ValueError(f"unknown setting {key!r}")
+            data[where[0]][where[1]] = value
+        return Settings.model_validate(
+            {k: GROUPS[k].model_validate(v) if k in GROUPS else v for k, v in data.items()}
+        )
+
+    @classmethod
+    def variables(cls) -> dict[str, tuple[str, str]]:
+        """Every ``FERRYMAN_*`` variable of a setting -> (group attribute, field);
+        ``home`` and ``env`` as ("", name)."""
+        out = {f"FERRYMAN_{name.upper()}": ("", name) for name in ("home", "env")}
+        for attr, group in GROUPS.items():
+            for field in group.model_fields:
+                out[variable_name(group, field)] = (attr, field)
+        return out
 
     def check_production(self) -> None:
         """Refuse to serve in production without a strong, configured secret.
@@ -225,12 +418,12 @@ class Settings(BaseSettings):
         """
         if self.env != "production":
             return
-        if self.jwt_secret is None:
+        if self.api.jwt_secret is None:
             raise ValueError(
                 "FERRYMAN_ENV=production needs FERRYMAN_JWT_SECRET set (the same value on "
                 f"several servers sharing a database): {JWT_SECRET_RULE}"
             )
-        self.check_jwt_secret(self.jwt_secret.get_secret_value())
+        self.check_jwt_secret(self.api.jwt_secret.get_secret_value())
         self.check_secret_key()
 
     @staticmethod
@@ -256,7 +449,8 @@ class Settings(BaseSettings):
         """Refuse a weak ``FERRYMAN_SECRET_KEY``, and in production on PostgreSQL
         an unset one: servers on several machines share that database, and a
         key generated per home would differ between them."""
-        if self.secret_key is None:
+        key_setting = self.security.secret_key
+        if key_setting is None:
             if self.env == "production" and self.db_url.startswith("postgresql"):
                 raise ValueError(
                     "FERRYMAN_ENV=production on PostgreSQL needs FERRYMAN_SECRET_KEY set (the "
@@ -264,7 +458,7 @@ class Settings(BaseSettings):
                     + JWT_SECRET_RULE.replace("`", "")
                 )
             return
-        for i, key in enumerate(self.secret_key.get_secret_value().split(",")):
+        for i, key in enumerate(key_setting.get_secret_value().split(",")):
             try:
                 self.check_jwt_secret(key.strip())
             except ValueError as exc:
@@ -273,23 +467,15 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        """The server's address in links: FERRYMAN_PUBLIC_URL, or http://HOST:PORT."""
+        return (self.api.public_url or f"http://{self.api.host}:{self.api.port}").rstrip("/")
 
     @property
     def db_url(self) -> str:
-        if self.database_url:
-            return self.database_url
+        """The database: FERRYMAN_DATABASE_URL, or SQLite under FERRYMAN_HOME."""
+        if self.database.url:
+            return self.database.url
         return f"sqlite:///{self.home / 'ferryman.db'}"
-
-    @property
-    def heartbeat(self) -> float:
-        assert self.heartbeat_seconds is not None
-        return self.heartbeat_seconds
-
-    @property
-    def hash_threads(self) -> int:
-        assert self.login_hash_threads is not None
-        return self.login_hash_threads
 
 
 #: Variables holding ferryman's secrets (or credentials: the database URL,

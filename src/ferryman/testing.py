@@ -481,7 +481,7 @@ def _run_in(
     try:
         with store.write() as conn:
             version = register(conn, namespace, spec)
-        service = RunService(store, trigger_max_depth=settings.trigger_max_depth)
+        service = RunService(store, trigger_max_depth=settings.worker.trigger_max_depth)
         started = service.start_version(
             version,
             dict(params or {}),

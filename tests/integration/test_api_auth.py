@@ -87,7 +87,7 @@ def principal(user: dict[str, Any]) -> Principal:
 
 
 def jwt_headers(settings: Settings, user: dict[str, Any]) -> dict[str, str]:
-    token, _ = auth.issue_jwt(principal(user), jwt_secret(settings), settings.jwt_ttl_seconds)
+    token, _ = auth.issue_jwt(principal(user), jwt_secret(settings), settings.api.jwt_ttl_seconds)
     return bearer(token)
 
 
@@ -405,7 +405,7 @@ def test_login_gives_a_jwt_that_works(
     r = login(client, "operator-user", PASSWORD)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["token_type"] == "bearer" and body["expires_in"] == settings.jwt_ttl_seconds
+    assert body["token_type"] == "bearer" and body["expires_in"] == settings.api.jwt_ttl_seconds
     me = client.get("/me", headers=bearer(body["access_token"]))
     assert me.status_code == 200
     assert me.json() == {
@@ -415,7 +415,7 @@ def test_login_gives_a_jwt_that_works(
         "via": "jwt",
     }
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-    assert claims["exp"] - int(claims["iat"]) == settings.jwt_ttl_seconds
+    assert claims["exp"] - int(claims["iat"]) == settings.api.jwt_ttl_seconds
 
 
 def test_a_password_change_revokes_earlier_access_tokens(
@@ -462,14 +462,14 @@ def test_five_failures_lock_the_account(
     client: httpx.Client, store: Store, settings: Settings, people: dict[str, dict[str, Any]]
 ) -> None:
     """(From this client's address: see test_login_lockout.py for the rest.)"""
-    for _ in range(settings.login_max_failures):
+    for _ in range(settings.login.max_failures):
         assert_error(login(client, "viewer-user", "wrong password"), 401)
     # Locked: even the right password is refused, with a hint when to come back.
     for password in ("wrong password", PASSWORD):
         r = login(client, "viewer-user", password)
         err = assert_error(r, 429, "too_many_requests")
         wait = int(r.headers["retry-after"])
-        assert 0 < wait <= settings.login_lock_seconds
+        assert 0 < wait <= settings.login.lock_seconds
         assert err["details"] == {"retry_after": wait}
     # Someone else is not affected.
     assert login(client, "operator-user", PASSWORD).status_code == 200
@@ -486,10 +486,10 @@ def test_five_failures_lock_the_account(
 def test_a_success_resets_the_failure_count(
     client: httpx.Client, settings: Settings, people: dict[str, dict[str, Any]]
 ) -> None:
-    for _ in range(settings.login_max_failures - 1):
+    for _ in range(settings.login.max_failures - 1):
         assert_error(login(client, "viewer-user", "wrong password"), 401)
     assert login(client, "viewer-user", PASSWORD).status_code == 200
-    for _ in range(settings.login_max_failures - 1):
+    for _ in range(settings.login.max_failures - 1):
         assert_error(login(client, "viewer-user", "wrong password"), 401)
     assert login(client, "viewer-user", PASSWORD).status_code == 200
 

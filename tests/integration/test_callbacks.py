@@ -61,7 +61,7 @@ def cb_settings(settings: Settings, **kw: Any) -> Settings:
         "callback_max_attempts": 5,
         "public_url": "https://ferryman.example.com/",
     }
-    return Settings.model_validate({**settings.model_dump(), **base, **kw})
+    return settings.updated(**{**base, **kw})
 
 
 def finish_runs(

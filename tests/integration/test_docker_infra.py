@@ -50,7 +50,7 @@ RUN_LABEL = "io.ferryman.run-id"
 @pytest.fixture
 def dsettings(settings: Settings, docker_client: Any) -> Settings:
     """The engine's settings with the docker infrastructure on network ``none``."""
-    return settings.model_copy(update={"infra_config": {"docker": {"network_mode": "none"}}})
+    return settings.updated(infra_config={"docker": {"network_mode": "none"}})
 
 
 def box(name: str, image: str, *args: str, **kw: Any) -> StepSpec:
@@ -581,7 +581,7 @@ def test_a_lost_workers_container_is_adopted_through_the_engine(
     # Worker A lives on in this test process (a real lost worker would not): it
     # must not remove the container when its own watch sees it end.
     keep = {"docker": {"network_mode": "none", "auto_remove": False}}
-    a = Worker(store, dsettings.model_copy(update={"infra_config": keep}), worker_id="worker-a")
+    a = Worker(store, dsettings.updated(infra_config=keep), worker_id="worker-a")
     deadline = time.monotonic() + 60
     while True:
         a.turn()

@@ -212,7 +212,7 @@ def test_run_timeout_fails_the_run(store: Store, settings: Settings, tmp_path: P
     run_id = RunService(store).start_version(pv, params, options=RunOptions(timeout=1.0)).id
     t0 = time.monotonic()
     Worker(store, settings).run_until({run_id}, timeout=60)
-    assert time.monotonic() - t0 < 1.0 + settings.grace_seconds + 1.5  # enforced on time
+    assert time.monotonic() - t0 < 1.0 + settings.loops.grace_seconds + 1.5  # enforced on time
     with store.read() as conn:
         run = get_run(conn, run_id)
     assert run["state"] == "failed"

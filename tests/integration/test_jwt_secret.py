@@ -70,7 +70,7 @@ def test_the_generated_secret_is_private_stable_and_per_home(tmp_path: Path) -> 
     assert home_secrets.jwt_secret(Settings(home=tmp_path / "one")) == first  # read back
     assert home_secrets.jwt_secret(Settings(home=tmp_path / "two")) != first
     configured = Settings(home=tmp_path / "one", jwt_secret="c" * 8 + secrets.token_hex(24))
-    assert home_secrets.jwt_secret(configured) == configured.jwt_secret.get_secret_value()  # type: ignore[union-attr]
+    assert home_secrets.jwt_secret(configured) == configured.api.jwt_secret.get_secret_value()  # type: ignore[union-attr]
 
 
 RACER = """

@@ -61,15 +61,13 @@ def hasher(monkeypatch: pytest.MonkeyPatch) -> CountingHasher:
 @pytest.fixture
 def lock_settings(settings: Settings) -> Settings:
     # Generous rate limits and pool: this file is about the lockout alone.
-    return settings.model_copy(
-        update={
-            "login_max_failures": MAX_FAILURES,
-            "login_lock_seconds": 1.0,
-            "login_rate_per_address": 10_000,
-            "login_rate_per_user": 10_000,
-            "login_hash_threads": 8,
-            "login_queue": 100,
-        }
+    return settings.updated(
+        login_max_failures=MAX_FAILURES,
+        login_lock_seconds=1.0,
+        login_rate_per_address=10_000,
+        login_rate_per_user=10_000,
+        login_hash_threads=8,
+        login_queue=100,
     )
 
 

@@ -215,7 +215,7 @@ def test_rolled_back_finish_fires_nothing(store: Store, settings: Settings) -> N
 
 
 def test_loops_stop_at_the_depth_limit(store: Store, settings: Settings) -> None:
-    settings.trigger_max_depth = 3  # the workers that end the runs read it
+    settings.worker.trigger_max_depth = 3  # the workers that end the runs read it
     deploy(store, "ping", "pong")
     first = start(store, "ping", n=0)
     drain(store, settings)
@@ -312,7 +312,7 @@ def test_worker_killed_mid_run_then_restarted_fires_once(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    fast = settings.model_copy(update={"lease_seconds": 1.0, "heartbeat_seconds": 0.3})
+    fast = settings.updated(lease_seconds=1.0, heartbeat_seconds=0.3)
     drain(store, fast)
     (ra,) = runs_of(store, "slow_extract")
     assert ra["state"] == "succeeded"

@@ -34,7 +34,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = store or Store.from_settings(settings)
-    app.state.runs = RunService(app.state.store, trigger_max_depth=settings.trigger_max_depth)
+    app.state.runs = RunService(
+        app.state.store, trigger_max_depth=settings.worker.trigger_max_depth
+    )
     # FERRYMAN_JWT_SECRET, else the home's generated one: read when first needed
     app.state.jwt_secret = LazySecret(lambda: jwt_secret(settings))
     app.state.login_gate = LoginGate(settings)
@@ -43,7 +45,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     # refused before routing, for every route at once.
     app.add_middleware(InputGuard)
     # Added last, so outermost: no body past the limit is read by anyone.
-    app.add_middleware(BodyLimit, limit=settings.http_max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.api.http_max_body_bytes)
     for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)
     return app

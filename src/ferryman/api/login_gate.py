@@ -105,10 +105,10 @@ class LoginGate:
 
     def __init__(self, settings: Settings) -> None:
         self.policy = logins.LockoutPolicy.from_settings(settings)
-        self.per_address = RateLimiter(settings.login_rate_per_address)
-        self.per_user = RateLimiter(settings.login_rate_per_user)
-        self.threads = settings.hash_threads
-        self.capacity = self.threads + settings.login_queue
+        self.per_address = RateLimiter(settings.login.rate_per_address)
+        self.per_user = RateLimiter(settings.login.rate_per_user)
+        self.threads = settings.login.hash_threads
+        self.capacity = self.threads + settings.login.queue
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ferryman-login")
         self._lock = threading.Lock()
         self._pending = 0

@@ -72,7 +72,7 @@ def preview_command(
             params = validate_params(spec, typed)
         except ParamsInvalid as exc:
             raise with_param_hints(exc, hints) from None
-        pool = InfraPool(s.infra_config)
+        pool = InfraPool(s.worker.infra_config)
         try:
             previews = preview_pipeline(
                 spec,

@@ -79,7 +79,7 @@ def run_command(
 
                 infrastructure_class(infrastructure)
             options = RunOptions(infrastructure=infrastructure or None, timeout=timeout or None)
-            svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
+            svc = RunService(store, trigger_max_depth=s.worker.trigger_max_depth)
             started = svc.start_version(
                 pv, params, options=options, labels=labels, idempotency_key=idempotency_key
             )

@@ -155,7 +155,7 @@ def cancel(run_id: str = RUN, server: str = SERVER) -> None:
         store = open_store(s)
         with store.read() as conn:
             rid = resolve_run_id(conn, run_id)
-        RunService(store, trigger_max_depth=s.trigger_max_depth).cancel(rid)
+        RunService(store, trigger_max_depth=s.worker.trigger_max_depth).cancel(rid)
         console.print(f"run {rid}: cancel requested")
 
 
@@ -193,7 +193,7 @@ def rerun(
         store = open_store(s)
         with store.read() as conn:
             rid = resolve_run_id(conn, run_id)
-        svc = RunService(store, trigger_max_depth=s.trigger_max_depth)
+        svc = RunService(store, trigger_max_depth=s.worker.trigger_max_depth)
         new_id = svc.rerun(rid)
         with store.read() as conn:
             name = get_run(conn, new_id, with_nodes=False)["name"]

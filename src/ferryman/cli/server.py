@@ -35,7 +35,7 @@ def server_command(
         s = settings()
         overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
         if overrides:
-            s = s.model_copy(update=overrides)
+            s = s.updated(**overrides)
         try:
             s.check_production()
             s.check_secret_key()

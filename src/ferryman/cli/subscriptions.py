@@ -210,7 +210,7 @@ def test(
             s = settings()
             with open_store(s).read() as conn:
                 res = deliveries.send_test(conn, ref, policy=destination_policy(s),
-                                           event_type=event, timeout=s.delivery_timeout,
+                                           event_type=event, timeout=s.delivery.timeout,
                                            ctx=FormatContext(s.base_url))  # fmt: skip
             r = {**res.__dict__, "ok": res.ok}
         status = r["status"] if r["status"] is not None else "no answer"

@@ -264,7 +264,7 @@ def destination_policy(settings: Settings) -> DestinationPolicy:
     the metadata services (a local receiver is the usual thing to test
     against).
     """
-    allow = parse_networks(settings.outbound_allow_networks or "")
+    allow = parse_networks(settings.security.outbound_allow_networks or "")
     return AddressPolicy(private=settings.env == "production", allow=allow)
 
 

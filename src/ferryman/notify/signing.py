@@ -92,8 +92,8 @@ def load_or_create_secret(settings: Settings) -> tuple[str, bool]:
 
     Returns ``(secret, created)``. Never logs the secret.
     """
-    if settings.webhook_secret is not None:
-        secret = settings.webhook_secret.get_secret_value()
+    if settings.callbacks.webhook_secret is not None:
+        secret = settings.callbacks.webhook_secret.get_secret_value()
         try:
             secret_key(secret)  # validate early: a bad secret is a start-up error
         except SecretError as exc:

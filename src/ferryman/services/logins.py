@@ -57,9 +57,9 @@ class LockoutPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> LockoutPolicy:
         return cls(
-            settings.login_max_failures,
-            settings.login_lock_seconds,
-            settings.login_max_lock_seconds,
+            settings.login.max_failures,
+            settings.login.lock_seconds,
+            settings.login.max_lock_seconds,
         )
 
     def lock_for(self, failures: int) -> float | None:

@@ -149,10 +149,10 @@ class Store:
         is brought to head first (when ``FERRYMAN_AUTO_MIGRATE`` allows)."""
         store = cls(
             settings.db_url,
-            synchronous=settings.sqlite_synchronous,
+            synchronous=settings.database.sqlite_synchronous,
             secret_box=SecretBox.from_settings(settings),
         )
-        if prepare and settings.auto_migrate:
+        if prepare and settings.database.auto_migrate:
             store.prepare_schema()
         return store
 

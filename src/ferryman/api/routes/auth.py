@@ -54,7 +54,7 @@ async def token(
     gate: LoginGate = request.app.state.login_gate
     host = request.client.host if request.client else None
     principal = await gate.login(store, form.username, form.password, client_address(host))
-    jwt, ttl = issue_jwt(principal, jwt_secret_of(request), settings.jwt_ttl_seconds)
+    jwt, ttl = issue_jwt(principal, jwt_secret_of(request), settings.api.jwt_ttl_seconds)
     return TokenOut(access_token=jwt, expires_in=ttl)
 
 

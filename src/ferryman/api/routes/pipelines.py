@@ -141,7 +141,7 @@ def register_pipeline(
 
     Developers and admins only: a pipeline is code the workers run."""
     document = spec.model_dump(mode="json")
-    check_size("spec", document, settings.max_spec_bytes, "FERRYMAN_MAX_SPEC_BYTES")
+    check_size("spec", document, settings.api.max_spec_bytes, "FERRYMAN_MAX_SPEC_BYTES")
     bad = nul_paths(document)
     if bad:
         details = [{"path": p, "reason": "contains a NUL character"} for p in bad]

@@ -133,7 +133,7 @@ def start_run(
     key re-used for another pipeline or other parameters is a 409: silently
     returning an unrelated run would be worse.
     """
-    check_size("params", body.params, settings.max_params_bytes, "FERRYMAN_MAX_PARAMS_BYTES")
+    check_size("params", body.params, settings.api.max_params_bytes, "FERRYMAN_MAX_PARAMS_BYTES")
     bad = nul_paths(body.params)
     if bad:
         raise ParamsInvalid([ParamError(p, "contains a NUL character") for p in bad])

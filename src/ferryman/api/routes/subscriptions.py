@@ -148,7 +148,7 @@ def test_subscription(
             ref,
             policy=destination_policy(settings),
             event_type=event_type.value,
-            timeout=settings.delivery_timeout,
+            timeout=settings.delivery.timeout,
             ctx=FormatContext(settings.base_url),
         )
     return TestResult(

@@ -97,8 +97,8 @@ class CallbackSender(Loop):
     ) -> None:
         super().__init__(
             store,
-            poll_seconds=settings.poll_seconds,
-            grace_seconds=max(settings.grace_seconds, 0.1),
+            poll_seconds=settings.loops.poll_seconds,
+            grace_seconds=max(settings.loops.grace_seconds, 0.1),
             clock=clock,
         )
         self.settings = settings
@@ -112,14 +112,14 @@ class CallbackSender(Loop):
             transport=transport,
         )
         self._policy = RetryPolicy(
-            retries=max(settings.callback_max_attempts - 1, 0),
-            delay=settings.callback_backoff,
+            retries=max(settings.callbacks.max_attempts - 1, 0),
+            delay=settings.callbacks.backoff,
             backoff=2.0,
             jitter=0.2,
-            max_delay=settings.callback_max_backoff,
+            max_delay=settings.callbacks.max_backoff,
         )
         # Connect + write + read + pool timeouts, plus slack: see the module docstring.
-        self.lease_seconds = 4 * settings.callback_timeout + 5.0
+        self.lease_seconds = 4 * settings.callbacks.timeout + 5.0
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ferryman-callback")
         self._lock = threading.Lock()
         self._inflight: set[str] = set()
@@ -292,7 +292,7 @@ class CallbackSender(Loop):
             # A failure only counts for the attempt we still hold: after a lost
             # lease a newer attempt owns the row.
             where.append(callbacks.c.attempts == c.attempts)
-            if o.permanent or c.attempts >= self.settings.callback_max_attempts:
+            if o.permanent or c.attempts >= self.settings.callbacks.max_attempts:
                 values["state"] = DEAD
             else:
                 delay = self._delay(c.attempts, o.retry_after)
@@ -328,7 +328,7 @@ class CallbackSender(Loop):
             )  # fmt: skip
 
     def _delay(self, attempts: int, retry_after: float | None) -> float:
-        cap = self.settings.callback_max_backoff
+        cap = self.settings.callbacks.max_backoff
         if retry_after is not None:
             return min(max(retry_after, 0.0), cap)  # the receiver said when
         return min(self._policy.delay_after(attempts), cap)

@@ -109,7 +109,7 @@ class CallbackPoster:
                 failure = describe(resp.status_code, headers=resp.headers)
                 snippet = response_excerpt(read_start(resp, _RESPONSE_SNIPPET), _RESPONSE_SNIPPET)
         except ERRORS as exc:
-            return Outcome.failed(describe(exc, timeout=self.settings.callback_timeout))
+            return Outcome.failed(describe(exc, timeout=self.settings.callbacks.timeout))
         if snippet:
             failure = failure._replace(error=f"{failure.error}: {snippet}")
         return Outcome.failed(failure)
@@ -118,7 +118,7 @@ class CallbackPoster:
         channel = c.target.get("channel")
         if not isinstance(channel, str) or not channel:
             return Outcome(False, error="callback target has no slack channel", permanent=True)
-        if self.settings.slack_bot_token is None:
+        if self.settings.slack.bot_token is None:
             return Outcome(False, error="FERRYMAN_SLACK_BOT_TOKEN is not set")
         thread = c.target.get("thread")
         try:
@@ -130,8 +130,8 @@ class CallbackPoster:
                 unfurl_media=False,
             )
         except Exception as exc:  # Slack's error answers, network errors (urllib), timeouts
-            token = self.settings.slack_bot_token.get_secret_value()
-            failure = describe(exc, timeout=self.settings.callback_timeout, secrets=[token])
+            token = self.settings.slack.bot_token.get_secret_value()
+            failure = describe(exc, timeout=self.settings.callbacks.timeout, secrets=[token])
             return Outcome.failed(failure, "slack: ")
         return Outcome(True, resp.status_code)
 
@@ -143,7 +143,7 @@ class CallbackPoster:
         with self._clients_lock:
             if self._http is None:
                 self._http = sync_client(
-                    Timeouts.per_phase(self.settings.callback_timeout),
+                    Timeouts.per_phase(self.settings.callbacks.timeout),
                     policy=self._policy,
                     transport=self._transport,
                 )
@@ -154,12 +154,12 @@ class CallbackPoster:
 
         with self._clients_lock:
             if self._slack is None:
-                token = self.settings.slack_bot_token
+                token = self.settings.slack.bot_token
                 assert token is not None
                 self._slack = slack_client(
                     token.get_secret_value(),
-                    base_url=self.settings.slack_api_url,
-                    timeout=self.settings.callback_timeout,
+                    base_url=self.settings.slack.api_url,
+                    timeout=self.settings.callbacks.timeout,
                     policy=self._policy,
                 )
             return self._slack

@@ -58,20 +58,20 @@ class EventDeliverer(AsyncLoop):
     def __init__(self, store: Store, settings: Settings, *, clock: Clock | None = None) -> None:
         super().__init__(
             store,
-            poll_seconds=settings.poll_seconds,
-            grace_seconds=max(settings.grace_seconds, 0.1),
+            poll_seconds=settings.loops.poll_seconds,
+            grace_seconds=max(settings.loops.grace_seconds, 0.1),
             clock=clock,
         )
         self.settings = settings
-        self.concurrency = settings.delivery_concurrency
+        self.concurrency = settings.delivery.concurrency
         self._destinations = destination_policy(settings)
         self.queue = DeliveryQueue(store, settings)
         self.results = Results(store, settings)
         self.poster = Poster(
             FormatContext(settings.base_url),
-            timeout=settings.delivery_timeout,
+            timeout=settings.delivery.timeout,
             policy=self._destinations,
-            per_subscriber=settings.delivery_per_subscriber,
+            per_subscriber=settings.delivery.per_subscriber,
         )
         self._clients: ClientPool | None = None
         self._inflight: dict[int, str] = {}  # chain head's delivery id -> subscription id
@@ -110,7 +110,7 @@ class EventDeliverer(AsyncLoop):
         # Full: a chain that ends wakes us; a due delivery has to wait anyway.
         has_room = len(self._inflight) < self.concurrency
         wait = super().next_wait() if has_room else self.poll_seconds
-        if self.settings.subscriptions_file is not None:
+        if self.settings.delivery.subscriptions_file is not None:
             wait = min(wait, _FILE_CHECK_SECONDS)
         return wait
 
@@ -197,7 +197,7 @@ class EventDeliverer(AsyncLoop):
     # -- the subscriptions file ---------------------------------------------------------
 
     async def _check_file(self) -> None:
-        path = self.settings.subscriptions_file
+        path = self.settings.delivery.subscriptions_file
         if path is None:
             return
         now = self.clock.monotonic()
@@ -224,7 +224,7 @@ class EventDeliverer(AsyncLoop):
             log.warning("subscriptions file %s applied: %s", path, "; ".join(changes))
 
     def _reload_file(self, sig: tuple[int, int, int]) -> list[str]:
-        path = self.settings.subscriptions_file
+        path = self.settings.delivery.subscriptions_file
         assert path is not None
         specs = [] if sig == (0, 0, 0) else read_file(path)
         with self.store.write() as conn:

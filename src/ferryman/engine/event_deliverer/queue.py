@@ -64,8 +64,8 @@ class DeliveryQueue:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.per_subscriber = settings.delivery_per_subscriber
-        self.lease_seconds = 2 * settings.delivery_timeout + 10.0
+        self.per_subscriber = settings.delivery.per_subscriber
+        self.lease_seconds = 2 * settings.delivery.timeout + 10.0
         self._analyzed_at = time.monotonic()
 
     def claim(self, free: int, per_sub: dict[str, int], busy: list[int]) -> list[list[Claimed]]:

@@ -57,11 +57,11 @@ class Results:
         self.store = store
         self.settings = settings
         self._policy = RetryPolicy(
-            retries=max(settings.delivery_max_attempts - 1, 0),
-            delay=settings.delivery_backoff,
+            retries=max(settings.delivery.max_attempts - 1, 0),
+            delay=settings.delivery.backoff,
             backoff=2.0,
             jitter=0.2,
-            max_delay=settings.delivery_max_backoff,
+            max_delay=settings.delivery.max_backoff,
         )
         self.delivered_total = 0
         self.attempts_total = 0
@@ -102,8 +102,8 @@ class Results:
                 )
             elif (
                 r.permanent
-                or c.attempts >= self.settings.delivery_max_attempts
-                or (now - c.queued_at).total_seconds() >= self.settings.delivery_max_age
+                or c.attempts >= self.settings.delivery.max_attempts
+                or (now - c.queued_at).total_seconds() >= self.settings.delivery.max_age
             ):
                 values.update(b_state=DEAD, b_next=now, b_error=r.error)
                 ended.append({"e_id": c.id, "e_sub": c.subscription_id, "e_run": c.run_id})
@@ -194,7 +194,7 @@ class Results:
                      c.id, c.subscription_id, c.attempts, r.latency_ms, r.error)  # fmt: skip
 
     def _delay(self, attempts: int, retry_after: float | None) -> float:
-        cap = self.settings.delivery_max_backoff
+        cap = self.settings.delivery.max_backoff
         if retry_after is not None:
             return min(max(retry_after, 0.0), cap)
         return min(self._policy.delay_after(attempts), cap)

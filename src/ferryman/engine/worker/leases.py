@@ -77,7 +77,7 @@ class Leases:
             self.renew(tx, beat=beat)
             self._renewing = mono
             if beat:
-                self._next_heartbeat = mono + self.settings.heartbeat
+                self._next_heartbeat = mono + self.settings.worker.heartbeat
         if not self.postgres and self.attempts.inflight and mono >= self._next_cancel_poll:
             self.renew(tx, beat=False)
             self._renewing = mono
@@ -85,7 +85,7 @@ class Leases:
         adopted: list[Attempt] = []
         if mono >= self._next_sweep or self._deadline_passed(tx.now):
             adopted = self.sweep(tx, adopt=not stopping)
-            self._next_sweep = mono + self.settings.sweep_seconds
+            self._next_sweep = mono + self.settings.worker.sweep_seconds
         return adopted
 
     def committed(self) -> None:
@@ -109,7 +109,7 @@ class Leases:
 
     def lease_may_be_lost(self, mono: float) -> bool:
         """Whether our leases may have expired (no renewal for most of a lease)."""
-        return mono - self.last_renewal > self.settings.lease_seconds * 0.8
+        return mono - self.last_renewal > self.settings.worker.lease_seconds * 0.8
 
     # -- heartbeat and renewal ------------------------------------------------------
 
@@ -124,7 +124,7 @@ class Leases:
         inflight = self.attempts.inflight
         if not inflight:
             return
-        lease = tx.now + dt.timedelta(seconds=self.settings.lease_seconds)
+        lease = tx.now + dt.timedelta(seconds=self.settings.worker.lease_seconds)
         rows = tx.conn.execute(
             sa.update(nodes)
             .where(nodes.c.worker_id == self.worker_id, nodes.c.state == NodeState.RUNNING.value)
@@ -135,7 +135,7 @@ class Leases:
         for r in rows:
             a = inflight.get(r.id)
             if a is not None and r.cancel_requested and a.attempt == r.attempt:
-                self.attempts.kill(a, "cancel", self.settings.grace_seconds)
+                self.attempts.kill(a, "cancel", self.settings.loops.grace_seconds)
         for a in list(inflight.values()):
             if (a.node_id, a.attempt) not in held and a.stop_reason is None:
                 # Swept or moved on elsewhere: our copy must not keep running.
@@ -229,7 +229,7 @@ class Leases:
 
     def _adopt(self, tx: Tx, rows: list[Any]) -> list[Attempt]:
         """Take over the leases of lost attempts that are still running elsewhere."""
-        lease = tx.now + dt.timedelta(seconds=self.settings.lease_seconds)
+        lease = tx.now + dt.timedelta(seconds=self.settings.worker.lease_seconds)
         taken = []
         for r in rows:
             res = tx.conn.execute(

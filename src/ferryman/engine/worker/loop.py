@@ -60,23 +60,23 @@ class Worker(Loop):
     ) -> None:
         super().__init__(
             store,
-            poll_seconds=settings.poll_seconds,
-            grace_seconds=settings.grace_seconds,
+            poll_seconds=settings.loops.poll_seconds,
+            grace_seconds=settings.loops.grace_seconds,
             clock=clock,
         )
         self.settings = settings
-        self.service = RunService(store, trigger_max_depth=settings.trigger_max_depth)
+        self.service = RunService(store, trigger_max_depth=settings.worker.trigger_max_depth)
         self.only_runs = only_runs
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.concurrency = concurrency or settings.concurrency
+        self.concurrency = concurrency or settings.worker.concurrency
         if infra is None:
-            infra = InfraPool(settings.infra_config)
+            infra = InfraPool(settings.worker.infra_config)
             infra.validate()  # a bad configuration stops the worker at start
         self.infra = infra
-        self.attempts = Attempts(infra, self.concurrency, settings.grace_seconds, self.wake)
+        self.attempts = Attempts(infra, self.concurrency, settings.loops.grace_seconds, self.wake)
         self.claims = Claims(
             self.id,
-            lease_seconds=settings.lease_seconds,
+            lease_seconds=settings.worker.lease_seconds,
             postgres=store.is_postgres,
             only_runs=only_runs,
             clock=self.clock,
