@@ -37,7 +37,7 @@ steps:
 @pytest.fixture
 def served(settings: Settings, store: Store) -> Iterator[tuple[str, str]]:
     with store.write() as conn:
-        user = create_user(conn, "olga", "a-long-password-1", Role.OPERATOR)
+        user = create_user(conn, "dev", "a-long-password-1", Role.DEVELOPER)  # registers code
         _, token = create_api_token(conn, user["id"], "tests")
     with live_server(create_app(settings, store)) as url:
         yield url, token
