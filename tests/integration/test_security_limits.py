@@ -38,12 +38,18 @@ from ferryman.api.app import create_app
 from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
 from ferryman.engine.callback_sender import CallbackSender
+from ferryman.engine.event_deliverer import EventDeliverer
 from ferryman.engine.worker import Worker
 from ferryman.secret_box import PREFIX, SecretBox, SecretBoxError
 from ferryman.services import auth
 from ferryman.services.catalog import register
+from ferryman.services.deliveries import get_delivery, list_deliveries
 from ferryman.services.runs import RunService
-from ferryman.services.subscriptions import reseal_secrets
+from ferryman.services.subscriptions import (
+    SubscriptionCreate,
+    create_subscription,
+    reseal_secrets,
+)
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 from ferryman.store.migrate import downgrade, upgrade
@@ -429,6 +435,42 @@ def test_test_sends_show_no_internal_answers(
 
 
 # -- item 9: sizes ---------------------------------------------------------------------------
+
+
+def test_callbacks_and_deliveries_keep_no_internal_answers(
+    store: Store, settings: Settings, receivers: Callable[..., Receiver]
+) -> None:
+    # Issue 11: a non-2xx answer of an allowed private network is never kept
+    # (the same rule as test sends); a 2xx answer is.
+    internal = receivers(always(500, b"internal admin page: db password hunter2"))
+    fine = receivers(always(200, b"fine, thanks"))
+    s = Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "env": "production",
+            "outbound_allow_networks": "127.0.0.0/8",
+            "callback_max_attempts": 1,
+            "delivery_max_attempts": 1,
+            "poll_seconds": 0.2,
+        }
+    )
+    with store.write() as conn:
+        for name, rcv in (("internal", internal), ("fine", fine)):
+            data = {"name": name, "url": rcv.url, "event_types": ["RunSucceeded"]}
+            create_subscription(conn, SubscriptionCreate.model_validate(data))
+    finish(store, s, internal.url)
+    CallbackSender(store, s).run_until_idle(20)
+    EventDeliverer(store, s).run_until_idle(30)
+    (row,) = callback_rows(store)
+    assert (row.state, row.last_status, row.last_error) == ("dead", 500, "HTTP 500")
+    with store.read() as conn:
+        got = {
+            d["subscription"]: get_delivery(conn, d["id"])["attempt_log"]
+            for d in list_deliveries(conn)
+        }
+    assert [(a["status"], a["response"]) for a in got["internal"]] == [(500, None)]
+    assert [(a["status"], a["response"]) for a in got["fine"]] == [(200, "fine, thanks")]
+    assert len(internal.requests) == 2  # the callback and the delivery were sent
 
 
 @pytest.fixture

@@ -280,7 +280,9 @@ def test_dead_letter_after_attempts_then_redeliver(
         (dead,) = dels.list_deliveries(conn, subscription="dl", state="dead")
         detail = dels.get_delivery(conn, dead["id"])
     assert [a["status"] for a in detail["attempt_log"]] == [500, 500, 500]
-    assert detail["attempt_log"][0]["response"] == "<h1>database is down</h1>"
+    # a non-2xx answer from a non-public address (this loopback receiver) is
+    # never kept: an internal service's page must not be read back
+    assert [a["response"] for a in detail["attempt_log"]] == [None, None, None]
     assert all(a["latency_ms"] >= 0 for a in detail["attempt_log"])
     assert len(rec.requests) == 3
     down = False

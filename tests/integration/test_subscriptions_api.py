@@ -132,8 +132,8 @@ def test_deliveries_list_detail_and_redeliver(
         )  # fmt: skip
         detail = viewer.get_delivery(dead.id)
         assert [(a.attempt, a.status, a.response) for a in detail.attempt_log] == [
-            (1, 500, "boom"),
-            (2, 500, "boom"),
+            (1, 500, None),  # a loopback receiver's error page is not kept
+            (2, 500, None),
         ]
         assert viewer.list_deliveries(subscription="flaky", run_id=run_id).items[0].id == dead.id
         with pytest.raises(ApiError) as info:

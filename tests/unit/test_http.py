@@ -29,17 +29,20 @@ from ferryman.http import (
     DestinationPolicy,
     DestinationRefused,
     Timeouts,
+    answer_shown,
     describe,
     ip_literal,
+    public_peer,
     redact,
     redact_url,
     response_excerpt,
     retry_after,
 )
 from ferryman.http.aio import _client_timeout, async_client
+from ferryman.http.aio import peer_address as aio_peer_address
 from ferryman.http.pool import ClientPool
 from ferryman.http.slack import slack_client
-from ferryman.http.sync import read_start, sync_client
+from ferryman.http.sync import peer_address, read_start, sync_client
 
 TOKEN = "s3cr3t-path-token"  # in every Receiver.url's query string
 
@@ -133,6 +136,43 @@ def test_response_excerpt() -> None:
     assert response_excerpt(b"internal  trouble\n") == "internal trouble"
     assert response_excerpt("é" * 1000, 10) == "é" * 10
     assert response_excerpt(b"\xff bad utf-8") == "\ufffd bad utf-8"
+
+
+def test_an_answer_is_kept_only_when_2xx_or_from_a_public_address() -> None:
+    # The one rule of callbacks, deliveries and test sends: an internal
+    # service's error page is never read back through ferryman.
+    assert answer_shown(200, None) and answer_shown(204, "10.0.0.5")
+    assert answer_shown(500, "93.184.216.34") and answer_shown(404, "2606:4700:4700::1111")
+    internal = [None, "", "127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.0.9",
+                "169.254.169.254", "100.64.0.1", "::1", "fd00::1", "fe80::1%eth0",
+                "::ffff:10.0.0.1", "::ffff:127.0.0.1", "0.0.0.0", "not an address"]  # fmt: skip
+    for peer in internal:
+        assert not public_peer(peer), peer
+        for status in (199, 301, 400, 404, 500, 503):
+            assert not answer_shown(status, peer), (status, peer)
+    assert public_peer("::ffff:93.184.216.34")
+
+
+def test_peer_addresses_of_both_clients(receivers: Callable[..., Receiver]) -> None:
+    rcv = receivers(always(500, b"internal page"))
+    with (
+        sync_client(Timeouts.per_phase(5), policy=PERMISSIVE) as client,
+        client.stream("POST", rcv.url, content=b"{}") as resp,
+    ):
+        assert peer_address(resp) == "127.0.0.1"
+        assert not answer_shown(resp.status_code, peer_address(resp))
+
+    async def aio() -> str | None:
+        client = async_client(Timeouts.overall(5), policy=PERMISSIVE, connections=1)
+        try:
+            async with client.post(rcv.url, data=b"{}", headers={}) as resp:
+                return aio_peer_address(resp)
+        finally:
+            await client.close()
+
+    import asyncio
+
+    assert asyncio.run(aio()) == "127.0.0.1"
 
 
 # -- the error describer -----------------------------------------------------------------

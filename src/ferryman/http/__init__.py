@@ -20,7 +20,8 @@ every request and, where the client resolves names itself, for the
 addresses; URLs reduced to their origin in error texts and in httpx's log
 records. One describer (``describe``) turns any failure of these clients,
 or a non-2xx status, into a safe short text and whether retrying can help;
-one parser reads ``Retry-After``.
+one parser reads ``Retry-After``; one rule (``answer_shown``) says when a
+receiver's answer may be kept: a 2xx one, or one from a public address.
 """
 
 from ferryman.http.base import (
@@ -31,10 +32,12 @@ from ferryman.http.base import (
     Timeouts,
     destination_policy,
     ip_literal,
+    public_peer,
 )
 from ferryman.http.errors import (
     RESPONSE_EXCERPT,
     Failure,
+    answer_shown,
     describe,
     redact,
     redact_url,
@@ -50,9 +53,11 @@ __all__ = [
     "DestinationRefused",
     "Failure",
     "Timeouts",
+    "answer_shown",
     "describe",
     "destination_policy",
     "ip_literal",
+    "public_peer",
     "redact",
     "redact_url",
     "response_excerpt",

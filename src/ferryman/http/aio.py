@@ -61,6 +61,28 @@ class AsyncClient:
         await self._resolver.close()  # given to the connector, so not closed by it
 
 
+class PeerResponse(aiohttp.ClientResponse):
+    """A response that remembers the address it came from: aiohttp hands a
+    connection back to its pool (and forgets it) as soon as a short body has
+    arrived, so the address is read when the response starts."""
+
+    peer: str | None = None
+
+    async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        transport = connection.transport
+        try:
+            peer = transport.get_extra_info("peername") if transport is not None else None
+        except Exception:  # a transport without the information
+            peer = None
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        return await super().start(connection)
+
+
+def peer_address(response: aiohttp.ClientResponse) -> str | None:
+    """The address the answer came from (None when unknown)."""
+    return response.peer if isinstance(response, PeerResponse) else None
+
+
 def async_client(
     timeouts: Timeouts,
     *,
@@ -82,6 +104,7 @@ def async_client(
         trust_env=False,
         auto_decompress=False,
         headers={"user-agent": USER_AGENT},
+        response_class=PeerResponse,
         # Every hop of a followed redirect (the first one is checked twice).
         middlewares=(_policy_middleware(policy),) if follow_redirects else (),
     )

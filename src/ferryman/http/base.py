@@ -149,6 +149,17 @@ def is_public(address: Address) -> bool:
     )
 
 
+def public_peer(address: str | None) -> bool:
+    """Whether ``address`` (a peer's address as a socket reports it, a zone
+    id allowed) is a public one; an unknown or malformed one is not."""
+    if not address:
+        return False
+    try:
+        return is_public(embedded_ipv4(ipaddress.ip_address(address.split("%", 1)[0])))
+    except ValueError:
+        return False
+
+
 def host_address(host: str) -> Address | None:
     """The address a URL's host names without resolving: an IP literal
     (``[::1]`` too) or a legacy IPv4 form (``2130706433``, ``0x7f.1``,

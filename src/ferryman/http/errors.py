@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from ferryman.http.base import DestinationRefused
+from ferryman.http.base import DestinationRefused, public_peer
 
 RESPONSE_EXCERPT = 500  # characters of a receiver's answer kept per attempt
 # Statuses whose Retry-After is honoured.
@@ -196,6 +196,20 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, "****")
     return text
+
+
+def answer_shown(status: int, peer: str | None) -> bool:
+    """Whether a receiver's answer may be read and kept (stored, shown).
+
+    Only a 2xx answer, or any answer from a public address: an error page of
+    a service on an internal network that the destination policy lets
+    through (development, ``FERRYMAN_OUTBOUND_ALLOW_NETWORKS``) must not be
+    read back through ferryman (a server-side request forgery channel), so
+    only its status is kept. ``peer`` is the address the answer came from
+    (None when unknown: not public). The one rule for every sender
+    (callbacks, deliveries, test sends).
+    """
+    return 200 <= status < 300 or public_peer(peer)
 
 
 def response_excerpt(text: str | bytes | None, limit: int = RESPONSE_EXCERPT) -> str | None:

@@ -7,7 +7,6 @@ CLI ask.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,8 +17,14 @@ from sqlalchemy.engine import Connection
 
 from ferryman.domain.events import EventType
 from ferryman.errors import InvalidInput, NotFound
-from ferryman.http import RESPONSE_EXCERPT, DestinationPolicy, Timeouts, describe, response_excerpt
-from ferryman.http.base import is_public
+from ferryman.http import (
+    RESPONSE_EXCERPT,
+    DestinationPolicy,
+    Timeouts,
+    answer_shown,
+    describe,
+    response_excerpt,
+)
 from ferryman.notify.formats import FormatContext, get_format
 from ferryman.notify.webhook import build_request, sample_event
 from ferryman.services.fanout import DEAD, DELIVERY_STATES, PENDING, WAITING
@@ -197,22 +202,12 @@ def send_test(
             client.stream("POST", row.url, content=body, headers=headers) as resp,
         ):
             text = None
-            if 200 <= resp.status_code < 300 or _public(peer_address(resp)):
+            if answer_shown(resp.status_code, peer_address(resp)):
                 text = response_excerpt(read_start(resp, RESPONSE_EXCERPT * 4))
         return TestResult(event["id"], resp.status_code, _ms(started), text, None)
     except ERRORS as exc:
         error = describe(exc, timeout=timeout).error
         return TestResult(event["id"], None, _ms(started), None, error)
-
-
-def _public(address: str | None) -> bool:
-    """Whether ``address`` is a public one (an unknown one is not)."""
-    if address is None:
-        return False
-    try:
-        return is_public(ipaddress.ip_address(address.split("%", 1)[0]))
-    except ValueError:
-        return False
 
 
 def _ms(started: float) -> float:

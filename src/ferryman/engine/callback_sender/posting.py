@@ -4,7 +4,9 @@
 
 Webhooks are always signed (Standard Webhooks, ``ferryman.notify.signing``),
 with a fresh timestamp per attempt and the row id as ``webhook-id``. A
-failed answer's first bytes are kept (``last_error``); errors that cannot
+failed answer's first bytes are kept (``last_error``) only when it came from
+a public address (``ferryman.http.answer_shown``: never an internal
+service's error page); errors that cannot
 heal (malformed target, Slack ``channel_not_found`` …) are permanent.
 """
 
@@ -19,6 +21,7 @@ from ferryman.http import (
     DestinationPolicy,
     Failure,
     Timeouts,
+    answer_shown,
     describe,
     redact_url,
     response_excerpt,
@@ -92,7 +95,7 @@ class CallbackPoster:
                 self._http.close()
 
     def _post_webhook(self, c: Claimed, report: dict[str, Any]) -> Outcome:
-        from ferryman.http.sync import ERRORS, read_start
+        from ferryman.http.sync import ERRORS, peer_address, read_start
 
         url = c.target.get("url")
         if not isinstance(url, str) or not url:
@@ -107,7 +110,10 @@ class CallbackPoster:
                 if 200 <= resp.status_code < 300:
                     return Outcome(True, resp.status_code)
                 failure = describe(resp.status_code, headers=resp.headers)
-                snippet = response_excerpt(read_start(resp, _RESPONSE_SNIPPET), _RESPONSE_SNIPPET)
+                snippet = None
+                if answer_shown(resp.status_code, peer_address(resp)):
+                    start = read_start(resp, _RESPONSE_SNIPPET)
+                    snippet = response_excerpt(start, _RESPONSE_SNIPPET)
         except ERRORS as exc:
             return Outcome.failed(describe(exc, timeout=self.settings.callbacks.timeout))
         if snippet:

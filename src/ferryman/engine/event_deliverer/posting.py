@@ -4,7 +4,9 @@
 aiohttp, one session per subscription (``ferryman.http.pool``): a request
 waiting on a slow receiver costs a coroutine, not a thread, and a hanging
 subscriber only ever holds its own connections, for at most the delivery
-timeout. Why aiohttp rather than httpx here: decision 0005.
+timeout. Why aiohttp rather than httpx here: decision 0005. The answer's
+first bytes are kept only when ``ferryman.http.answer_shown`` allows it (a
+2xx answer, or one from a public address).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ import time
 
 from ferryman.engine.event_deliverer.queue import Claimed
 from ferryman.engine.event_deliverer.results import Result
-from ferryman.http import RESPONSE_EXCERPT, DestinationPolicy, Timeouts, describe, response_excerpt
+from ferryman.http import (
+    RESPONSE_EXCERPT,
+    DestinationPolicy,
+    Timeouts,
+    answer_shown,
+    describe,
+    response_excerpt,
+)
 from ferryman.http.pool import ClientPool
 from ferryman.notify.formats import FormatContext
 from ferryman.notify.webhook import build_request
@@ -90,10 +99,12 @@ class Poster:
         headers: dict[str, str],
         res: Result,
     ) -> None:
+        from ferryman.http.aio import peer_address
+
         async with clients.get(c.subscription_id).post(c.url, data=body, headers=headers) as resp:
             res.status = resp.status
-            got = await resp.content.read(RESPONSE_EXCERPT * 4)
-            res.response = response_excerpt(got)
+            if answer_shown(resp.status, peer_address(resp)):
+                res.response = response_excerpt(await resp.content.read(RESPONSE_EXCERPT * 4))
             if not res.ok:
                 failure = describe(resp.status, headers=resp.headers)
                 res.error, res.retry_after = failure.error, failure.retry_after
