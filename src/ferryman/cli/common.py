@@ -194,13 +194,15 @@ def parse_params(pairs: list[str] | None, params_file: Path | None) -> dict[str,
             fail(f"cannot read params file: {exc}")
         try:
             if params_file.suffix in (".yaml", ".yml"):
-                import yaml
+                from ferryman.yaml_reader import parse_yaml
 
-                data = yaml.safe_load(text)
+                data = parse_yaml(text)  # bounded: no alias bombs, no duplicate keys
             else:
                 data = json.loads(text)
         except Exception as exc:
-            fail(f"{params_file}: not valid {params_file.suffix.lstrip('.') or 'JSON'}: {exc}")
+            what = "YAML" if params_file.suffix in (".yaml", ".yml") else "JSON"
+            detail = str(exc).removeprefix("invalid YAML").lstrip(": ")
+            fail(f"{params_file}: not valid {what}: {detail}")
         if not isinstance(data, dict):
             fail(f"{params_file}: parameters must be a mapping of names to values")
         params.update(data)

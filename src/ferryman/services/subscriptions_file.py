@@ -40,17 +40,19 @@ def read_file(path: Path) -> list[SubscriptionCreate]:
     An entry may give ``secret_env: NAME`` to read its secret from the
     environment instead of writing it in the file.
     """
-    import yaml
+    from ferryman.yaml_reader import YamlError, parse_yaml
 
     try:
         text = path.read_text()
     except OSError as exc:
         raise FileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise FileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                        f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+        # YAML through the one bounded reader: no alias bombs, no duplicate keys
+        data = json.loads(text) if path.suffix == ".json" else parse_yaml(text)
+    except YamlError as exc:
+        raise FileError(f"{path}: {exc}") from None
+    except ValueError as exc:
+        raise FileError(f"{path}: not valid JSON: {str(exc).splitlines()[0]}") from None
     if isinstance(data, dict) and "subscriptions" in data:
         data = data["subscriptions"]
     if data is None:

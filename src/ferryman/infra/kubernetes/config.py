@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ferryman.infra.base import InfraConfig
@@ -16,6 +15,7 @@ from ferryman.infra.kubernetes.manifest import (
     parse_patch,
 )
 from ferryman.infra.kubernetes.names import is_dns_label
+from ferryman.yaml_reader import YamlError, parse_yaml
 
 #: Fields a step's or run's ``infra_overrides`` may not change.
 _CREDENTIAL_FIELDS = (
@@ -156,6 +156,6 @@ def load_customizations(v: list[dict[str, Any]] | str) -> Any:
     except OSError as exc:
         raise ManifestError(f"cannot read customizations file {v}: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        return parse_yaml(text)  # bounded: no alias bombs, no duplicate keys
+    except YamlError as exc:
         raise ManifestError(f"customizations file {v} is not valid YAML/JSON: {exc}") from None
