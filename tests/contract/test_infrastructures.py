@@ -202,6 +202,8 @@ def test_a_python_step_that_raises_fails_with_its_error_and_traceback(backend: B
         "ok": False,
         "error": "ValueError: bad input",
         "kind": "exception",
+        "type": "ValueError",  # for retry_on / no_retry_on
+        "mro": ["ValueError", "Exception", "BaseException"],
     }
     assert started.read(result) == StepResult(False, error="ValueError: bad input")
     assert "about to fail" in started.lines.stream("stdout")

@@ -182,7 +182,13 @@ def test_exception_reports_marker_and_traceback(tmp_path: Path) -> None:
     )
     proc = run_runtime({"file": str(f), "qualname": "step"})
     assert proc.returncode == 1
-    assert outcome(proc) == {"ok": False, "error": "ValueError: bad input 42", "kind": "exception"}
+    assert outcome(proc) == {
+        "ok": False,
+        "error": "ValueError: bad input 42",
+        "kind": "exception",
+        "type": "ValueError",
+        "mro": ["ValueError", "Exception", "BaseException"],
+    }
     assert proc.stdout.split("\n")[0] == "before"
     assert "Traceback (most recent call last)" in proc.stderr
     assert f'{f}", line 3, in helper' in proc.stderr

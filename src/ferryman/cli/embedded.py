@@ -18,7 +18,7 @@ from ferryman.cli.common import (
     escape,
     real_console,
 )
-from ferryman.cli.render import fmt_duration, styled
+from ferryman.cli.render import FAILURE_TAIL, fmt_duration, print_failure, styled
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -64,7 +64,7 @@ def execute_embedded(store: Any, s: Any, svc: Any, run_id: str, watch: bool) -> 
     thread.join(timeout=30)
     if errors:
         raise errors[0]
-    return _summary(store, run_id, interrupted["n"] > 0)
+    return _summary(store, s, run_id, interrupted["n"] > 0)
 
 
 def _follow(store: Any, run_id: str, thread: threading.Thread, watch: bool) -> None:
@@ -128,24 +128,16 @@ def _progress_table(counts: dict[str, int], running: list[dict[str, Any]]) -> Ta
     return t
 
 
-def _summary(store: Any, run_id: str, interrupted: bool) -> int:
-    from ferryman.services.queries import get_logs, get_run
+def _summary(store: Any, s: Any, run_id: str, interrupted: bool) -> int:
+    from ferryman.cli.readers import LocalReader
 
-    with store.read() as conn:
-        r = get_run(conn, run_id)
-        tail = get_logs(conn, run_id, node=r["failed_node"], tail=20) if r["failed_node"] else []
-    state = r["state"]
-    console.print(f"run {run_id} {styled(state)} in {fmt_duration(r['duration'])}")
-    if state == "succeeded":
+    r = LocalReader(store, s)
+    run = r.get_run(run_id)
+    tail = []
+    if run.failed_node:
+        tail = r.logs(run_id, step=run.failed_node, attempt=None, tail=FAILURE_TAIL).items
+    console.print(f"run {run_id} {styled(run.state)} in {fmt_duration(run.duration)}")
+    if run.state == "succeeded":
         return 0
-    if r["failed_node"]:
-        node = next(n for n in r["nodes"] if n["name"] == r["failed_node"])
-        console.print(f"[red]failed step:[/] {escape(node['name'])} (attempt {node['attempt']})")
-        console.print(f"[red]error:[/] {escape(node['error'] or '')}", soft_wrap=True)
-        if tail:
-            console.print("[dim]last log lines:[/]")
-            for rec in tail:
-                console.print(f"  {escape(rec['line'])}", soft_wrap=True, highlight=False)
-    elif r["error"]:
-        console.print(f"[red]error:[/] {escape(r['error'])}")
-    return EXIT_INTERRUPTED if interrupted and state == "cancelled" else EXIT_FAILED
+    print_failure(run, tail)
+    return EXIT_INTERRUPTED if interrupted and run.state == "cancelled" else EXIT_FAILED

@@ -27,7 +27,7 @@ from ferryman.cli.common import (
     print_candidates,
     settings,
 )
-from ferryman.cli.render import fmt_duration, styled
+from ferryman.cli.render import FAILURE_TAIL, fmt_duration, print_failure, styled
 from ferryman.client.errors import ApiError
 
 CREDENTIALS = "credentials.json"
@@ -224,18 +224,8 @@ def follow_remote(c: Any, run_id: str, watch: bool, server: str) -> int:
     console.print(f"run {run_id} {styled(run.state)} in {fmt_duration(run.duration)}")
     if run.state == "succeeded":
         return 0
-    if run.failed_node:
-        node = next((n for n in run.nodes if n.name == run.failed_node), None)
-        console.print(f"[red]failed step:[/] {escape(run.failed_node)}")
-        if node is not None and node.error:
-            console.print(f"[red]error:[/] {escape(node.error)}", soft_wrap=True)
-        tail = c.logs(run_id, step=run.failed_node, tail=20).items
-        if tail:
-            console.print("[dim]last log lines:[/]")
-            for rec in tail:
-                console.print(f"  {escape(rec.line)}", soft_wrap=True, highlight=False)
-    elif run.error:
-        console.print(f"[red]error:[/] {escape(run.error)}")
+    tail = c.logs(run_id, step=run.failed_node, tail=FAILURE_TAIL).items if run.failed_node else []
+    print_failure(run, tail)
     return EXIT_INTERRUPTED if asked and run.state == "cancelled" else EXIT_FAILED
 
 

@@ -3,11 +3,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ferryman.cli.common import console, escape
+
+if TYPE_CHECKING:
+    from ferryman.api.schemas import LogLinePublic, RunDetail
+
+#: Log lines of the failed step shown under a failed run.
+FAILURE_TAIL = 20
 
 STATE_STYLE = {
     "succeeded": "green",
@@ -69,3 +76,25 @@ def print_json_line(value: Any) -> None:
 def first_line(text: str | None) -> str:
     """The first line of ``text`` (errors can hold a whole traceback)."""
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def print_failure(run: RunDetail, tail: Sequence[LogLinePublic]) -> None:
+    """Why ``run`` did not succeed: its failed step with the attempt it
+    failed on, the step's error and its last log lines (``tail``), each
+    labelled ``[step#attempt]`` since they may come from several attempts;
+    or the run's own error. The same for ``ferryman run`` (embedded and
+    ``--server``), ``runs rerun`` and ``runs get``."""
+    if run.failed_node:
+        node = next((n for n in run.nodes if n.name == run.failed_node), None)
+        of = f" (attempt {node.attempt} of {node.max_attempts})" if node is not None else ""
+        console.print(f"[red]failed step:[/] {escape(run.failed_node)}{of}")
+        if node is not None and node.error:
+            console.print(f"[red]error:[/] {escape(node.error)}", soft_wrap=True)
+        if tail:
+            console.print("[dim]last log lines:[/]")
+            for rec in tail:
+                label = escape(f"[{rec.node}#{rec.attempt}]")
+                console.print(f"  [dim]{label}[/] {escape(rec.line)}", soft_wrap=True,
+                              highlight=False)  # fmt: skip
+    elif run.error:
+        console.print(f"[red]error:[/] {escape(run.error)}", soft_wrap=True)

@@ -15,8 +15,10 @@ from ferryman.cli.common import clean_errors, console, escape, open_store, table
 from ferryman.cli.embedded import execute_embedded
 from ferryman.cli.readers import Reader, RunFilter, reader
 from ferryman.cli.render import (
+    FAILURE_TAIL,
     first_line,
     fmt_duration,
+    print_failure,
     print_json,
     print_json_line,
     print_log_line,
@@ -93,6 +95,11 @@ def get(run_id: str = RUN, as_json: bool = JSON, server: str = SERVER) -> None:
             print_json(run)
             return
         show_run(run)
+        if run.state in ("failed", "cancelled") and (run.failed_node or run.error):
+            tail = []
+            if run.failed_node:
+                tail = r.logs(run.id, step=run.failed_node, attempt=None, tail=FAILURE_TAIL).items
+            print_failure(run, tail)
 
 
 def show_run(r: RunDetail) -> None:

@@ -1,10 +1,13 @@
-"""Retry policy: exponential backoff with jitter (pure)."""
+"""Retry policy: exponential backoff with jitter, and which failures are retried (pure)."""
 
 from __future__ import annotations
 
 import math
 import random
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,62 @@ class RetryPolicy:
             return base
         r = (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
         return base * r
+
+
+# -- which failures are retried ------------------------------------------------------------
+#
+# A step's retries can be limited to the failures worth retrying: by the type
+# of the exception a python step raised (``retry_on`` / ``no_retry_on``), or
+# by the exit code of a container step (``retry_on_exit_codes`` /
+# ``no_retry_on_exit_codes``). Each function says why a failure is *not*
+# retried, or None; failures that are neither (a timeout, a lost worker, a
+# step that could not start) are retried as ``retries`` says.
+
+#: A dotted Python name: ``TimeoutError``, ``requests.exceptions.ConnectionError``.
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def check_exception_names(names: Sequence[Any]) -> list[str]:
+    """``names`` validated as dotted names (``builtins.X`` becomes ``X``), in
+    order, without repeats; ``ValueError`` names a bad one."""
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not _DOTTED.fullmatch(name):
+            raise ValueError(
+                f"{name!r} is not an exception type's name (use a class, a built-in name such "
+                "as 'TimeoutError', or 'package.module.ClassName')"
+            )
+        name = name.removeprefix("builtins.")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def exception_refusal(
+    raised: str, mro: list[str], retry_on: list[str], no_retry_on: list[str]
+) -> str | None:
+    """Why an exception of type ``raised`` (whose classes, from itself up, are
+    ``mro``) is not retried, or None.
+
+    ``no_retry_on`` wins over ``retry_on`` (``retry_on=[OSError]`` with
+    ``no_retry_on=[FileNotFoundError]`` retries every OSError but that one).
+    A listed class matches its subclasses too.
+    """
+    types = mro or [raised]
+    hit = next((t for t in types if t in no_retry_on), None)
+    if hit is not None:
+        which = raised if hit == raised else f"{raised} (a {hit})"
+        return f"{which} is in no_retry_on; not retried"
+    if retry_on and not any(t in retry_on for t in types):
+        return f"{raised} is not in retry_on; not retried"
+    return None
+
+
+def exit_code_refusal(code: int, retry_on: list[int], no_retry_on: list[int]) -> str | None:
+    """Why a container that exited with ``code`` is not retried, or None
+    (``no_retry_on_exit_codes`` wins over ``retry_on_exit_codes``)."""
+    if code in no_retry_on:
+        return f"exit code {code} is in no_retry_on_exit_codes; not retried"
+    if retry_on and code not in retry_on:
+        return f"exit code {code} is not in retry_on_exit_codes; not retried"
+    return None

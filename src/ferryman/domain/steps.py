@@ -44,7 +44,7 @@ from pydantic import (
 )
 
 from ferryman.domain.names import check_name
-from ferryman.domain.retry import RetryPolicy
+from ferryman.domain.retry import RetryPolicy, check_exception_names
 
 #: The kind of a step that does not name one.
 DEFAULT_KIND = "python"
@@ -121,13 +121,46 @@ def _other_problems_first(handler: Callable[[Any], Any], stand_in: dict[str, Any
     handler(stand_in)
 
 
+def _exception_names(value: Any) -> Any:
+    """``retry_on``/``no_retry_on``: one dotted name or a list of them (the
+    DSL turns exception classes into names)."""
+    return check_exception_names(value if isinstance(value, (list, tuple)) else [value])
+
+
+def _exit_codes(value: Any) -> Any:
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def _unset(v: Any) -> bool:
+    # Fields added after versions were first hashed are left out of the dump
+    # while unset (empty), so a pipeline without them hashes as before.
+    return not v
+
+
+ExceptionNames = Annotated[list[str], BeforeValidator(_exception_names)]
+ExitCodes = Annotated[list[Annotated[int, Field(ge=1, le=255)]], BeforeValidator(_exit_codes)]
+
+
 class PythonStep(StepBase):
-    """A step that calls a Python function (the default kind)."""
+    """A step that calls a Python function (the default kind).
+
+    ``retry_on``/``no_retry_on`` limit its retries to the exceptions of the
+    listed types (and their subclasses) / to all but those.
+    """
 
     kind: Literal["python"] = "python"
     function: FunctionRef
+    retry_on: ExceptionNames = Field(default_factory=list, exclude_if=_unset)
+    no_retry_on: ExceptionNames = Field(default_factory=list, exclude_if=_unset)
 
     legacy_nulls: ClassVar[tuple[str, ...]] = ("image", "command", "args")
+
+    @model_validator(mode="after")
+    def _lists_apart(self) -> PythonStep:
+        both = [n for n in self.retry_on if n in self.no_retry_on]
+        if both:
+            raise ValueError(f"{', '.join(both)} cannot be in both retry_on and no_retry_on")
+        return self
 
     @model_validator(mode="wrap")
     @classmethod
@@ -146,8 +179,21 @@ class ContainerStep(StepBase):
     image: str
     command: list[str] | None = None
     args: list[str] | None = None
+    #: Retry only the exits with these codes / with any code but these.
+    retry_on_exit_codes: ExitCodes = Field(default_factory=list, exclude_if=_unset)
+    no_retry_on_exit_codes: ExitCodes = Field(default_factory=list, exclude_if=_unset)
 
     legacy_nulls: ClassVar[tuple[str, ...]] = ("function",)
+
+    @model_validator(mode="after")
+    def _codes_apart(self) -> ContainerStep:
+        both = [str(c) for c in self.retry_on_exit_codes if c in self.no_retry_on_exit_codes]
+        if both:
+            raise ValueError(
+                f"exit code(s) {', '.join(both)} cannot be in both retry_on_exit_codes and "
+                "no_retry_on_exit_codes"
+            )
+        return self
 
     @model_validator(mode="wrap")
     @classmethod

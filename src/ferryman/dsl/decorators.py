@@ -172,6 +172,35 @@ def _function_ref(fn: Callable[..., Any]) -> dict[str, Any]:
     return {"module": module, "qualname": qual}
 
 
+def exception_names(value: Any, where: str) -> Any:
+    """``retry_on``/``no_retry_on`` given as exception classes and/or dotted
+    names, as names: ``module.qualname`` (the runtime reports an exception's
+    classes so), built-ins bare (``TimeoutError``), and a class of a file
+    imported by path (the pipeline file, ``__main__``) as
+    ``<file stem>.qualname``, which does not depend on the module name the
+    file gets in each process."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, type):
+            if not issubclass(item, BaseException):
+                raise DSLError(f"{where}: {item.__qualname__} is not an exception class")
+            qual = item.__qualname__
+            if "<locals>" in qual:
+                raise DSLError(
+                    f"{where}: exception class {item.__name__!r} must be defined at module "
+                    "level, not inside a function"
+                )
+            module = item.__module__
+            if module == "__main__" or module.startswith(USER_MODULE_PREFIX):
+                file = getattr(__import__("sys").modules.get(module), "__file__", None)
+                if file:
+                    module = os.path.splitext(os.path.basename(file))[0]
+            item = qual if module == "builtins" else f"{module}.{qual}"
+        out.append(item)
+    return out
+
+
 def _installed(file: str) -> bool:
     """Whether ``file`` belongs to an installed package (site-packages or the stdlib)."""
     import sysconfig
@@ -217,13 +246,17 @@ class Step(Generic[P, R]):
                     raise DSLError(f"step {name!r}: wait_for takes step outputs, got {r!r}")
                 if r.name not in deps:
                     deps.append(r.name)
+        options = dict(self.options)
+        for key in ("retry_on", "no_retry_on"):
+            if key in options:
+                options[key] = exception_names(options[key], f"step {name!r}: {key}")
         builder.nodes[name] = {
             "name": name,
             "kind": "python",
             "function": _function_ref(self.fn),
             "inputs": inputs,
             "depends_on": deps,
-            **self.options,
+            **options,
         }
         return NodeRef(builder, name)  # type: ignore[return-value]
 
@@ -263,12 +296,14 @@ def container(
     names more values for the placeholders. The step's output is ``None``;
     use ``wait_for`` (or its return value with ``.after``) to order steps.
     Other options as for ``@step`` (``infrastructure``, ``env``, ``secrets``,
-    ``retries``, ``timeout``, ``resources``, ``infra_overrides`` …).
+    ``retries``, ``timeout``, ``resources``, ``infra_overrides`` …), but
+    ``retry_on_exit_codes``/``no_retry_on_exit_codes`` (exit codes) instead
+    of ``retry_on``/``no_retry_on``.
     """
     builder = _BUILDER.get()
     if builder is None:
         raise DSLError(f"container step {name!r} must be declared inside a @pipeline function")
-    _check_step_options({**options, "name": name}, f"container step {name!r}: ")
+    _check_step_options({**options, "name": name}, f"container step {name!r}: ", "container")
     node_name = builder.unique(name)
     where = f"container step {node_name!r}"
     deps: list[str] = []
@@ -308,14 +343,26 @@ _STEP_OPTIONS = {
     "secrets",
     "resources",
 }
+# Options of one kind only, and the option the other kind has instead.
+_KIND_OPTIONS = {
+    "python": {"retry_on": "retry_on_exit_codes", "no_retry_on": "no_retry_on_exit_codes"},
+    "container": {"retry_on_exit_codes": "retry_on", "no_retry_on_exit_codes": "no_retry_on"},
+}
 
 
-def _check_step_options(options: dict[str, Any], where: str) -> None:
-    unknown = set(options) - _STEP_OPTIONS
+def _check_step_options(options: dict[str, Any], where: str, kind: str = "python") -> None:
+    known = _STEP_OPTIONS | set(_KIND_OPTIONS[kind])
+    for other_kind, other in _KIND_OPTIONS.items():
+        wrong = sorted(set(options) & set(other)) if other_kind != kind else []
+        if wrong:
+            instead = ", ".join(other[w] for w in wrong)
+            raise DSLError(
+                f"{where}{', '.join(wrong)} is an option of {other_kind} steps; a {kind} "
+                f"step has {instead}"
+            )
+    unknown = set(options) - known
     if unknown:
-        raise DSLError(
-            f"{where}unknown step option(s) {sorted(unknown)}; known: {sorted(_STEP_OPTIONS)}"
-        )
+        raise DSLError(f"{where}unknown step option(s) {sorted(unknown)}; known: {sorted(known)}")
 
 
 @overload
@@ -324,8 +371,10 @@ def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 def step(**options: Any) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 def step(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     """Declare a step. Options: ``name``, ``retries``, ``retry_delay``,
-    ``retry_backoff``, ``retry_jitter``, ``retry_max_delay``, ``timeout``,
-    ``infrastructure``, ``infra_overrides``, ``env``, ``secrets``, ``resources``.
+    ``retry_backoff``, ``retry_jitter``, ``retry_max_delay``, ``retry_on`` and
+    ``no_retry_on`` (exception classes or dotted names: only those failures
+    are retried / those are not), ``timeout``, ``infrastructure``,
+    ``infra_overrides``, ``env``, ``secrets``, ``resources``.
     """
     _check_step_options(options, "")
 

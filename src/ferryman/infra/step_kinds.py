@@ -19,7 +19,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ferryman.domain.retry import exception_refusal, exit_code_refusal
 from ferryman.domain.spec import StepSpec
+from ferryman.domain.steps import ContainerStep, PythonStep
 from ferryman.infra.base import EXIT_KILLED, OutputCapture
 
 
@@ -32,6 +34,9 @@ class StepResult:
     #: False when the step produces no output (its children get ``None``).
     has_output: bool = False
     error: str = ""
+    #: Why this failure is not retried whatever ``retries`` says (the step's
+    #: ``retry_on`` … lists), or None: then ``retries`` decides.
+    no_retry: str | None = None
 
 
 class UnknownStepKind(LookupError):
@@ -60,7 +65,9 @@ class StepKind(ABC):
 
 class PythonKind(StepKind):
     """A python step succeeds when it exits 0 *and* printed an ``ok`` result
-    line; the value of that line is its output."""
+    line; the value of that line is its output. A failure that is an
+    exception is retried only as the step's ``retry_on``/``no_retry_on`` allow
+    (the result line names the exception's classes)."""
 
     name = "python"
     needs_payload = True
@@ -84,11 +91,24 @@ class PythonKind(StepKind):
             return StepResult(
                 True, output=capture.redact_value(result.get("value")), has_output=True
             )
-        return StepResult(False, error=str(result.get("error") or f"exit code {exit_code}"))
+        error = str(result.get("error") or f"exit code {exit_code}")
+        return StepResult(False, error=error, no_retry=_exception_refusal(step, result))
+
+
+def _exception_refusal(step: StepSpec, result: dict[str, Any]) -> str | None:
+    if not isinstance(step, PythonStep) or not (step.retry_on or step.no_retry_on):
+        return None
+    raised, mro = result.get("type"), result.get("mro")
+    if not isinstance(raised, str):
+        return None  # not an exception (an output too large, a missing function …)
+    names = [m for m in mro if isinstance(m, str)] if isinstance(mro, list) else [raised]
+    return exception_refusal(raised, names, step.retry_on, step.no_retry_on)
 
 
 class ContainerKind(StepKind):
-    """A container step succeeds when it exits 0; it has no output."""
+    """A container step succeeds when it exits 0; it has no output. A
+    container that exited with a code is retried only as the step's
+    ``retry_on_exit_codes``/``no_retry_on_exit_codes`` allow."""
 
     name = "container"
 
@@ -97,7 +117,13 @@ class ContainerKind(StepKind):
     ) -> StepResult:
         if exit_code == 0:
             return StepResult(True)
-        return StepResult(False, error=reason or f"exit code {exit_code}")
+        no_retry = None
+        # 1-255: the container's own exit (not a kill, nor a lost container)
+        if isinstance(step, ContainerStep) and 1 <= exit_code <= 255:
+            no_retry = exit_code_refusal(
+                exit_code, step.retry_on_exit_codes, step.no_retry_on_exit_codes
+            )
+        return StepResult(False, error=reason or f"exit code {exit_code}", no_retry=no_retry)
 
 
 #: Kind name → its ``StepKind``: one for every member of ``StepSpec``.

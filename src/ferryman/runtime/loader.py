@@ -12,6 +12,13 @@ The outcome of a step is a JSON object, printed after ``RESULT_MARKER + nonce
   code 1): the function raised, or its return value is not JSON-serialisable;
 - ``{"ok": false, "error": "cannot import ...", "kind": "import"}`` (exit
   code 2): the function could not be imported.
+
+When the failure is an exception (of the function, or of its module's code
+while it was imported), the outcome also has ``"type"``, the exception's
+qualified name, and ``"mro"``, the names of its classes from itself up
+(``object`` left out), so that the worker can tell whether the step's
+``retry_on``/``no_retry_on`` allow a retry. Names are ``module.qualname``;
+built-ins by their bare name (``ValueError``), as ``retry_on`` names them.
 """
 
 from __future__ import annotations
@@ -47,6 +54,9 @@ class LoadError(Exception):
     """The step function cannot be imported (the message says why)."""
 
 
+#: Module names of files whose stem names another module already.
+_FILE_MODULE_PREFIX = "_ferryman_file_"
+
 _lock = threading.RLock()
 # absolute file path -> (mtime_ns, module)
 _file_modules: dict[str, tuple[int, types.ModuleType]] = {}
@@ -77,7 +87,7 @@ def _module_name_for(path: str) -> str:
             return stem
     digest = f"{zlib.crc32(path.encode()):08x}"
     safe = "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
-    return f"_ferryman_file_{digest}_{safe}"
+    return f"{_FILE_MODULE_PREFIX}{digest}_{safe}"
 
 
 def load_file(file: str) -> types.ModuleType:
@@ -184,8 +194,32 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _failure(error: str, kind: str) -> str:
-    return json.dumps({"ok": False, "error": error, "kind": kind})
+def type_name(cls: type) -> str:
+    """``module.qualname`` of a class; a built-in one by its bare name; one of
+    a file imported by path (``load_file``) as ``<file stem>.qualname``, the
+    name the DSL gives it, whatever module name the file got here."""
+    module = getattr(cls, "__module__", None) or "builtins"
+    qualname = getattr(cls, "__qualname__", None) or cls.__name__
+    if module == "builtins":
+        return qualname
+    if module.startswith(_FILE_MODULE_PREFIX):
+        file = getattr(sys.modules.get(module), "__file__", None)
+        if file:
+            module = os.path.splitext(os.path.basename(file))[0]
+    return f"{module}.{qualname}"
+
+
+def exception_types(exc: BaseException) -> dict[str, Any]:
+    """The ``type`` and ``mro`` fields of an outcome (module docstring)."""
+    mro = [type_name(c) for c in type(exc).__mro__ if c is not object]
+    return {"type": mro[0], "mro": mro}
+
+
+def _failure(error: str, kind: str, exc: BaseException | None = None) -> str:
+    out: dict[str, Any] = {"ok": False, "error": error, "kind": kind}
+    if exc is not None:
+        out.update(exception_types(exc))
+    return json.dumps(out)
 
 
 def run_step(
@@ -208,12 +242,12 @@ def run_step(
     except (Exception, SystemExit) as exc:
         write_stderr(format_user_traceback(exc))
         error = f"cannot import {display(function)}: {_describe(exc)}"
-        return _failure(error, "import"), EXIT_IMPORT
+        return _failure(error, "import", exc), EXIT_IMPORT
     try:
         value = call_function(fn, inputs)
     except (Exception, SystemExit) as exc:
         write_stderr(format_user_traceback(exc))
-        return _failure(_describe(exc), "exception"), EXIT_FAILED
+        return _failure(_describe(exc), "exception", exc), EXIT_FAILED
     try:
         return json.dumps({"ok": True, "value": value}), EXIT_OK
     except (TypeError, ValueError, RecursionError) as exc:

@@ -58,6 +58,8 @@ class Outcome:
     has_output: bool = False
     error: str = ""
     exit_code: int | None = None
+    #: Why the failure is not retried (the step's ``retry_on`` …), or None.
+    no_retry: str | None = None
 
 
 @dataclass
@@ -229,7 +231,9 @@ class Attempts:
         if a.stop_reason == "lease":
             return Outcome(a, False, error="lease lost", exit_code=code)
         r = step_kind(a.step.kind).read_result(a.step, code, capture, reason)
-        return Outcome(a, r.ok, r.output, r.has_output, r.error, exit_code=code)
+        return Outcome(
+            a, r.ok, r.output, r.has_output, r.error, exit_code=code, no_retry=r.no_retry
+        )
 
     def _log(self, a: Attempt, stream: str, line: str) -> None:
         self.inbox.log(

@@ -266,16 +266,20 @@ class Worker(Loop):
             return
         cancelled = a.stop_reason == "cancel"
         delay = None
+        error = o.error
         if not cancelled:
             policy = a.step.retry_policy
             if policy.should_retry(a.attempt) and not _run_cancelling(tx, a.run_id):
-                delay = policy.delay_after(a.attempt)
+                if o.no_retry is None:
+                    delay = policy.delay_after(a.attempt)
+                else:  # retries left, but not for this failure: say so
+                    error = f"{error} ({o.no_retry})"
         tx.node_failed(
             a.node_id,
             a.run_id,
             a.name,
             a.attempt,
-            o.error,
+            error,
             retry_policy_delay=delay,
             worker=self.id,
             exit_code=o.exit_code,
