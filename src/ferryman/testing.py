@@ -59,6 +59,7 @@ from ferryman.infra.base import (
 )
 from ferryman.infra.inline import InlineConfig, InlineInfrastructure
 from ferryman.infra.step_kinds import step_kind
+from ferryman.runtime.loader import type_name
 
 if TYPE_CHECKING:
     from ferryman.domain.spec import PipelineSpec
@@ -92,7 +93,10 @@ class FakeOutcome(BaseModel):
     waits ``delay`` seconds (or, with ``hang``, until it is killed), then it
     ends with ``exit_code``. A python step also writes its result line:
     ``value`` as its output when ``exit_code`` is 0, else a failure with
-    ``error`` (default ``exit code N``). Other kinds of step have no output.
+    ``error`` (default ``exit code N``), raised as ``raises`` (an exception
+    class, or its dotted name) when given, so that the step's
+    ``retry_on``/``no_retry_on`` decide on it as on a real exception. Other
+    kinds of step have no output.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -100,6 +104,7 @@ class FakeOutcome(BaseModel):
     exit_code: int = 0
     value: Any = None
     error: str | None = None
+    raises: type[BaseException] | str | None = None
     stdout: list[str] = Field(default_factory=list)
     stderr: list[str] = Field(default_factory=list)
     delay: float = Field(default=0.0, ge=0)
@@ -386,9 +391,19 @@ def _play(attempt: _Attempt, outcome: FakeOutcome, launch: StepLaunch) -> None:
             body = {"ok": True, "value": outcome.value}
         else:
             error = outcome.error or f"exit code {outcome.exit_code}"
-            body = {"ok": False, "error": error, "kind": "exception"}
+            body = {"ok": False, "error": error, "kind": "exception", **_raised(outcome.raises)}
         attempt.emit("stdout", f"{RESULT_MARKER}{launch.nonce} {json.dumps(body)}")
     attempt.finish(outcome.exit_code, None)
+
+
+def _raised(raises: type[BaseException] | str | None) -> dict[str, Any]:
+    """The ``type`` and ``mro`` of a scripted exception (runtime's names)."""
+    if raises is None:
+        return {}
+    if isinstance(raises, str):
+        return {"type": raises, "mro": [raises]}
+    mro = [type_name(c) for c in raises.__mro__ if c is not object]
+    return {"type": mro[0], "mro": mro}
 
 
 def _mask_deep(value: Any, mask: Callable[[str], str]) -> Any:

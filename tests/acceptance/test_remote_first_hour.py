@@ -93,6 +93,23 @@ def test_every_reading_command_works_against_the_server(
     assert not local_db.exists() and not local_db.parent.exists()
 
 
+def test_a_failed_run_on_the_server_labels_each_attempt(
+    served: tuple[str, dict[str, str], Path],
+) -> None:
+    # issue 12, item 11: the same failure summary as embedded, attempts included
+    url, env, local_db = served
+    flaky = f"{ROOT / 'tests' / 'pipelines' / 'retrying.py'}:flaky"
+    r = ferryman(env, "run", flaky, "--wait", "--server", url)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed step: wobbly (attempt 2 of 2)" in r.stdout
+    assert "[wobbly#1] trying" in r.stdout and "[wobbly#2] trying" in r.stdout
+    got = ferryman(env, "runs", "get", r.stdout.split()[1], "--server", url)
+    assert got.returncode == 0, got.stderr
+    assert "failed step: wobbly (attempt 2 of 2)" in got.stdout
+    assert "[wobbly#1] trying" in got.stdout and "[wobbly#2] trying" in got.stdout
+    assert not local_db.exists()
+
+
 def _started(pidfile: Path, p: subprocess.Popen[str]) -> tuple[int, int]:
     deadline = time.monotonic() + 60
     while not pidfile.exists() or len(pidfile.read_text().split()) < 2:

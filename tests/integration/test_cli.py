@@ -58,10 +58,23 @@ def test_run_example_succeeds_with_progress(cli_env: dict[str, str]) -> None:
 def test_failed_run_shows_step_error_and_log_tail(cli_env: dict[str, str]) -> None:
     r = ferryman(cli_env, "run", f"{PIPES}:failing", "-p", "message=the input is broken")
     assert r.returncode == 1
-    assert "failed step: boom" in r.stdout
+    assert "failed step: boom (attempt 1 of 1)" in r.stdout
     assert "RuntimeError: the input is broken" in r.stdout
-    assert "about to fail" in r.stdout  # the tail of the step's log
+    assert "[boom#1] about to fail" in r.stdout  # the tail of the step's log
     assert "Traceback" not in r.stderr
+
+
+def test_the_failure_summary_labels_each_attempts_lines(cli_env: dict[str, str]) -> None:
+    # issue 12, item 11: lines of several attempts, each with its number
+    r = ferryman(cli_env, "run", f"{ROOT / 'tests' / 'pipelines' / 'retrying.py'}:flaky")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed step: wobbly (attempt 2 of 2)" in r.stdout
+    assert "error: Transient: still down" in r.stdout
+    assert "[wobbly#1] trying" in r.stdout and "[wobbly#2] trying" in r.stdout
+    got = ferryman(cli_env, "runs", "get", r.stdout.split()[1])
+    assert got.returncode == 0, got.stderr
+    assert "failed step: wobbly (attempt 2 of 2)" in got.stdout
+    assert "[wobbly#1] trying" in got.stdout and "[wobbly#2] trying" in got.stdout
 
 
 def test_param_errors_are_all_listed_and_nothing_starts(cli_env: dict[str, str]) -> None:

@@ -88,22 +88,40 @@ def check_exception_names(names: Sequence[Any]) -> list[str]:
     return out
 
 
+def names_match(listed: str, raised: str) -> bool:
+    """Whether the listed name ``listed`` names the class ``raised``: the
+    same name, or, both with a module part, one is the other's trailing
+    module path (``retrying.Permanent`` and ``tests.pipelines.retrying.Permanent``:
+    one file imported by path in one process and as a package module in
+    another). A bare name is a built-in's and matches only itself."""
+    if listed == raised:
+        return True
+    if "." not in listed or "." not in raised:
+        return False
+    return raised.endswith("." + listed) or listed.endswith("." + raised)
+
+
 def exception_refusal(
-    raised: str, mro: list[str], retry_on: list[str], no_retry_on: list[str]
+    raised: str, mro: Sequence[str], retry_on: Sequence[str], no_retry_on: Sequence[str]
 ) -> str | None:
     """Why an exception of type ``raised`` (whose classes, from itself up, are
     ``mro``) is not retried, or None.
 
     ``no_retry_on`` wins over ``retry_on`` (``retry_on=[OSError]`` with
     ``no_retry_on=[FileNotFoundError]`` retries every OSError but that one).
-    A listed class matches its subclasses too.
+    A listed class matches its subclasses too (``names_match`` on each class
+    of ``mro``).
     """
-    types = mro or [raised]
-    hit = next((t for t in types if t in no_retry_on), None)
+    types = list(mro) or [raised]
+
+    def first_listed(listed: Sequence[str]) -> str | None:
+        return next((t for t in types if any(names_match(n, t) for n in listed)), None)
+
+    hit = first_listed(no_retry_on)
     if hit is not None:
         which = raised if hit == raised else f"{raised} (a {hit})"
         return f"{which} is in no_retry_on; not retried"
-    if retry_on and not any(t in retry_on for t in types):
+    if retry_on and first_listed(retry_on) is None:
         return f"{raised} is not in retry_on; not retried"
     return None
 
