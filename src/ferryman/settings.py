@@ -103,6 +103,11 @@ class WorkerSettings(_Group):
         description="More of the worker's variables a process step gets (comma-separated "
         "names or globs, e.g. 'AWS_PROFILE,HF_*'); never FERRYMAN_* ones",
     )
+    max_output_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest output a step may return, as JSON (a larger one fails the step)",
+    )
 
     @model_validator(mode="after")
     def _heartbeat(self) -> WorkerSettings:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         PipelineDetail,
         PipelinePublic,
         RunDetail,
+        RunOutputs,
         RunPublic,
         VersionPublic,
     )
@@ -55,6 +56,7 @@ class Reader(Protocol):
         limit: int = 5000,
         tail: int | None = None,
     ) -> LogList: ...
+    def outputs(self, run_id: str, step: str | None = None) -> RunOutputs: ...
     def list_pipelines(self, namespace: str | None) -> list[PipelinePublic]: ...
     def get_pipeline(self, namespace: str, name: str) -> PipelineDetail: ...
     def list_versions(self, namespace: str, name: str) -> list[VersionPublic]: ...
@@ -134,6 +136,13 @@ class LocalReader:
             run_state=RunState(state),
         )
 
+    def outputs(self, run_id: str, step: str | None = None) -> RunOutputs:
+        from ferryman.api.schemas import RunOutputs
+        from ferryman.services.queries import run_outputs
+
+        with self.store.read() as conn:
+            return RunOutputs(run_id=run_id, outputs=run_outputs(conn, run_id, step))
+
     def list_pipelines(self, namespace: str | None) -> list[PipelinePublic]:
         from ferryman.api.schemas import PipelinePublic
         from ferryman.services.catalog import list_pipelines
@@ -206,6 +215,10 @@ class RemoteReader:
             run_id, step=step, attempt=attempt, after=after, limit=limit, tail=tail
         )
         return page
+
+    def outputs(self, run_id: str, step: str | None = None) -> RunOutputs:
+        got: RunOutputs = self.client.outputs(run_id, step)
+        return got
 
     def list_pipelines(self, namespace: str | None) -> list[PipelinePublic]:
         return list(self.client.list_pipelines(namespace).items)

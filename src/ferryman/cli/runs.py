@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ferryman.cli.common import clean_errors, console, escape, open_store, table
+from ferryman.cli.common import (
+    EXIT_FAILED,
+    clean_errors,
+    console,
+    escape,
+    fail,
+    open_store,
+    table,
+)
 from ferryman.cli.embedded import execute_embedded
 from ferryman.cli.readers import Reader, RunFilter, reader
 from ferryman.cli.render import (
@@ -232,6 +240,48 @@ def logs_command(
             _print_logs(r, r.run_id(run_id), step, attempt, tail, follow, as_json)
         except KeyboardInterrupt:  # following, and the user has seen enough
             raise typer.Exit(130) from None
+
+
+@app.command("outputs")
+def outputs_command(
+    run_id: str = RUN,
+    step: str = typer.Argument(None, help="Only this step's output, printed as JSON"),
+    as_json: bool = JSON,
+    server: str = SERVER,
+) -> None:
+    """Print the outputs of a run's steps (the values they returned): a
+    table, or with STEP that step's output alone, as JSON."""
+    import json
+
+    with clean_errors(), reader(server) as r:
+        rid = r.run_id(run_id)
+        got = r.outputs(rid, step)
+        if as_json:
+            print_json(got)
+            return
+        if step is not None:
+            if step not in got.outputs:
+                fail(f"step {step!r} of run {rid} has no output ({_why_none(r, rid, step)})",
+                     EXIT_FAILED)  # fmt: skip
+            print_json(got.outputs[step])
+            return
+        if not got.outputs:
+            console.print(f"run {rid}: no step has an output (yet)")
+            return
+        t = table("step", "output")
+        for name, value in got.outputs.items():
+            t.add_row(escape(name), escape(json.dumps(value)))
+        console.print(t)
+
+
+def _why_none(r: Reader, rid: str, step: str) -> str:
+    node = next((n for n in r.get_run(rid).nodes if n.name == step), None)
+    if node is None:
+        return "no such step"
+    if node.state == "succeeded":
+        return "it returned none"
+    error = first_line(node.error)
+    return f"it is {node.state}: {error}" if error else f"it is {node.state}"
 
 
 def _print_logs(

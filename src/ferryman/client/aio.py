@@ -273,10 +273,11 @@ class AsyncClient(AsyncAdmin, ClientBase):
         of the steps that succeeded are reused); 409 for other runs."""
         return await self.send(Calls.rerun(run_id))
 
-    async def outputs(self, run_id: str) -> RunOutputs:
+    async def outputs(self, run_id: str, step: str | None = None) -> RunOutputs:
         """The outputs of a run's steps: ``outputs`` maps each step that
-        returned a value (so far) to that value, as JSON."""
-        return await self.send(Calls.outputs(run_id))
+        returned a value (so far) to that value, as JSON; only ``step``'s
+        when given (``ApiError`` 404 when the run has no such step)."""
+        return await self.send(Calls.outputs(run_id, step))
 
     async def logs(
         self,

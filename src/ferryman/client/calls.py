@@ -280,8 +280,8 @@ class Calls:
         return Call("POST", f"/runs/{segment(run_id)}/rerun", RunCreated)
 
     @staticmethod
-    def outputs(run_id: str) -> Call[RunOutputs]:
-        return Call("GET", f"/runs/{segment(run_id)}/outputs", RunOutputs)
+    def outputs(run_id: str, step: str | None = None) -> Call[RunOutputs]:
+        return Call("GET", f"/runs/{segment(run_id)}/outputs", RunOutputs, params=query(step=step))
 
     @staticmethod
     def logs(

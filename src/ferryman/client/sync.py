@@ -267,10 +267,11 @@ class Client(SyncAdmin, ClientBase):
         of the steps that succeeded are reused); 409 for other runs."""
         return self.send(Calls.rerun(run_id))
 
-    def outputs(self, run_id: str) -> RunOutputs:
+    def outputs(self, run_id: str, step: str | None = None) -> RunOutputs:
         """The outputs of a run's steps: ``outputs`` maps each step that
-        returned a value (so far) to that value, as JSON."""
-        return self.send(Calls.outputs(run_id))
+        returned a value (so far) to that value, as JSON; only ``step``'s
+        when given (``ApiError`` 404 when the run has no such step)."""
+        return self.send(Calls.outputs(run_id, step))
 
     def logs(
         self,

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from ferryman.domain.spec import STEP_MODELS, PythonStep, StepSpec
 from ferryman.redaction import MASK as MASK
 from ferryman.redaction import Redactor
+from ferryman.runtime.loader import OK_ENVELOPE
 
 RESULT_MARKER = "\x1eferryman-result "
 PAYLOAD_ENV = "FERRYMAN_STEP_PAYLOAD"
@@ -79,6 +80,8 @@ class StepLaunch:
     secrets: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: The largest output (its JSON, in bytes) the step may return; None: no limit.
+    max_output_bytes: int | None = None
 
     def payload(self) -> dict[str, Any]:
         """What the runtime entry point needs (never contains secret values).
@@ -94,6 +97,7 @@ class StepLaunch:
             "run_id": self.run_id,
             "node": self.node,
             "attempt": self.attempt,
+            **({"max_output_bytes": self.max_output_bytes} if self.max_output_bytes else {}),
         }
 
     def payload_json(self) -> str:
@@ -235,8 +239,19 @@ class OutputCapture:
     which also recognises a secret split over two lines and PEM blocks; any
     other text masker is applied line by line)."""
 
-    def __init__(self, nonce: str, sink: LogSink, mask: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        nonce: str,
+        sink: LogSink,
+        mask: Callable[[str], str],
+        max_output_bytes: int | None = None,
+    ) -> None:
         self._prefix = RESULT_MARKER + nonce + " "
+        #: The output limit: a result line past it (a runtime that does not
+        #: check it itself) is dropped, not kept, parsed or stored.
+        self.max_output_bytes = max_output_bytes
+        #: The length of the output of such a line (None: none was dropped).
+        self.result_too_large: int | None = None
         self._sink = sink
         self.redactor = mask if isinstance(mask, Redactor) else None
         # One masker per stream: each is fed by one reader thread, in order.
@@ -250,9 +265,14 @@ class OutputCapture:
 
     def __call__(self, stream: str, line: str) -> None:
         if stream == "stdout" and line.startswith(self._prefix):
+            size = len(line) - len(self._prefix)
+            limit = self.max_output_bytes
             with self._lock:
                 self.has_result = True
-                self.result_json = line[len(self._prefix) :]
+                if limit is not None and size - OK_ENVELOPE > limit:
+                    self.result_json, self.result_too_large = None, size - OK_ENVELOPE
+                else:
+                    self.result_json = line[len(self._prefix) :]
             return
         self._sink(stream, self._maskers.get(stream, self._mask)(line))
 

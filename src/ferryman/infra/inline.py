@@ -227,7 +227,11 @@ class InlineInfrastructure(Infrastructure):
                     task.emit("stderr", line)
 
             outcome, code = run_step(
-                payload["function"], payload["inputs"], payload["sys_path"], write_stderr
+                payload["function"],
+                payload["inputs"],
+                payload["sys_path"],
+                write_stderr,
+                max_output_bytes=payload.get("max_output_bytes"),
             )
         finally:
             _unregister()

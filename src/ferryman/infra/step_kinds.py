@@ -23,6 +23,10 @@ from ferryman.domain.retry import exception_refusal, exit_code_refusal
 from ferryman.domain.spec import StepSpec
 from ferryman.domain.steps import ContainerStep, PythonStep
 from ferryman.infra.base import EXIT_KILLED, OutputCapture
+from ferryman.runtime.loader import output_too_large
+
+#: Why an output over the limit is not retried: the next attempt would return it too.
+SAME_OUTPUT = "not retried: another attempt would return it again"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class PythonKind(StepKind):
     def read_result(
         self, step: StepSpec, exit_code: int, capture: OutputCapture, reason: str | None
     ) -> StepResult:
+        if capture.result_too_large is not None and capture.max_output_bytes is not None:
+            error = output_too_large(capture.result_too_large, capture.max_output_bytes)
+            return StepResult(False, error=error, no_retry=SAME_OUTPUT)
         if capture.result_json is None:
             why = reason or f"exit code {exit_code}"
             if exit_code == EXIT_KILLED:
@@ -92,6 +99,8 @@ class PythonKind(StepKind):
                 True, output=capture.redact_value(result.get("value")), has_output=True
             )
         error = str(result.get("error") or f"exit code {exit_code}")
+        if result.get("kind") == "output" and "size" in result:  # over the output limit
+            return StepResult(False, error=error, no_retry=SAME_OUTPUT)
         return StepResult(False, error=error, no_retry=_exception_refusal(step, result))
 
 

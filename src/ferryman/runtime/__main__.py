@@ -2,7 +2,7 @@
 
 Reads the JSON payload from ``FERRYMAN_STEP_PAYLOAD`` (``{"function":
 {module|file, qualname}, "inputs", "nonce", "sys_path", "run_id", "node",
-"attempt"}``; a value ``@/path/payload.json`` names a file holding it, used
+"attempt", "max_output_bytes"}``; a value ``@/path/payload.json`` names a file holding it, used
 for payloads too large for the environment), calls the function with
 ``**inputs`` and prints ``RESULT_MARKER + nonce + " " + outcome`` as the last
 line of stdout. Exit codes: 0 success, 1 the function raised or returned a
@@ -129,6 +129,10 @@ def read_payload() -> dict[str, Any] | str:
     return payload
 
 
+def _limit(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def main() -> int:
     die_with_parent()
     exit_on_sigterm()
@@ -151,6 +155,7 @@ def main() -> int:
         payload.get("inputs") or {},
         [str(p) for p in payload.get("sys_path") or []],
         write_stderr,
+        max_output_bytes=_limit(payload.get("max_output_bytes")),
     )
     # the user's code may have replaced sys.stdout: flush it, then write the
     # result line to the real stdout as its very last line

@@ -11,7 +11,12 @@ The outcome of a step is a JSON object, printed after ``RESULT_MARKER + nonce
 - ``{"ok": false, "error": "...", "kind": "exception" | "output"}`` (exit
   code 1): the function raised, or its return value is not JSON-serialisable;
 - ``{"ok": false, "error": "cannot import ...", "kind": "import"}`` (exit
-  code 2): the function could not be imported.
+  code 2): the function could not be imported;
+- ``{"ok": false, "error": "output is ...", "kind": "output", "size": N}``
+  (exit code 1): the value's JSON is ``N`` bytes, over the limit the payload
+  gives (``max_output_bytes``). It is measured while it is encoded, and no
+  more than the limit of it is ever held: a step returning 100 MB costs the
+  worker nothing, and the step's process no second copy.
 
 When the failure is an exception (of the function, or of its module's code
 while it was imported), the outcome also has ``"type"``, the exception's
@@ -44,6 +49,11 @@ if TYPE_CHECKING:
 # asserts that the values stay equal.
 RESULT_MARKER = "\x1eferryman-result "
 PAYLOAD_ENV = "FERRYMAN_STEP_PAYLOAD"
+#: The setting that limits a step's output (``settings.worker.max_output_bytes``);
+#: named in the error, duplicated for the same reason.
+MAX_OUTPUT_SETTING = "FERRYMAN_MAX_OUTPUT_BYTES"
+#: What ``{"ok": true, "value": V}`` adds to the JSON of ``V``.
+OK_ENVELOPE = len('{"ok": true, "value": }')
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -222,17 +232,61 @@ def _failure(error: str, kind: str, exc: BaseException | None = None) -> str:
     return json.dumps(out)
 
 
+def human_bytes(n: int) -> str:
+    """``100.0 MiB``, ``1 MiB``, ``512.0 KiB``, ``20 bytes``: whole units bare."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n // size} {unit}" if n % size == 0 else f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def output_too_large(size: int, limit: int) -> str:
+    """The error of a step whose output's JSON is ``size`` bytes, over ``limit``."""
+    return (
+        f"output is {human_bytes(size)}, over the {human_bytes(limit)} limit "
+        f"({MAX_OUTPUT_SETTING}): write large data to storage and return a reference"
+    )
+
+
+class OutputTooLarge(Exception):
+    """A step's output is over the limit (``size``: its JSON's length)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(output_too_large(size, limit))
+        self.size = size
+
+
+def encode_success(value: Any, max_bytes: int | None = None) -> str:
+    """``{"ok": true, "value": value}`` as JSON; ``OutputTooLarge`` when the
+    value's JSON is longer than ``max_bytes``. The value is encoded piece by
+    piece and counted: past the limit the pieces are dropped, not kept."""
+    if max_bytes is None:
+        return json.dumps({"ok": True, "value": value})
+    kept: list[str] = []
+    size = 0
+    for chunk in json.JSONEncoder().iterencode(value):
+        size += len(chunk)  # ASCII (ensure_ascii): characters are bytes
+        if size <= max_bytes:
+            kept.append(chunk)
+        elif kept:
+            kept = []  # over the limit: count the rest, keep nothing
+    if size > max_bytes:
+        raise OutputTooLarge(size, max_bytes)
+    return '{"ok": true, "value": ' + "".join(kept) + "}"
+
+
 def run_step(
     function: Mapping[str, Any],
     inputs: Mapping[str, Any],
     sys_path: Sequence[str],
     write_stderr: Callable[[str], object],
+    max_output_bytes: int | None = None,
 ) -> tuple[str, int]:
     """Import and call the step function; return ``(outcome_json, exit_code)``.
 
     Tracebacks of the user's code (import-time or call-time) are passed to
     ``write_stderr`` as one text; the outcome JSON is what follows the result
-    marker.
+    marker. An output whose JSON is over ``max_output_bytes`` is a failure.
     """
     qualname = str(function.get("qualname"))
     try:
@@ -249,7 +303,10 @@ def run_step(
         write_stderr(format_user_traceback(exc))
         return _failure(_describe(exc), "exception", exc), EXIT_FAILED
     try:
-        return json.dumps({"ok": True, "value": value}), EXIT_OK
+        return encode_success(value, max_output_bytes), EXIT_OK
+    except OutputTooLarge as exc:
+        out = {"ok": False, "error": str(exc), "kind": "output", "size": exc.size}
+        return json.dumps(out), EXIT_FAILED
     except (TypeError, ValueError, RecursionError) as exc:
         error = f"return value of {qualname} is not JSON-serialisable: {exc}"
         return _failure(error, "output"), EXIT_FAILED

@@ -367,16 +367,23 @@ def run_state(conn: Connection, run_id: str) -> str | None:
     return None if state is None else str(state)
 
 
-def run_outputs(conn: Connection, run_id: str) -> dict[str, Any]:
-    """The output of every step of a run that produced one."""
-    return {
-        r.name: r.output
-        for r in conn.execute(
-            sa.select(nodes.c.name, nodes.c.output)
-            .where(nodes.c.run_id == run_id, nodes.c.has_output.is_(True))
-            .order_by(nodes.c.id)
+def run_outputs(conn: Connection, run_id: str, step: str | None = None) -> dict[str, Any]:
+    """The output of every step of a run that produced one (of ``step``
+    only, when given: ``NotFound`` naming the run's steps when it has no
+    such step)."""
+    q = sa.select(nodes.c.name, nodes.c.output).where(
+        nodes.c.run_id == run_id, nodes.c.has_output.is_(True)
+    )
+    if step is not None:
+        names = list(
+            conn.execute(
+                sa.select(nodes.c.name).where(nodes.c.run_id == run_id).order_by(nodes.c.id)
+            ).scalars()
         )
-    }
+        if step not in names:
+            raise NotFound(f"run {run_id} has no step {step!r} (steps: {', '.join(names)})")
+        q = q.where(nodes.c.name == step)
+    return {r.name: r.output for r in conn.execute(q.order_by(nodes.c.id))}
 
 
 def node_counts(conn: Connection, run_id: str) -> dict[str, int]:

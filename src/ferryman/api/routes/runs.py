@@ -323,11 +323,19 @@ def rerun(
 
 
 @router.get("/runs/{run_id}/outputs", response_model=RunOutputs, summary="Step outputs")
-def get_outputs(run_id: RunId, store: StoreDep, _: Viewer) -> Response:
-    """The output of every step that produced one (so far)."""
+def get_outputs(
+    run_id: RunId,
+    store: StoreDep,
+    _: Viewer,
+    step: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Only this step's output")
+    ] = None,
+) -> Response:
+    """The output of every step that produced one (so far), or of ``step``
+    only (404 when the run has no such step; empty when it has no output)."""
     with store.read() as conn:
         rid, _state = _existing(conn, run_id)
-        outputs = queries.run_outputs(conn, rid)
+        outputs = queries.run_outputs(conn, rid, step)
     return respond(RunOutputs(run_id=rid, outputs=outputs))
 
 

@@ -195,7 +195,12 @@ class Attempts:
             return Outcome(a, ok=False, error=a.setup_error or "could not prepare the step")
         launch = a.launch
         infra = self.infra.get(a.kind)
-        capture = OutputCapture(launch.nonce, lambda s, line: self._log(a, s, line), launch.mask)
+        capture = OutputCapture(
+            launch.nonce,
+            lambda s, line: self._log(a, s, line),
+            launch.mask,
+            max_output_bytes=launch.max_output_bytes,
+        )
         if a.reattach and a.identifier is not None:
             ident = a.identifier
             if not _reattach(infra, a, ident, capture):

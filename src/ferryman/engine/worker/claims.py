@@ -51,8 +51,11 @@ class Claims:
         postgres: bool,
         only_runs: set[str] | None,
         clock: Clock,
+        max_output_bytes: int | None = None,
     ) -> None:
         self.worker_id = worker_id
+        #: Each step's output limit (``settings.worker.max_output_bytes``).
+        self.max_output_bytes = max_output_bytes
         self.lease_seconds = lease_seconds
         self.postgres = postgres
         self.only_runs = only_runs
@@ -173,6 +176,7 @@ class Claims:
                             **s.infra_overrides,
                             **info.options.overrides_for(r.name),
                         },
+                        max_output_bytes=self.max_output_bytes,
                     )
                 except Exception as exc:  # bad reference or secret: fail the attempt
                     a.setup_error = str(exc)

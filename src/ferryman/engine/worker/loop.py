@@ -80,6 +80,7 @@ class Worker(Loop):
             postgres=store.is_postgres,
             only_runs=only_runs,
             clock=self.clock,
+            max_output_bytes=settings.worker.max_output_bytes,
         )
         self.leases = Leases(
             self.id,
