@@ -107,6 +107,15 @@ def test_a_failed_run_on_the_server_labels_each_attempt(
     assert got.returncode == 0, got.stderr
     assert "failed step: wobbly (attempt 2 of 2)" in got.stdout
     assert "[wobbly#1] trying" in got.stdout and "[wobbly#2] trying" in got.stdout
+    # issue 12, item 12: runs outputs against the server
+    run_id = r.stdout.split()[1]
+    outputs = ferryman(env, "runs", "outputs", run_id, "--json", "--server", url)
+    assert json.loads(outputs.stdout) == {"run_id": run_id, "outputs": {}}
+    none = ferryman(env, "runs", "outputs", run_id, "wobbly", "--server", url)
+    assert none.returncode == 1
+    assert "has no output (it is failed: Transient: still down)" in none.stderr
+    unknown = ferryman(env, "runs", "outputs", run_id, "nope", "--server", url)
+    assert unknown.returncode == 2 and "has no step 'nope' (steps: wobbly)" in unknown.stderr
     assert not local_db.exists()
 
 

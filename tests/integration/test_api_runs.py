@@ -281,6 +281,12 @@ def test_create_and_get(api: TestClient, store: Store, settings: Settings, op: H
     assert done["state"] == "succeeded" and done["nodes_remaining"] == 0
     outputs = api.get(f"/runs/{run['id']}/outputs", headers=op).json()
     assert outputs["outputs"]["total"] == sum(x * x for x in range(4))
+    # one step's output (issue 12, item 12: ferryman runs outputs RUN STEP)
+    one = api.get(f"/runs/{run['id']}/outputs", params={"step": "total"}, headers=op).json()
+    assert one == {"run_id": run["id"], "outputs": {"total": sum(x * x for x in range(4))}}
+    missing = api.get(f"/runs/{run['id']}/outputs", params={"step": "nope"}, headers=op)
+    assert missing.status_code == 404
+    assert "has no step 'nope' (steps: numbers, " in missing.json()["error"]["message"]
 
 
 def test_create_without_body_uses_defaults(api: TestClient, op: H, dev: H) -> None:

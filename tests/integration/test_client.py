@@ -146,6 +146,7 @@ def test_sync_client(
     done = client.wait(run.id, timeout=10, poll=0.1)
     assert done.state == "succeeded" and done.nodes[0].state == "succeeded"
     assert client.outputs(run.id).outputs == {"ticker": 4}
+    assert client.outputs(run.id, "ticker").outputs == {"ticker": 4}
 
     logs = client.logs(run.id, after=0, limit=2)
     assert [x.line for x in logs.items] == ["tick 0", "tick 1"]
@@ -290,6 +291,7 @@ async def test_async_client(server: str, store: Store, settings: Settings, ticks
         done = await c.wait(run.id, timeout=10, poll=0.1)
         assert done.state == "succeeded"
         assert (await c.outputs(run.id)).outputs == {"ticker": 3}
+        assert (await c.outputs(run.id, step="ticker")).outputs == {"ticker": 3}
         assert [x.line for x in (await c.logs(run.id, tail=2)).items] == ["tick 1", "tick 2"]
         assert (await c.events(run.id)).items[-1].type == "RunSucceeded"
         compat = await c.create_run_compat("team", "ticks", {"n": 1}, idempotency_key="c")
