@@ -103,10 +103,8 @@ def get(run_id: str = RUN, as_json: bool = JSON, server: str = SERVER) -> None:
             print_json(run)
             return
         show_run(run)
-        if run.state in ("failed", "cancelled") and (run.failed_node or run.error):
-            tail = []
-            if run.failed_node:
-                tail = r.logs(run.id, step=run.failed_node, attempt=None, tail=FAILURE_TAIL).items
+        if run.failed_node:  # (the run's own error is in the header already)
+            tail = r.logs(run.id, step=run.failed_node, attempt=None, tail=FAILURE_TAIL).items
             print_failure(run, tail)
 
 

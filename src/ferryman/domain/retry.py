@@ -66,7 +66,8 @@ class RetryPolicy:
 # by the exit code of a container step (``retry_on_exit_codes`` /
 # ``no_retry_on_exit_codes``). Each function says why a failure is *not*
 # retried, or None; failures that are neither (a timeout, a lost worker, a
-# step that could not start) are retried as ``retries`` says.
+# step that could not start) are retried as ``retries`` says. Why names, and
+# how they match: docs/decisions/0015-retry-on-by-name.md.
 
 #: A dotted Python name: ``TimeoutError``, ``requests.exceptions.ConnectionError``.
 _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")

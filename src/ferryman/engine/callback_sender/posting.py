@@ -6,8 +6,8 @@ Webhooks are always signed (Standard Webhooks, ``ferryman.notify.signing``),
 with a fresh timestamp per attempt and the row id as ``webhook-id``. A
 failed answer's first bytes are kept (``last_error``) only when it came from
 a public address (``ferryman.http.answer_shown``: never an internal
-service's error page); errors that cannot
-heal (malformed target, Slack ``channel_not_found`` …) are permanent.
+service's error page); errors that cannot heal (malformed target, Slack
+``channel_not_found`` …) are permanent.
 """
 
 from __future__ import annotations
