@@ -48,6 +48,11 @@ class RunOptions(_Stored):
         default_factory=dict, description="Per step name: infrastructure overrides"
     )
     webhook_url: str | None = Field(default=None, description="POSTed a report at the end")
+    webhook_format: str | None = Field(
+        default=None,
+        description="The webhook body's shape: ferryman's report (unset) or 'compat' "
+        "(the replaced pipeline-run API's)",
+    )
     slack_channel: str | None = Field(default=None, description="Told at the end")
     slack_thread: str | None = Field(default=None, description="Thread (ts) in slack_channel")
 
