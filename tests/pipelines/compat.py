@@ -31,3 +31,16 @@ def explode(message: str) -> None:
 @pipeline
 def broken_export(message: str = "bad data") -> None:
     explode(message)
+
+
+@step
+def nap(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "rested"
+
+
+@pipeline
+def napping(seconds: float = 3.0) -> None:
+    nap(seconds)
