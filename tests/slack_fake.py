@@ -82,7 +82,8 @@ class FakeSlack:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{len(got)} of {count} {method} calls after {timeout}s; "
-                    f"calls: {[c.method for c in self.calls]}"
+                    f"calls: {[c.method for c in self.calls]}; "
+                    f"{method}: {[c.args.get('text') for c in self.of(method)]}"
                 )
             time.sleep(0.02)
 

@@ -55,7 +55,7 @@ def seed(store: Store) -> None:
         for slack_id, (name, role) in PEOPLE.items():
             create_user(conn, name, None, role, slack_user_id=slack_id)
         create_user(conn, "mail.user@example.com", None, Role.OPERATOR)
-        for name in ("export_data", "broken_export", "napping"):
+        for name in ("export_data", "broken_export", "napping", "spilling"):
             register(conn, "default", load_pipeline(f"{PIPES}:{name}"))
         for name in ("fan", "slow", "secretive", "failing"):
             register(conn, "default", load_pipeline(f"{BASIC}:{name}"))

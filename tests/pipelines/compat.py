@@ -44,3 +44,17 @@ def nap(seconds: float) -> str:
 @pipeline
 def napping(seconds: float = 3.0) -> None:
     nap(seconds)
+
+
+@step(secrets=["SLACK_TEST_SECRET"])
+def spill() -> None:
+    import os
+
+    secret = os.environ["SLACK_TEST_SECRET"]
+    print("connecting with", secret)
+    raise RuntimeError(f"login refused for password {secret}")
+
+
+@pipeline
+def spilling() -> None:
+    spill()

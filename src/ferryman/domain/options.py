@@ -55,6 +55,9 @@ class RunOptions(_Stored):
     )
     slack_channel: str | None = Field(default=None, description="Told at the end")
     slack_thread: str | None = Field(default=None, description="Thread (ts) in slack_channel")
+    slack_attach_log: bool | None = Field(
+        default=None, description="On failure, attach the failed step's log to the Slack message"
+    )
 
     @classmethod
     def from_stored(cls, raw: Mapping[str, Any] | None) -> RunOptions:

@@ -118,7 +118,9 @@ def cmd_run(ctx: Context, cmd: Command) -> Reply:
             ns,
             name,
             cmd.params or {},
-            options=RunOptions(slack_channel=ctx.channel, slack_thread=ctx.thread_ts),
+            options=RunOptions(
+                slack_channel=ctx.channel, slack_thread=ctx.thread_ts, slack_attach_log=True
+            ),
             origin=Origin(kind="slack", user=ctx.principal.username),
             idempotency_key=f"slack:{ctx.event_key}",
         )
@@ -163,7 +165,8 @@ def cmd_logs(ctx: Context, cmd: Command) -> Reply:
     where = f"step {render.code(step)}" if step else "all steps"
     if not lines:
         return Reply(f"no log lines yet for run {render.code(run['name'])} ({where})")
-    body = "\n".join((f"[{ln['node']}] " if step is None else "") + str(ln["line"]) for ln in lines)
+    shown = render.condense_tracebacks([(str(ln["node"]), str(ln["line"])) for ln in lines])
+    body = "\n".join((f"[{node}] " if step is None else "") + line for node, line in shown)
     head = f"last {len(lines)} log lines of run {render.code(run['name'])}, {where}:\n"
     return Reply(head + render.block(body))
 

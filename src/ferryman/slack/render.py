@@ -40,6 +40,25 @@ def block(text: str, limit: int = MAX_TEXT) -> str:
     return f"```{t}```"
 
 
+def condense_tracebacks(lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Log lines (step, line) with each Python traceback's frames replaced by
+    one line: a chat message shows the exception, never a traceback (the
+    full log is attached to a failed run's completion, and in the CLI/API)."""
+    out: list[tuple[str, str]] = []
+    skipping: dict[str, int] = {}  # step -> frame lines skipped so far
+    for step, line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            skipping[step] = 0
+            continue
+        if step in skipping:
+            if line.startswith((" ", "\t")) or not line.strip():
+                skipping[step] += 1
+                continue
+            out.append((step, f"[traceback: {skipping.pop(step)} lines not shown]"))
+        out.append((step, line))
+    return out
+
+
 def state_emoji(state: str) -> str:
     return STATE_EMOJI.get(state) or _RUNNING.get(state, ":grey_question:")
 
