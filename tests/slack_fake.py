@@ -34,6 +34,7 @@ class Call:
     args: dict[str, Any]
     raw: bytes
     headers: dict[str, str]
+    answer: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         """Everything Slack received in this call, for leak checks."""
@@ -127,8 +128,8 @@ class FakeSlack:
         else:
             args = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
         with self._lock:
-            self.calls.append(Call(method, args, raw, headers))
             answer = self.answer(method, args)
+            self.calls.append(Call(method, args, raw, headers, answer))
         return 200, json.dumps(answer).encode(), "application/json"
 
     # -- server -----------------------------------------------------------------

@@ -365,3 +365,30 @@ def test_internal_error_answers_an_error_id(
     assert any(error_id in r.getMessage() for r in caplog.records)
     assert "hunter2" not in bot.fake.everything()
     assert "SeCrEtBoTtOkEn" not in json.dumps([c.args for c in bot.fake.calls])
+
+
+# -- the run message --------------------------------------------------------------------------
+
+
+def test_run_message_updated_in_place_and_throttled(bot: Bot) -> None:
+    from ferryman.slack.updater import RunMessageUpdater
+
+    bot.say('run napping ```{"seconds": 0.5}```', user="UOPS")
+    posted = bot.fake.of("chat.postMessage")[0]
+    s = bot.settings.updated(slack_update_seconds=0.3)
+    updater = RunMessageUpdater(bot.store, s)
+    time.sleep(0.4)
+    assert updater.turn() == 0  # nothing changed since it was posted: no edit
+    assert updater.turn() == 0 and updater._due() == []  # looked at: not due again so soon
+    bot.finish()
+    time.sleep(0.4)
+    updater.run_until_idle(20)
+    (update,) = bot.fake.of("chat.update")
+    assert update.args["ts"] == posted.answer["ts"] and update.args["channel"] == "C1"
+    assert "succeeded" in update.args["text"]
+    blocks = update.args["blocks"]
+    blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
+    assert "ferryman_cancel" not in json.dumps(blocks) and "ferryman_logs" in json.dumps(blocks)
+    time.sleep(0.4)
+    updater.run_until_idle(5)
+    assert len(bot.fake.of("chat.update")) == 1  # final: never edited again

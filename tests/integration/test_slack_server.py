@@ -87,6 +87,8 @@ def test_failing_step_log_attached_without_secrets(
         complete = fake.of("files.completeUploadExternal")[0].args
         assert complete["channel_id"] == "C1" and complete["thread_ts"] == ev["event"]["ts"]
         assert fake.of("files.upload") == []  # not the retired API
+        # the run message itself was edited in place to the final state
+        fake.wait_for("chat.update", 1, timeout=30, where=lambda c: "failed" in c.args["text"])
         # status, logs and the run message show the error too
         Poster(url).event(mention("logs " + _run_of(store, "spilling")[0], user="UVIEW"))
         fake.wait_for("chat.postMessage", 3)

@@ -285,7 +285,7 @@ class SlackBot:
         if reply.run_id and isinstance(ts, str):
             try:
                 with self.store.write() as conn:
-                    chatops.track_message(conn, reply.run_id, channel, ts, "")
+                    chatops.track_message(conn, reply.run_id, channel, ts, reply.shown)
             except sa.exc.SQLAlchemyError:
                 log.warning("slack: could not remember the message of run %s", reply.run_id)
         return ts if isinstance(ts, str) else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ferryman.domain.options import Origin, RunOptions
@@ -62,7 +62,7 @@ class Reply:
     run_id: str | None = None
     outcome: str = "ok"
     detail: str | None = None
-    extra: list[str] = field(default_factory=list)  # further messages in the thread
+    shown: str = ""  # a run message: what it shows (``render.shown_key``)
 
 
 class Refused(Exception):
@@ -105,7 +105,7 @@ def run_message_reply(ctx: Context, run_id: str, prefix: str = "") -> Reply:
     with ctx.store.read() as conn:
         run = queries.get_run(conn, run_id, with_nodes=False)
     text, blocks = render.run_message(run, ctx.run_url(run_id))
-    return Reply(prefix + text, blocks, run_id=run_id)
+    return Reply(prefix + text, blocks, run_id=run_id, shown=render.shown_key(run))
 
 
 # -- commands ----------------------------------------------------------------------

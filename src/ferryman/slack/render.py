@@ -81,6 +81,11 @@ def run_line(run: dict[str, Any], url: str) -> str:
     return line
 
 
+def shown_key(run: dict[str, Any]) -> str:
+    """What a run message shows that is worth an edit: state and progress."""
+    return f"{run['state']}:{run['nodes_total'] - run['nodes_remaining']}/{run['nodes_total']}"
+
+
 def run_message(run: dict[str, Any], url: str) -> tuple[str, list[dict[str, Any]]]:
     """The run message: its line, and buttons while useful (Cancel while it
     runs, Re-run once failed or cancelled, Logs always)."""
