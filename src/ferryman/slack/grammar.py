@@ -24,7 +24,7 @@ _MENTION = re.compile(r"<@[A-Z0-9]+(?:\|[^>]*)?>")
 _LINK = re.compile(r"<((?:https?|mailto|ftp|gs|s3|tel):[^<>|\s]*)(?:\|[^<>]*)?>")
 _CHANNEL = re.compile(r"<#([A-Z0-9]+)(?:\|[^<>]*)?>")
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
-_B64 = re.compile(r"\bb64_([A-Za-z0-9+/=_-]+)\.?")
+_B64 = re.compile(r"\bb64_(\S*)")
 #: Characters Slack (or a phone) substitutes for what a person typed in JSON
 _SMART = str.maketrans(
     {"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'", "\u00a0": " "}
