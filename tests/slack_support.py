@@ -21,7 +21,7 @@ from tests.cli_support import ROOT, cli_environment, free_port
 from tests.slack_fake import FakeSlack, sign
 
 from ferryman.dsl.loader import load_pipeline
-from ferryman.services.auth import Role, create_user
+from ferryman.services.auth import Role, create_user, update_user
 from ferryman.services.catalog import register
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
@@ -55,6 +55,9 @@ def seed(store: Store) -> None:
         for slack_id, (name, role) in PEOPLE.items():
             create_user(conn, name, None, role, slack_user_id=slack_id)
         create_user(conn, "mail.user@example.com", None, Role.OPERATOR)
+        create_user(conn, "boss@example.com", None, Role.ADMIN, slack_user_id="UBOSS")
+        gone = create_user(conn, "gone", None, Role.ADMIN, slack_user_id="UGONE")
+        update_user(conn, gone["id"], disabled=True)
         for name in ("export_data", "broken_export", "napping", "spilling"):
             register(conn, "default", load_pipeline(f"{PIPES}:{name}"))
         for name in ("fan", "slow", "secretive", "failing"):

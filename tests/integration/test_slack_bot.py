@@ -58,7 +58,9 @@ class Bot:
 
 @pytest.fixture
 def bot(store: Store, settings: Settings) -> Iterator[Bot]:
-    with fake_slack({"UMAIL": "Mail.User@example.com", "UNOBODY": "x@nowhere.org"}) as fake:
+    emails = {"UMAIL": "Mail.User@example.com", "UNOBODY": "x@nowhere.org"}
+    emails["UEVIL"] = "BOSS@example.com"  # claims the admin's address in another workspace
+    with fake_slack(emails) as fake:
         s = bot_settings(settings, fake, callback_backoff=0.1)
         seed(store)
         app = create_app(s, store)
@@ -226,6 +228,16 @@ def test_unknown_users_are_refused_and_roles_decide(bot: Bot) -> None:
         ("UMAIL", "run", "ok"),
     ]
     assert rows[-1].username == "mail.user@example.com" and rows[-1].run_id == run.id
+
+
+def test_attacks_on_the_user_mapping(bot: Bot) -> None:
+    # an e-mail never overrides an explicit Slack id mapping
+    assert "know you" in text_of(bot.say("run export_data", user="UEVIL"))
+    # a disabled user is nobody
+    assert "know you" in text_of(bot.say("run export_data", user="UGONE"))
+    # a user id smuggled in the text is only text
+    assert "operator" in text_of(bot.say("run export_data <@UADMIN>", user="UVIEW"))
+    assert bot.runs() == []  # (a viewer clicking a button: test_buttons)
 
 
 def test_a_forged_user_in_a_badly_signed_body_does_nothing(bot: Bot) -> None:
