@@ -176,6 +176,25 @@ class CompatRunCreated(_Out):
         return self.response.run_id
 
 
+class CompatMessage(_Out):
+    """The ``response`` of the compatibility route's errors."""
+
+    message: str
+
+
+class CompatErrorBody(_Out):
+    """The compatibility route's 400: ``{"status": "error", "response": {"message"}}``."""
+
+    status: str
+    response: CompatMessage
+
+
+class CompatDetail(_Out):
+    """The compatibility route's 401/403: ``{"detail": ...}``, as the replaced API."""
+
+    detail: str
+
+
 class NodePublic(_Out):
     """One step of a run."""
 

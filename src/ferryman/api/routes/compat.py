@@ -24,6 +24,7 @@ from pydantic import HttpUrl, TypeAdapter, ValidationError
 from ferryman.api.deps import RunsDep, SettingsDep, StoreDep, principal_of
 from ferryman.api.routes.pipelines import check_size, nul_paths
 from ferryman.api.routes.runs import IdempotencyKey
+from ferryman.api.schemas import CompatDetail, CompatErrorBody, CompatRunCreated
 from ferryman.domain.options import Origin, RunOptions
 from ferryman.domain.params import ParamsInvalid
 from ferryman.errors import FerrymanError
@@ -124,9 +125,14 @@ def compat_health(store: StoreDep) -> Any:
 @router.post(
     "/{namespace}/pipelines/run/{pipeline_name}/",
     summary="Start a run (compatibility route: the body is the parameters)",
+    response_model=CompatRunCreated,
     responses={
-        400: {"description": "Unknown pipeline or invalid parameters (every error)"},
-        401: {"description": "Missing or invalid credentials ({'detail': ...})"},
+        400: {
+            "description": "Unknown pipeline or invalid parameters (every error)",
+            "model": CompatErrorBody,
+        },
+        401: {"description": "Missing or invalid credentials", "model": CompatDetail},
+        403: {"description": "The role does not allow it", "model": CompatDetail},
     },
 )
 @router.post("/{namespace}/pipelines/run/{pipeline_name}", include_in_schema=False)

@@ -277,12 +277,12 @@ class CallbackSender(Loop):
         try:
             with self.store.read() as conn:
                 report = build_report(conn, c.run_id, self.settings)
+                data = report["data"]
+                attachment = None
+                if c.kind == "slack" and c.target.get("attach_log") and data["state"] == "failed":
+                    attachment = failed_step_log(conn, c.run_id, data["failed_step"])
                 if c.kind == "webhook" and c.target.get("format") == COMPAT_FORMAT:
                     report = compat_webhook_body(report, output_uris(conn, c.run_id))
-                attachment = None
-                failed = report["data"]["state"] == "failed"
-                if c.kind == "slack" and c.target.get("attach_log") and failed:
-                    attachment = failed_step_log(conn, c.run_id, report["data"]["failed_step"])
         except NotFound:
             return Outcome(False, error=f"run {c.run_id} no longer exists", permanent=True)
         return self.poster.post(c, report, attachment)
