@@ -297,6 +297,8 @@ def _serve(
                 loops.append(("worker", lambda: _worker(store, settings)))
             loops.append(("callback sender", lambda: _callback_sender(store, settings)))
             loops.append(("event deliverer", lambda: _event_deliverer(store, settings)))
+            if settings.slack.bot_enabled:
+                loops.append(("slack updater", lambda: _slack_updater(store, settings)))
             if not stop.stopping:
                 _serve_http(
                     settings, store, stop, log_level, access_log, stream, no_worker, db_ready, loops
@@ -347,6 +349,12 @@ def _event_deliverer(store: Any, settings: Settings) -> Runnable:
     from ferryman.engine.event_deliverer import EventDeliverer
 
     return EventDeliverer(store, settings)
+
+
+def _slack_updater(store: Any, settings: Settings) -> Runnable:
+    from ferryman.slack.updater import RunMessageUpdater
+
+    return RunMessageUpdater(store, settings)
 
 
 def _serve_http(

@@ -248,12 +248,48 @@ class DeliverySettings(_Group):
 
 
 class SlackSettings(_Group):
-    """Slack: messages ferryman posts (and, later, the bot)."""
+    """Slack: messages ferryman posts, and the Slack bot."""
 
     model_config = SettingsConfigDict(env_prefix="FERRYMAN_SLACK_")
 
     bot_token: SecretStr | None = Field(default=None, description="Slack bot token (xoxb-…)")
     api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL")
+    # -- the Slack bot (on when the bot token and the signing secret are set) --
+    signing_secret: SecretStr | None = Field(
+        default=None, repr=False, description="Verifies Slack's requests to /slack/events"
+    )
+    namespace: str = Field(default="default", description="Namespace of the bot's pipelines")
+    channels: str | None = Field(
+        default=None,
+        description="Channel ids (comma-separated) the bot answers in; unset: every channel "
+        "it is in (direct messages are always answered)",
+    )
+    unknown_user_role: str | None = Field(
+        default=None,
+        description="Role given to Slack users who map to no ferryman user (unset: refused)",
+    )
+    update_seconds: float = Field(
+        default=5.0, gt=0, le=3600, description="At most one chat.update per run message this often"
+    )
+
+    @field_validator("unknown_user_role")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        roles = ("viewer", "operator", "developer", "admin")
+        if value is not None and value not in roles:
+            raise ValueError(f"{value!r} is not a role ({', '.join(roles)})")
+        return value
+
+    @property
+    def bot_enabled(self) -> bool:
+        """The bot is on when both the token and the signing secret are set."""
+        return self.bot_token is not None and self.signing_secret is not None
+
+    def channel_allowed(self, channel: str | None) -> bool:
+        """Whether the bot answers in ``channel`` (direct messages: always)."""
+        if not self.channels or (channel or "").startswith("D"):
+            return True
+        return (channel or "") in {c.strip() for c in self.channels.split(",") if c.strip()}
 
 
 class SecuritySettings(_Group):

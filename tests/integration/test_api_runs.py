@@ -211,7 +211,8 @@ def test_auth_roles_and_jwt_login(api: TestClient, store: Store, op: H, dev: H, 
     assert api.get("/runs", headers=viewer).status_code == 200
     err = error(api.post("/namespaces/default/pipelines/fan/runs", json={}, headers=viewer), 403)
     assert "operator" in err["message"]
-    error(api.post("/default/pipelines/run/fan/", json={}, headers=viewer), 403)
+    r = api.post("/default/pipelines/run/fan/", json={}, headers=viewer)
+    assert r.status_code == 403 and "operator" in r.json()["detail"]  # the old API's shape
     with store.write() as conn:
         create_user(conn, "alice", "correct horse battery", Role.OPERATOR)
     r = api.post("/token", data={"username": "alice", "password": "correct horse battery"})
@@ -658,50 +659,67 @@ def test_stream_keeps_alive_while_quiet(
 # -- compatibility route ------------------------------------------------------------
 
 
-def test_compat_route(api: TestClient, store: Store, op: H, dev: H) -> None:
+def test_compat_route(api: TestClient, store: Store, op: H, dev: H, viewer: H) -> None:
+    """The old API's answers, as its clients parse them."""
     register(api, dev, TYPED, ns="kubeflow-user")
     body = {"day": "2024-01-01", "count": 3, "webhook_uri": "https://hooks.example.com/x"}
     r = api.post("/kubeflow-user/pipelines/run/typed/", json=body, headers=op)
-    assert r.status_code == 201, r.text
-    run = r.json()
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["status"] == "ok"
+    got = answer["response"]
+    assert got["message"] == "Pipeline run created successfully." and got["error_logs"] == ""
+    assert got["run_url"].endswith(f"/runs/{got['run_id']}") and got["name"]
+    run = api.get(f"/runs/{got['run_id']}", headers=op).json()
     assert run["params"] == {"day": "2024-01-01", "count": 3, "lang": "en", "callback": None}
     assert run["has_webhook"] is True and run["trigger"]["kind"] == "compat"
     with store.read() as conn:
-        opts = conn.execute(sa.select(runs.c.options).where(runs.c.id == run["id"])).scalar()
-    assert opts == {"webhook_url": "https://hooks.example.com/x"}
+        opts = conn.execute(sa.select(runs.c.options).where(runs.c.id == got["run_id"])).scalar()
+    assert opts == {"webhook_url": "https://hooks.example.com/x", "webhook_format": "compat"}
 
-    # without the trailing slash, and idempotent like the normal route
-    body2 = {"day": "2024-01-02", "count": 1}
+    # without the trailing slash, a dashed upper-case name, and idempotent
+    body2 = {"day": "2024-01-02", "count": 1, "channel": "C1", "slack_thread": "1.2"}
     headers = {**op, "Idempotency-Key": "compat-1"}
-    a = api.post("/kubeflow-user/pipelines/run/typed", json=body2, headers=headers)
+    a = api.post("/kubeflow-user/pipelines/run/Typed", json=body2, headers=headers)
     b = api.post("/kubeflow-user/pipelines/run/typed/", json=body2, headers=headers)
-    assert (a.status_code, b.status_code) == (201, 200) and a.json()["id"] == b.json()["id"]
-    assert a.json()["has_webhook"] is False
+    assert (a.status_code, b.status_code) == (200, 200), a.text
+    assert a.json()["response"]["run_id"] == b.json()["response"]["run_id"]
+    run = api.get(f"/runs/{a.json()['response']['run_id']}", headers=op).json()
+    assert run["has_webhook"] is False
+    assert (run["slack_channel"], run["slack_thread"]) == ("C1", "1.2")
+    assert "channel" not in run["params"]  # not a parameter of the pipeline: an option only
 
-    err = error(api.post("/kubeflow-user/pipelines/run/typed/", json={"count": 0}, headers=op), 422)
-    assert sorted(d["path"] for d in err["details"]) == ["count", "day"]
-    err = error(
-        api.post(
-            "/kubeflow-user/pipelines/run/typed/",
-            json={**body2, "webhook_uri": "nope"},
-            headers=op,
-        ),
-        422,
-    )
-    assert err["details"][0]["path"] == "webhook_uri"
-    err = error(api.post("/kubeflow-user/pipelines/run/typed/", json=[1], headers=op), 422)
-    assert "JSON object" in err["details"][0]["reason"]
-    err = error(
-        api.post(
-            "/kubeflow-user/pipelines/run/typed/",
-            content=b"{not json",
-            headers={**op, "Content-Type": "application/json"},
-        ),
-        422,
-    )
-    err = error(api.post("/kubeflow-user/pipelines/run/nope/", json={}, headers=op), 404)
-    assert "typed" in err["message"]
-    error(api.post("/kubeflow-user/pipelines/run/typed/", json=body2), 401)
+    def old_error(r: Any, status: int = 400) -> str:
+        assert r.status_code == status, r.text
+        assert r.json()["status"] == "error"
+        return str(r.json()["response"]["message"])
+
+    post = api.post
+    msg = old_error(post("/kubeflow-user/pipelines/run/typed/", json={"count": 0}, headers=op))
+    assert "count:" in msg and "day:" in msg  # every error, with its path
+    url = "/kubeflow-user/pipelines/run/typed/"
+    msg = old_error(post(url, json={**body2, "webhook_uri": "nope"}, headers=op))
+    assert "webhook_uri" in msg
+    msg = old_error(post("/kubeflow-user/pipelines/run/typed/", json=[1], headers=op))
+    assert "JSON object" in msg
+    hdr = {**op, "Content-Type": "application/json"}
+    msg = old_error(post("/kubeflow-user/pipelines/run/typed/", content=b"{not json", headers=hdr))
+    assert "not JSON" in msg
+    msg = old_error(post("/kubeflow-user/pipelines/run/typd/", json={}, headers=op))
+    assert "typed" in msg  # the closest name
+    r = post("/kubeflow-user/pipelines/run/typed/", json=body2)
+    assert r.status_code == 401 and "detail" in r.json()
+    assert r.headers["WWW-Authenticate"] == "Bearer"
+    r = post(url, json=body2, headers={"Authorization": "Bearer x"})
+    assert r.status_code == 401 and "detail" in r.json()
+    r = post("/kubeflow-user/pipelines/run/typed/", json=body2, headers=viewer)
+    assert r.status_code == 403 and "operator" in r.json()["detail"]
+
+
+def test_compat_health(api: TestClient, store: Store) -> None:
+    r = api.get("/")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok" and r.json()["response"]["message"]
 
 
 def test_openapi_documents_the_routes(api: TestClient) -> None:

@@ -164,7 +164,9 @@ def test_sync_client(
     compat = client.create_run_compat(
         "default", "fan", {"n": 2}, webhook_uri="https://hooks.example.com/y"
     )
-    assert compat.created and compat.has_webhook and compat.params == {"n": 2, "shards": 3}
+    assert compat.status == "ok" and compat.response.run_url.endswith(compat.id)
+    got = client.get_run(compat.id)
+    assert got.has_webhook and got.params == {"n": 2, "shards": 3}
     newest = [compat.id, *[o.id for o in reversed(others)], run.id]
     assert [r.id for r in client.iter_runs(page_size=2)] == newest
     page = client.list_runs(limit=3)

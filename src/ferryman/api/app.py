@@ -48,4 +48,8 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.api.http_max_body_bytes)
     for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)
+    if settings.slack.bot_enabled:
+        from ferryman.slack.routes import mount  # slack_bolt only when the bot is on
+
+        mount(app, settings, app.state.store, app.state.runs)
     return app

@@ -153,6 +153,48 @@ class RunCreated(RunPublic):
         return cls.model_validate({**_run_fields(row, base_url), "created": created})
 
 
+class CompatRun(_Out):
+    """The ``response`` of the compatibility route's answer."""
+
+    message: str
+    name: str
+    run_id: str
+    run_url: str
+    error_logs: str = ""
+
+
+class CompatRunCreated(_Out):
+    """The compatibility route's answer: the replaced API's shape,
+    ``{"status": "ok", "response": {...}}``."""
+
+    status: str
+    response: CompatRun
+
+    @property
+    def id(self) -> str:
+        """The run's id (``response.run_id``)."""
+        return self.response.run_id
+
+
+class CompatMessage(_Out):
+    """The ``response`` of the compatibility route's errors."""
+
+    message: str
+
+
+class CompatErrorBody(_Out):
+    """The compatibility route's 400: ``{"status": "error", "response": {"message"}}``."""
+
+    status: str
+    response: CompatMessage
+
+
+class CompatDetail(_Out):
+    """The compatibility route's 401/403: ``{"detail": ...}``, as the replaced API."""
+
+    detail: str
+
+
 class NodePublic(_Out):
     """One step of a run."""
 

@@ -38,6 +38,7 @@ from ferryman.api.accounts import (
     UserUpdate,
 )
 from ferryman.api.schemas import (
+    CompatRunCreated,
     EventList,
     EventPublic,
     LogLinePublic,
@@ -91,6 +92,7 @@ __all__ = [
     "AsyncClient",
     "AttemptPublic",
     "Client",
+    "CompatRunCreated",
     "DeliveryDetail",
     "DeliveryList",
     "DeliveryPublic",

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, TypeAdapter
 
 from ferryman.api.schemas import (
+    CompatRunCreated,
     EventList,
     LogList,
     PipelineDetail,
@@ -214,14 +215,14 @@ class Calls:
         params: Mapping[str, Any] | None,
         webhook_uri: str | None,
         idempotency_key: str | None,
-    ) -> Call[RunCreated]:
+    ) -> Call[CompatRunCreated]:
         body = dict(params or {})
         if webhook_uri is not None:
             body["webhook_uri"] = webhook_uri
         return Call(
             "POST",
             f"/{segment(namespace)}/pipelines/run/{segment(pipeline)}/",
-            RunCreated,
+            CompatRunCreated,
             json=body,
             headers=_key_header(idempotency_key),
         )

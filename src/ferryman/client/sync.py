@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ferryman.api.schemas import (
+    CompatRunCreated,
     EventList,
     LogLinePublic,
     LogList,
@@ -170,10 +171,11 @@ class Client(SyncAdmin, ClientBase):
         *,
         webhook_uri: str | None = None,
         idempotency_key: str | None = None,
-    ) -> RunCreated:
+    ) -> CompatRunCreated:
         """Start a run through the compatibility route
         (``POST /{namespace}/pipelines/run/{pipeline}/``): the parameters are
-        the body, ``webhook_uri`` among them."""
+        the body, ``webhook_uri`` among them. The answer is the replaced
+        API's shape: the run's id is ``.id`` (``response.run_id``)."""
         call = Calls.create_run_compat(namespace, pipeline, params, webhook_uri, idempotency_key)
         return self.send(call)
 

@@ -48,8 +48,16 @@ class RunOptions(_Stored):
         default_factory=dict, description="Per step name: infrastructure overrides"
     )
     webhook_url: str | None = Field(default=None, description="POSTed a report at the end")
+    webhook_format: str | None = Field(
+        default=None,
+        description="The webhook body's shape: ferryman's report (unset) or 'compat' "
+        "(the replaced pipeline-run API's)",
+    )
     slack_channel: str | None = Field(default=None, description="Told at the end")
     slack_thread: str | None = Field(default=None, description="Thread (ts) in slack_channel")
+    slack_attach_log: bool | None = Field(
+        default=None, description="On failure, attach the failed step's log to the Slack message"
+    )
 
     @classmethod
     def from_stored(cls, raw: Mapping[str, Any] | None) -> RunOptions:

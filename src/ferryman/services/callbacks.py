@@ -24,9 +24,15 @@ def enqueue_callbacks(tx: Tx, run_id: str, state: RunState, event: Mapping[str, 
     opts = tx.cache.get(tx.conn, run_id).options
     targets: list[tuple[str, dict[str, Any]]] = []
     if opts.webhook_url:
-        targets.append(("webhook", {"url": opts.webhook_url}))
+        hook: dict[str, Any] = {"url": opts.webhook_url}
+        if opts.webhook_format:
+            hook["format"] = opts.webhook_format
+        targets.append(("webhook", hook))
     if opts.slack_channel:
-        targets.append(("slack", {"channel": opts.slack_channel, "thread": opts.slack_thread}))
+        slack: dict[str, Any] = {"channel": opts.slack_channel, "thread": opts.slack_thread}
+        if opts.slack_attach_log:
+            slack["attach_log"] = True
+        targets.append(("slack", slack))
     for kind, target in targets:
         tx.conn.execute(
             sa.insert(callbacks).values(

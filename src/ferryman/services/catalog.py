@@ -8,6 +8,7 @@ pipeline's active ones (``pipeline_triggers``); firing them is
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +126,35 @@ def latest(conn: Connection, namespace: str, name: str) -> PipelineVersion:
         hint = f" (pipelines in {namespace!r}: {', '.join(known)})" if 0 < len(known) <= 20 else ""
         raise NotFound(f"no pipeline {name!r} in namespace {namespace!r}{hint}")
     return PipelineVersion(row.id, namespace, name, row.version, spec_of_version(conn, row.id))
+
+
+def normalised_name(name: str) -> str:
+    """A pipeline name as the replaced API compared them: lower case, ``-`` as ``_``."""
+    return name.strip().lower().replace("-", "_")
+
+
+def resolve_name(conn: Connection, namespace: str, name: str) -> str:
+    """The registered pipeline ``name`` means: itself when registered, else the
+    one whose normalised name (``normalised_name``) is the same.
+
+    ``NotFound`` names the closest pipelines when there is none (or when
+    several differ only in case or ``-``/``_``, the exact name is needed).
+    """
+    known = list_names(conn, namespace)
+    if name in known:
+        return name
+    wanted = normalised_name(name)
+    same = [k for k in known if normalised_name(k) == wanted]
+    if len(same) == 1:
+        return same[0]
+    if same:
+        raise NotFound(f"{name!r} could be any of {', '.join(same)} in {namespace!r}: use one")
+    close = difflib.get_close_matches(wanted, [normalised_name(k) for k in known], n=3, cutoff=0.5)
+    by_norm = {normalised_name(k): k for k in known}
+    hint = f"; did you mean {', '.join(by_norm[c] for c in close)}?" if close else ""
+    if not close and 0 < len(known) <= 20:
+        hint = f" (pipelines in {namespace!r}: {', '.join(known)})"
+    raise NotFound(f"no pipeline {name!r} in namespace {namespace!r}{hint}")
 
 
 def list_names(conn: Connection, namespace: str) -> list[str]:

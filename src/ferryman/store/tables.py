@@ -467,3 +467,43 @@ delivery_attempts = sa.Table(
     sa.Column("response", sa.Text, nullable=True),
     sa.Index("ix_delivery_attempts_delivery", "delivery_id", "id"),
 )
+
+# -- the Slack bot (issue 14) ------------------------------------------------------
+
+slack_commands = sa.Table(
+    # Every command the Slack bot received: who, where, what, and what came of
+    # it (the audit), and the Slack event's key, unique, so that Slack's
+    # retries and duplicate deliveries are answered once.
+    "slack_commands",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("event_key", sa.String(255), nullable=False, unique=True),
+    sa.Column("slack_user", sa.String(64), nullable=False),
+    sa.Column("slack_channel", sa.String(64), nullable=True),
+    sa.Column("username", sa.String(128), nullable=True),
+    sa.Column("command", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Column("run_id", sa.String(32), nullable=True),
+    sa.Column("error_id", sa.String(32), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Index("ix_slack_commands_created", "created_at"),
+)
+
+slack_messages = sa.Table(
+    # The bot's message about a run (channel, ts), kept current with
+    # chat.update while the run progresses: what it last showed and when.
+    "slack_messages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(64), nullable=False),
+    sa.Column("ts", sa.String(64), nullable=False),
+    sa.Column("shown", sa.String(255), nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("channel", "ts", name="uq_slack_messages_message"),
+    sa.Index("ix_slack_messages_open", "done", "run_id"),
+)

@@ -61,6 +61,9 @@ from ferryman.engine.clock import Clock
 from ferryman.engine.loop import Loop
 from ferryman.errors import NotFound
 from ferryman.http import destination_policy
+from ferryman.notify.attachments import failed_step_log
+from ferryman.notify.compat import COMPAT_FORMAT, output_uris
+from ferryman.notify.compat import webhook_body as compat_webhook_body
 from ferryman.notify.report import build_report, excerpt
 from ferryman.notify.signing import load_or_create_secret, secret_key
 from ferryman.settings import Settings
@@ -274,9 +277,15 @@ class CallbackSender(Loop):
         try:
             with self.store.read() as conn:
                 report = build_report(conn, c.run_id, self.settings)
+                data = report["data"]
+                attachment = None
+                if c.kind == "slack" and c.target.get("attach_log") and data["state"] == "failed":
+                    attachment = failed_step_log(conn, c.run_id, data["failed_step"])
+                if c.kind == "webhook" and c.target.get("format") == COMPAT_FORMAT:
+                    report = compat_webhook_body(report, output_uris(conn, c.run_id))
         except NotFound:
             return Outcome(False, error=f"run {c.run_id} no longer exists", permanent=True)
-        return self.poster.post(c, report)
+        return self.poster.post(c, report, attachment)
 
     # -- recording --------------------------------------------------------------
 

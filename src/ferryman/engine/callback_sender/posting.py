@@ -13,6 +13,7 @@ service's error page); errors that cannot heal (malformed target, Slack
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     import httpx
     from slack_sdk import WebClient
 
+log = logging.getLogger(__name__)
 _RESPONSE_SNIPPET = 300  # bytes of a failed response body kept in last_error
 
 
@@ -83,11 +85,12 @@ class CallbackPoster:
         self._slack: WebClient | None = None
         self._clients_lock = threading.Lock()
 
-    def post(self, c: Claimed, report: dict[str, Any]) -> Outcome:
-        """Post ``report`` to ``c``'s target (a webhook or a Slack channel)."""
+    def post(self, c: Claimed, report: dict[str, Any], attachment: str | None = None) -> Outcome:
+        """Post ``report`` to ``c``'s target (a webhook or a Slack channel);
+        ``attachment`` (a failed step's log) is uploaded to the Slack thread."""
         if c.kind == "webhook":
             return self._post_webhook(c, report)
-        return self._post_slack(c, report)
+        return self._post_slack(c, report, attachment)
 
     def close(self) -> None:
         with self._clients_lock:
@@ -120,7 +123,9 @@ class CallbackPoster:
             failure = failure._replace(error=f"{failure.error}: {snippet}")
         return Outcome.failed(failure)
 
-    def _post_slack(self, c: Claimed, report: dict[str, Any]) -> Outcome:
+    def _post_slack(
+        self, c: Claimed, report: dict[str, Any], attachment: str | None = None
+    ) -> Outcome:
         channel = c.target.get("channel")
         if not isinstance(channel, str) or not channel:
             return Outcome(False, error="callback target has no slack channel", permanent=True)
@@ -139,7 +144,30 @@ class CallbackPoster:
             token = self.settings.slack.bot_token.get_secret_value()
             failure = describe(exc, timeout=self.settings.callbacks.timeout, secrets=[token])
             return Outcome.failed(failure, "slack: ")
+        if attachment:
+            self._upload_log(c, report, attachment, thread)
         return Outcome(True, resp.status_code)
+
+    def _upload_log(self, c: Claimed, report: dict[str, Any], text: str, thread: Any) -> None:
+        """Attach a failed step's log to the thread (the current upload API:
+        files.getUploadURLExternal, the upload, files.completeUploadExternal).
+        Best effort: the message is delivered, a failed upload is logged and
+        not retried (a retry would post the message again)."""
+        d = report["data"]
+        name = f"{d['pipeline']}-{str(d['run_id'])[:12]}-{d.get('failed_step') or 'run'}.log"
+        try:
+            self._slack_client().files_upload_v2(
+                channel=str(c.target["channel"]),
+                thread_ts=thread if isinstance(thread, str) and thread else None,
+                content=text,
+                filename=name,
+                title=f"log of step {d.get('failed_step')}",
+            )
+        except Exception as exc:
+            token = self.settings.slack.bot_token
+            secrets = [token.get_secret_value()] if token else []
+            failure = describe(exc, timeout=self.settings.callbacks.timeout, secrets=secrets)
+            log.warning("callback %s: could not attach the log: %s", c.id, failure.error)
 
     # -- clients (created on first use: nothing of httpx/slack_sdk at start-up) ----
 
