@@ -1,0 +1,151 @@
+"""Schedules through the REST API (the Python client, sync and async, against
+a real server on loopback) and the ``ferryman schedules`` CLI (a real
+process, local database and ``--server``), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from test_schedules import deploy
+from test_subscriptions_api import live, tokens  # noqa: F401 (the fixture)
+from tests.cli_support import cli_environment, ferryman
+
+from ferryman.client import ApiError, AsyncClient, Client
+from ferryman.settings import Settings
+from ferryman.store.engine import Store
+
+NIGHTLY = {"name": "nightly", "pipeline": "fan", "cron": "0 3 * * 1-5",
+           "timezone": "Asia/Kolkata", "params": {"n": 4}}  # fmt: skip
+
+
+def test_operators_manage_viewers_read(
+    store: Store,
+    settings: Settings,
+    tokens: dict[str, str],  # noqa: F811
+) -> None:
+    deploy(store)
+    with (
+        live(settings, store) as url,
+        Client(url, token=tokens["operator"]) as op,
+        Client(url, token=tokens["viewer"]) as viewer,
+    ):
+        created = op.create_schedule(NIGHTLY)
+        assert created.next_fire_at is not None and created.created_by == "operator-bot"
+        # the attack: a viewer tries every write
+        for attempt in (
+            lambda: viewer.create_schedule({**NIGHTLY, "name": "other"}),
+            lambda: viewer.update_schedule("nightly", {"cron": "* * * * *"}),
+            lambda: viewer.pause_schedule("nightly"),
+            lambda: viewer.delete_schedule("nightly"),
+            lambda: viewer.run_schedule_now("nightly"),
+        ):
+            with pytest.raises(ApiError) as info:
+                attempt()
+            assert info.value.status == 403
+        assert viewer.get_schedule("nightly").params == {"n": 4}
+        assert [s.name for s in viewer.list_schedules().items] == ["nightly"]
+        nxt = viewer.next_fire_times("nightly", 3)
+        assert nxt.timezone == "Asia/Kolkata" and len(nxt.items) == 3
+        for item in nxt.items:
+            assert (item.local.hour, item.local.minute) == (3, 0)
+            assert item.local == item.utc
+            assert item.local.weekday() < 5
+        assert op.pause_schedule("nightly").paused
+        resumed = op.resume_schedule("nightly")
+        assert not resumed.paused and resumed.next_fire_at is not None
+        out = op.run_schedule_now("nightly")
+        ticks = viewer.schedule_ticks("nightly").items
+        assert [t.run_id for t in ticks] == out.run_ids and ticks[0].kind == "manual"
+        assert op.update_schedule("nightly", {"overlap": "allow"}).overlap == "allow"
+        op.delete_schedule("nightly")
+        with pytest.raises(ApiError) as info:
+            viewer.get_schedule("nightly")
+        assert info.value.status == 404
+
+        async def from_async() -> list[str]:
+            async with AsyncClient(url, token=tokens["operator"]) as c:
+                await c.create_schedule({**NIGHTLY, "name": "async-made"})
+                return [s.name for s in (await c.list_schedules()).items]
+
+        assert asyncio.run(from_async()) == ["async-made"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({**NIGHTLY, "cron": "0 25 * * *"}, "cron"),
+        ({**NIGHTLY, "timezone": "Mars/Base"}, "unknown time zone"),
+        ({**NIGHTLY, "params": {"n": "many"}}, "n"),
+        ({**NIGHTLY, "params": {"nn": 1}}, "did you mean 'n'"),
+        ({**NIGHTLY, "pipeline": "ghost"}, "no pipeline 'ghost'"),
+        ({**NIGHTLY, "overlap": "never"}, "overlap"),
+    ],
+)
+def test_bad_schedules_are_4xx_saying_what_is_wrong(
+    store: Store,
+    settings: Settings,
+    tokens: dict[str, str],  # noqa: F811
+    body: dict[str, object],
+    says: str,
+) -> None:
+    deploy(store)
+    with live(settings, store) as url:
+        r = httpx.post(
+            f"{url}/namespaces/default/schedules",
+            json=body,
+            headers={"Authorization": f"Bearer {tokens['operator']}"},
+        )
+    assert r.status_code in (400, 422), r.text
+    assert says in r.text and "Traceback" not in r.text
+
+
+def test_cli_local_and_config_file(store: Store, db_url: str, tmp_path: Path) -> None:
+    deploy(store, "fan")
+    env = cli_environment(tmp_path / "home", db_url)
+    cfg = tmp_path / "shards.json"
+    cfg.write_text("3")
+    r = ferryman(env, "schedules", "add", "hourly", "fan", "--cron", "0 * * * *",
+                 "--tz", "Europe/London", "-p", "n=5", "-p", f"shards=@{cfg}")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "created schedule hourly" in r.stdout
+    r = ferryman(env, "schedules", "get", "hourly", "--json")
+    assert json.loads(r.stdout)["params"] == {"n": 5, "shards": 3}
+    r = ferryman(env, "schedules", "next", "hourly", "-n", "3", "--json")
+    items = json.loads(r.stdout)["items"]
+    assert len(items) == 3 and all(":00:00" in i["utc"] for i in items)
+    assert ferryman(env, "schedules", "pause", "hourly").returncode == 0
+    r = ferryman(env, "schedules", "ls")
+    assert "hourly" in r.stdout and "paused" in r.stdout
+    assert ferryman(env, "schedules", "resume", "hourly").returncode == 0
+    r = ferryman(env, "schedules", "run", "hourly", "--now")
+    assert r.returncode == 0 and "started run" in r.stdout
+    r = ferryman(env, "schedules", "runs", "hourly", "--json")
+    (tick,) = json.loads(r.stdout)
+    assert tick["kind"] == "manual" and tick["run_state"] == "queued"
+    assert ferryman(env, "schedules", "rm", "hourly").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["add", "x", "fan", "--cron", "61 * * * *"], "invalid cron"),
+        (["add", "x", "fan"], "exactly one of 'cron' and 'interval'"),
+        (["add", "x", "ghost", "--every", "60"], "no pipeline 'ghost'"),
+        (["add", "x", "fan", "--every", "60", "-p", "n=@/nonexistent.json"], "cannot read"),
+        (["get", "nope"], "no schedule 'nope'"),
+        (["run", "nope"], "--now"),
+        (["backfill", "nope", "--from", "yesterday", "--to", "2026-01-01"], "not an ISO"),
+    ],
+)
+def test_cli_user_mistakes_exit_2(
+    store: Store, db_url: str, tmp_path: Path, args: list[str], says: str
+) -> None:
+    deploy(store, "fan")
+    env = cli_environment(tmp_path / "home", db_url)
+    r = ferryman(env, "schedules", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert says in r.stderr and "Traceback" not in r.stderr
