@@ -180,6 +180,18 @@ def test_golden_dst(
     assert hm(next_ticks(s, after, len(want))) == want
 
 
+def test_a_skipped_day_samoa_2011() -> None:
+    """Pacific/Apia skipped 2011-12-30 (from -10 to +14): its noon is shifted
+    a day, onto the next noon, and the two are one tick."""
+    s = spec(cron="0 12 * * *", timezone="Pacific/Apia")
+    got = next_ticks(s, utc(2011, 12, 29), 3)
+    assert [t.isoformat() for t in got] == [
+        "2011-12-29T22:00:00+00:00",
+        "2011-12-30T22:00:00+00:00",
+        "2011-12-31T22:00:00+00:00",
+    ]
+
+
 def test_leap_day_cron_fires_only_in_leap_years() -> None:
     s = spec(cron="0 0 29 2 *")
     got = next_ticks(s, utc(2026, 1, 1), 3)

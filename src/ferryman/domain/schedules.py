@@ -42,10 +42,7 @@ from ferryman.domain.names import check_name
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-#: The largest gap between a wall time and its UTC time that changes in a
-#: zone's history (a day: Samoa skipped 2011-12-30); wall-time searches look
-#: this far around the instant they start from.
-_SLACK = dt.timedelta(hours=26)
+_DAY = dt.timedelta(hours=26)  # a day, and then some: how far offsets are looked for
 
 
 class CatchUp(StrEnum):
@@ -214,22 +211,30 @@ def _interval_next(spec: ScheduleSpec, after: dt.datetime) -> dt.datetime:
     return anchor + k * step
 
 
+def _offset_range(zone: ZoneInfo, at: dt.datetime) -> tuple[dt.timedelta, dt.timedelta]:
+    """The smallest and largest UTC offset of ``zone`` within a day of ``at``."""
+    offsets = [(at + k * _DAY).astimezone(zone).utcoffset() or dt.timedelta(0) for k in (-1, 0, 1)]
+    return min(offsets), max(offsets)
+
+
 def _cron_next(spec: ScheduleSpec, after: dt.datetime) -> dt.datetime | None:
     assert spec.cron is not None
     zone = spec.zone
-    # Search wall times from well before ``after``: a match placed on the
-    # time line by the policy may land later than its wall time suggests.
-    start = after.astimezone(zone).replace(tzinfo=None, fold=0) - _SLACK
+    # A wall time w is the instant w - offset(w): one after ``after`` has
+    # w > after + offset(w) >= after + (the smallest offset nearby).
+    low, _ = _offset_range(zone, after)
+    start = after.replace(tzinfo=None) + low
     best: dt.datetime | None = None
     horizon: dt.datetime | None = None
     for wall in CronSim(spec.cron, start):
         if horizon is not None and wall > horizon:
-            break
+            break  # every later wall time lands after ``best``
         for instant in _cron_instants(spec, wall):
             if instant > after and (best is None or instant < best):
                 best = instant
-                horizon = wall + 2 * _SLACK
-        if wall.year > after.year + 30:  # e.g. "0 0 30 2 *": never
+                _, high = _offset_range(zone, best)
+                horizon = best.replace(tzinfo=None) + high
+        if wall.year > after.year + 30:  # a cron that (almost) never matches
             break
     return best
 
