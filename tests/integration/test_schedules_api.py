@@ -149,3 +149,35 @@ def test_cli_user_mistakes_exit_2(
     r = ferryman(env, "schedules", *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert says in r.stderr and "Traceback" not in r.stderr
+
+
+def test_deploy_reconciles_declared_schedules(store: Store, db_url: str, tmp_path: Path) -> None:
+    env = cli_environment(tmp_path / "home", db_url)
+    source = (Path(__file__).parent.parent / "pipelines" / "scheduled.py").read_text()
+    file = tmp_path / "scheduled.py"
+    file.write_text(source)
+    r = ferryman(env, "deploy", str(file))
+    assert r.returncode == 0, r.stderr
+    assert "schedule weekday-morning: created" in r.stdout
+    listed = json.loads(ferryman(env, "schedules", "ls", "--json").stdout)
+    got = {s["name"]: (s["source"], s["pipeline"], s["overlap"]) for s in listed}
+    assert got == {"weekday-morning": ("pipeline", "greet", "skip"),
+                   "every-900s": ("pipeline", "greet", "buffer_one")}  # fmt: skip
+    # an operator pauses one; a re-deploy keeps the pause and changes nothing
+    assert ferryman(env, "schedules", "pause", "weekday-morning").returncode == 0
+    r = ferryman(env, "deploy", str(file))
+    assert "schedule" not in r.stdout
+    # the file changes: one schedule re-timed, one gone
+    file.write_text(source.replace("0 3 * * 1-5", "30 4 * * *").replace(
+        "        interval(900, overlap=\"buffer_one\"),\n", ""))  # fmt: skip
+    r = ferryman(env, "deploy", str(file))
+    assert "schedule weekday-morning: updated" in r.stdout
+    assert "schedule every-900s: deleted" in r.stdout
+    (one,) = json.loads(ferryman(env, "schedules", "ls", "--json").stdout)
+    assert (one["cron"], one["paused"]) == ("30 4 * * *", True)
+    # a name taken by a schedule made by hand is a clear error
+    ferryman(env, "schedules", "rm", "weekday-morning")
+    r = ferryman(env, "schedules", "add", "weekday-morning", "greet", "--every", "60")
+    assert r.returncode == 0, r.stderr
+    r = ferryman(env, "deploy", str(file))
+    assert r.returncode == 2 and "already exists" in r.stderr

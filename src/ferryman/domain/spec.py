@@ -44,6 +44,7 @@ from pydantic import (
 # whole spec is imported from, so they are re-exported here.
 from ferryman.domain.names import NAME_RE as NAME_RE
 from ferryman.domain.names import check_name as check_name
+from ferryman.domain.schedules import ScheduleSpec
 from ferryman.domain.steps import STEP_MODELS as STEP_MODELS
 from ferryman.domain.steps import ContainerStep as ContainerStep
 from ferryman.domain.steps import FunctionRef as FunctionRef
@@ -243,6 +244,21 @@ class PipelineSpec(_Frozen):
     # Added after versions were first hashed: without triggers a pipeline
     # serialises (and so hashes) exactly as before.
     triggers: list[TriggerSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # Schedules the pipeline declares (reconciled by name on deploy); the same
+    # rule: without them a pipeline hashes as before.
+    schedules: list[ScheduleSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_pipeline(cls, data: Any) -> Any:
+        """A declared schedule runs the pipeline declaring it."""
+        if isinstance(data, dict) and data.get("schedules") and isinstance(data.get("name"), str):
+            data = dict(data)
+            data["schedules"] = [
+                {"pipeline": data["name"], **s} if isinstance(s, dict) else s
+                for s in data["schedules"]
+            ]
+        return data
 
     @field_validator("name")
     @classmethod
@@ -283,6 +299,12 @@ class PipelineSpec(_Frozen):
                 if f not in pnames:
                     errors.append(f"validator {v.kind!r} names unknown parameter {f!r}")
         errors.extend(self._trigger_problems(pnames))
+        declared = [sch.name for sch in self.schedules]
+        for n in sorted({n for n in declared if declared.count(n) > 1}):
+            errors.append(f"schedule name {n!r} is used twice")
+        for sch in self.schedules:
+            if sch.pipeline != self.name:
+                errors.append(f"schedule {sch.name!r} runs {sch.pipeline!r}, not this pipeline")
         if errors:
             raise ValueError("; ".join(errors))
         if len(topological_order(self.steps)) != len(self.steps):

@@ -514,6 +514,7 @@ class Pipeline:
                 timeout=self.options.get("timeout"),
                 labels=self.options.get("labels") or {},
                 triggers=self._triggers(where),
+                schedules=self._schedules(where),
             )
         except ValidationError as exc:
             problems = "; ".join(
@@ -530,6 +531,14 @@ class Pipeline:
             listed = "".join(f"\n  - {path}: {message}" for path, message in bad)
             raise DSLError(f"{where}: invalid parameter defaults:{listed}")
         return compiled
+
+    def _schedules(self, where: str) -> list[dict[str, Any]]:
+        raw = self.options.get("schedules") or []
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(x, dict) for x in raw):
+            raise DSLError(
+                f"{where}: schedules must be a list of cron(...) or interval(...) declarations"
+            )
+        return [dict(x) for x in raw]
 
     def _triggers(self, where: str) -> list[dict[str, Any]]:
         from ferryman.dsl.triggers import Trigger
@@ -555,6 +564,7 @@ _PIPELINE_OPTIONS = {
     "labels",
     "validators",
     "triggers",
+    "schedules",
 }
 
 
@@ -567,7 +577,8 @@ def pipeline(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     (default for its steps), ``timeout`` (whole run, seconds), ``labels``,
     ``validators`` (e.g. ``[required_together("start", "end")]``), ``triggers``
     (e.g. ``[on_run("extract", params={"day": param("day")})]``, see
-    ``ferryman.dsl.triggers``)."""
+    ``ferryman.dsl.triggers``), ``schedules`` (e.g. ``[cron("0 3 * * *")]``, see
+    ``ferryman.dsl.schedules``)."""
     unknown = set(options) - _PIPELINE_OPTIONS
     if unknown:
         raise DSLError(
