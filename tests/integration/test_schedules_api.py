@@ -181,3 +181,38 @@ def test_deploy_reconciles_declared_schedules(store: Store, db_url: str, tmp_pat
     assert r.returncode == 0, r.stderr
     r = ferryman(env, "deploy", str(file))
     assert r.returncode == 2 and "already exists" in r.stderr
+
+
+BOT = Path(__file__).parent.parent / "pipelines" / "bot.py"
+
+
+def test_bot_config_is_checked_when_the_schedule_is_saved(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
+    env = cli_environment(tmp_path / "home", db_url)
+    assert ferryman(env, "deploy", str(BOT)).returncode == 0
+    good, bad = tmp_path / "bot.json", tmp_path / "typo.json"
+    good.write_text(json.dumps({"action": "post_summary", "channel": "#ops"}))
+    bad.write_text(json.dumps({"action": "post_sumary"}))
+    r = ferryman(env, "schedules", "add", "bot-typo", "bot", "--every", "60",
+                 "-p", f"config=@{bad}")  # fmt: skip
+    assert r.returncode == 2
+    assert "config" in r.stderr and "'post_sumary' is not one of" in r.stderr
+    r = ferryman(env, "schedules", "add", "bot", "bot", "--every", "60", "-p", f"config=@{good}")
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(ferryman(env, "schedules", "get", "bot", "--json").stdout)
+    assert stored["params"] == {"config": {"action": "post_summary", "channel": "#ops"}}
+
+
+def test_local_test_run_with_a_params_file(tmp_path: Path) -> None:
+    """``ferryman run FILE:PIPE --params-file bot.json``: the run's exit code
+    says how it went; an unknown action never starts a run."""
+    env = cli_environment(tmp_path / "home")
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"config": {"action": "refresh_cache"}}))
+    r = ferryman(env, "run", f"{BOT}:bot", "--params-file", str(params))
+    assert r.returncode == 0, r.stderr
+    params.write_text(json.dumps({"config": {"action": "launch_rockets"}}))
+    r = ferryman(env, "run", f"{BOT}:bot", "--params-file", str(params))
+    assert r.returncode == 2
+    assert "'launch_rockets' is not one of" in r.stderr and "Traceback" not in r.stderr

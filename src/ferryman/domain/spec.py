@@ -56,7 +56,9 @@ from ferryman.domain.steps import parse_step as parse_step
 
 REF_KEYS = ("$param", "$step", "$value")
 
-ParamType = Literal["string", "integer", "number", "boolean", "array", "object", "date", "any"]
+ParamType = Literal[
+    "string", "integer", "number", "boolean", "array", "object", "date", "any", "json_config"
+]
 
 
 class _Frozen(BaseModel):
@@ -79,6 +81,9 @@ class ParamSpec(_Frozen):
     max_length: int | None = None
     pattern: str | None = None
     nullable: bool = False
+    # The JSON Schema a ``json_config`` value must satisfy (only that type has
+    # one; left out of the JSON when absent, so older versions hash as before).
+    json_schema: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("name")
     @classmethod
@@ -86,6 +91,18 @@ class ParamSpec(_Frozen):
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
             raise ValueError(f"invalid parameter name {v!r}: use a Python identifier")
         return v
+
+    @model_validator(mode="after")
+    def _config_schema(self) -> ParamSpec:
+        if self.type == "json_config":
+            if self.json_schema is None:
+                raise ValueError(f"parameter {self.name!r}: a json_config needs a 'schema'")
+            from ferryman.domain.json_config import check_schema
+
+            check_schema(self.name, self.json_schema)
+        elif self.json_schema is not None:
+            raise ValueError(f"parameter {self.name!r}: only a json_config has a 'schema'")
+        return self
 
 
 class ValidatorSpec(_Frozen):

@@ -54,6 +54,8 @@ class Param:
     min_length: int | None = None
     max_length: int | None = None
     pattern: str | None = None
+    #: A JSON Schema: the parameter is a ``json_config`` checked against it.
+    schema: dict[str, Any] | None = None
 
 
 class _Placeholder:
@@ -366,7 +368,7 @@ def _param_spec(
             elif isinstance(m, Param):
                 # Fields set on the Annotated Param fill in what the default's Param left unset.
                 fields = ("description", "minimum", "maximum", "min_length", "max_length",
-                          "pattern")  # fmt: skip
+                          "pattern", "schema")  # fmt: skip
                 merged = {
                     k: getattr(info, k) if getattr(info, k) not in (None, "") else getattr(m, k)
                     for k in fields
@@ -407,6 +409,9 @@ def _param_spec(
             f"{where}: parameter {name!r} has unsupported type {ann!r}; use str, int, "
             "float, bool, date, list[...], dict, Literal[...] or Optional of those"
         )
+    if info.schema is not None:  # a configuration checked against its JSON Schema
+        ptype = "json_config"
+        extra["json_schema"] = info.schema
     has_default = info.default is not _NO_DEFAULT
     default_value = info.default if has_default else None
     if has_default and isinstance(default_value, dt.date):
