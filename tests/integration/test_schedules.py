@@ -7,6 +7,7 @@ run is an active run."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,24 @@ def test_run_service_is_the_one_creation_path(store: Store, ticks: Ticks) -> Non
     (run,) = scheduled_runs(store)
     RunService(store).cancel(run.id)
     assert scheduled_runs(store)[0].state == "cancelled"
+
+
+def test_subscribers_receive_missed_ticks(
+    store: Store, ticks: Ticks, settings: Settings, receivers: Any
+) -> None:
+    """A missed tick is an event like any other: a subscription to
+    ``ScheduleTickMissed`` gets it, signed, through the event deliverer."""
+    from test_subscriptions import fast, subscribe
+
+    from ferryman.engine.event_deliverer import EventDeliverer
+
+    rec = receivers()
+    subscribe(store, "missed", rec.url, event_types=["ScheduleTickMissed"])
+    make(store, catchup="none")
+    ticks.late_after = 10
+    ticks.run_due(at(2.5))  # ticks 1 and 2 missed
+    EventDeliverer(store, fast(settings)).run_until_idle(timeout=30)
+    bodies = [json.loads(r.body) for r in rec.requests]
+    assert [b["type"] for b in bodies] == ["ScheduleTickMissed", "ScheduleTickMissed"]
+    assert [b["data"]["tick"] for b in bodies] == [at(1).isoformat(), at(2).isoformat()]
+    assert all(b["data"]["schedule"] == "nightly" for b in bodies)
