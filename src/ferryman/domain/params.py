@@ -115,7 +115,7 @@ def _reason(e: Any, spec: PipelineSpec) -> str:
         and not isinstance(given, bool)
     ):
         return f'{e["msg"]} (got the number {json.dumps(given)}: send it as text, "{given}")'
-    return str(e["msg"])
+    return str(e["msg"]).removeprefix("Value error, ")
 
 
 def validate_params(spec: PipelineSpec, raw: dict[str, Any] | None) -> dict[str, Any]:
