@@ -159,13 +159,13 @@ def create(
     now = now or utcnow()
     with store.write() as conn:
         check_params(conn, namespace, spec)
-        sid = _insert(conn, namespace, spec, source, user, now)
+        sid = insert(conn, namespace, spec, source, user, now)
         store.notify(conn, SCHEDULE_CHANNEL)
     with store.read() as conn:
         return from_row(conn.execute(sa.select(schedules).where(schedules.c.id == sid)).one())
 
 
-def _insert(
+def insert(
     conn: Connection,
     namespace: str,
     spec: ScheduleSpec,
@@ -173,6 +173,8 @@ def _insert(
     user: str | None,
     now: dt.datetime,
 ) -> str:
+    """Insert a schedule (in the caller's transaction; its parameters already
+    checked); returns its id. ``Conflict`` if the name is taken."""
     taken = conn.execute(
         sa.select(schedules.c.id).where(
             schedules.c.namespace == namespace, schedules.c.name == spec.name
@@ -320,7 +322,7 @@ def reconcile(
         row = rows.get(spec.name)
         if row is None:
             check_params(conn, namespace, spec)
-            _insert(conn, namespace, spec, "pipeline", None, now)
+            insert(conn, namespace, spec, "pipeline", None, now)
             done["created"].append(spec.name)
             continue
         if row.source != "pipeline" or row.pipeline != pipeline:
