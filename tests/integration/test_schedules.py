@@ -325,3 +325,18 @@ def test_subscribers_receive_missed_ticks(
     assert [b["type"] for b in bodies] == ["ScheduleTickMissed", "ScheduleTickMissed"]
     assert [b["data"]["tick"] for b in bodies] == [at(1).isoformat(), at(2).isoformat()]
     assert all(b["data"]["schedule"] == "nightly" for b in bodies)
+
+
+def test_one_broken_schedule_does_not_hold_up_the_others(
+    store: Store, ticks: Ticks, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = make(store, name="broken", overlap="allow")
+    make(store, name="fine", overlap="allow")
+    with store.write() as conn:  # a row no version of ferryman could have written
+        conn.execute(
+            sa.update(schedules).where(schedules.c.id == broken.id).values(spec={"cron": 5})
+        )
+    r = ticks.run_due(at(1))
+    assert r.fired == 1
+    assert [run.labels["ferryman.schedule"] for run in scheduled_runs(store)] == ["fine"]
+    assert "schedule default/broken: its ticks were not decided" in caplog.text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +37,12 @@ from ferryman.domain.schedules import (
 )
 from ferryman.domain.states import RunState
 from ferryman.errors import Conflict, FerrymanError, InvalidInput
-from ferryman.services.catalog import latest
+from ferryman.services.catalog import PipelineVersion, latest
 from ferryman.services.creation import RunRequest, create_run
 from ferryman.services.gate import Tx
 from ferryman.services.runs import RunService
 from ferryman.services.schedules import Schedule, from_row, get, next_due
-from ferryman.store.engine import Store
+from ferryman.store.engine import Store, is_unavailable
 from ferryman.store.tables import new_id, runs, schedule_ticks, schedules, utcnow
 
 #: Missed ticks recorded one by one per turn; beyond that one event counts the rest.
@@ -49,7 +50,10 @@ MAX_RECORDED_MISSED = 100
 #: Label keys every scheduled run carries.
 LABEL_SCHEDULE = "ferryman.schedule"
 LABEL_TICK = "ferryman.tick"
+#: Schedules decided per write transaction (each in a savepoint of its own).
+PER_TRANSACTION = 50
 _ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
+log = logging.getLogger(__name__)
 _CLAIMS: dict[str, Any] = {}
 
 
@@ -64,6 +68,15 @@ class TurnResult:
     failed: int = 0
     run_ids: list[str] = field(default_factory=list)
     next_due: dt.datetime | None = None  # the earliest next due time (None: nothing)
+
+    def add(self, other: TurnResult) -> None:
+        """Count ``other``'s ticks in too."""
+        self.fired += other.fired
+        self.missed += other.missed
+        self.skipped += other.skipped
+        self.buffered += other.buffered
+        self.failed += other.failed
+        self.run_ids += other.run_ids
 
 
 def _claim_stmt(dialect: str) -> Any:
@@ -88,6 +101,8 @@ class Ticks:
         self.runs = runs_service or RunService(store)
         self.late_after = late_after
         self.batch = batch
+        # the newest version of each pipeline, read once per transaction
+        self._versions: dict[tuple[str, str], PipelineVersion] = {}
 
     # -- the scheduler's turn --------------------------------------------------------
 
@@ -110,8 +125,8 @@ class Ticks:
                     .limit(self.batch)
                 )
             ]
-        for sid in ids:
-            self._one(sid, now, result)
+        for i in range(0, len(ids), PER_TRANSACTION):
+            self._some(ids[i : i + PER_TRANSACTION], now, result)
         with self.store.read() as conn:
             nxt = conn.execute(
                 sa.select(sa.func.min(schedules.c.next_due_at)).where(schedules.c.paused.is_(False))
@@ -128,16 +143,35 @@ class Ticks:
         result.next_due = nxt
         return result
 
-    def _one(self, schedule_id: str, now: dt.datetime, result: TurnResult) -> None:
+    def _some(self, ids: list[str], now: dt.datetime, result: TurnResult) -> None:
+        """Decide the ticks of some schedules in one write transaction, each in
+        a savepoint: one schedule's failure (logged) does not hold up the others."""
         with self.store.write() as conn:
-            row = _lock(conn, schedule_id, skip_locked=True)
-            if row is None or row.paused:
-                return  # gone, paused, or another scheduler holds it
-            sched = from_row(row)
+            q = sa.select(schedules).where(schedules.c.id.in_(ids)).order_by(schedules.c.id)
+            if conn.dialect.name == "postgresql":
+                # another scheduler holds some of them: it decides those
+                q = q.with_for_update(skip_locked=True)
             tx = self.runs.tx(conn)
-            buffered = self._start_buffered(tx, sched, result)
-            if row.next_due_at is not None and row.next_due_at <= now:
-                self._decide(tx, sched, buffered, now, result)
+            self._versions = {}
+            for row in conn.execute(q).all():
+                if row.paused:
+                    continue
+                part = TurnResult()
+                try:
+                    with tx.savepoint():
+                        sched = from_row(row)
+                        buffered = self._start_buffered(tx, sched, part)
+                        if row.next_due_at is not None and row.next_due_at <= now:
+                            self._decide(tx, sched, buffered, now, part)
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise
+                    first = (str(exc).strip().splitlines() or [""])[0][:300]
+                    log.warning("schedule %s/%s: its ticks were not decided (%s: %s); "
+                                "retried next turn", row.namespace, row.name,
+                                type(exc).__name__, first)  # fmt: skip
+                    continue
+                result.add(part)
             tx.flush()
         self.store.wake_local()
 
@@ -240,7 +274,10 @@ class Ticks:
         start (pipeline gone, parameters no longer valid) is marked failed."""
         spec = sched.spec
         try:
-            pv = latest(tx.conn, sched.namespace, spec.pipeline)
+            key = (sched.namespace, spec.pipeline)
+            pv = self._versions.get(key)
+            if pv is None:  # one read per pipeline and transaction
+                pv = self._versions[key] = latest(tx.conn, sched.namespace, spec.pipeline)
             params = validate_params(pv.spec, spec.params)
         except (FerrymanError, ParamsInvalid) as exc:
             why = f"no run started: {exc}"
@@ -298,6 +335,7 @@ class Ticks:
             row = _lock_by_name(conn, namespace, name)
             sched = from_row(row)
             tx = self.runs.tx(conn)
+            self._versions = {}
             result = TurnResult()
             if not self._claim(conn, sched.id, now, TickState.FIRED, None, "manual", now):
                 raise Conflict(f"schedule {name!r} already has a tick at {now.isoformat()}")
@@ -337,6 +375,7 @@ class Ticks:
                     f"{end.isoformat()}; ask for a shorter range"
                 )
             tx = self.runs.tx(conn)
+            self._versions = {}
             buffered = sched.buffered
             for tick in ticks:
                 buffered += self._fire(tx, sched, tick, "backfill", overlap, buffered, result)
