@@ -52,8 +52,43 @@ LABEL_SCHEDULE = "ferryman.schedule"
 LABEL_TICK = "ferryman.tick"
 #: Schedules decided per write transaction (each in a savepoint of its own).
 PER_TRANSACTION = 50
-_ACTIVE = (RunState.QUEUED.value, RunState.RUNNING.value)
 log = logging.getLogger(__name__)
+
+# Statements built once (this is the scheduler's hot path).
+_MOVE_CURSOR = (
+    sa.update(schedules)
+    .where(schedules.c.id == sa.bindparam("c_sid"))
+    .values(
+        cursor=sa.bindparam("c_cursor"),
+        next_due_at=sa.bindparam("c_next"),
+        buffered=sa.bindparam("c_buffered"),
+        updated_at=sa.bindparam("c_now"),
+    )
+)
+_SET_TICK = (
+    sa.update(schedule_ticks)
+    .where(
+        schedule_ticks.c.schedule_id == sa.bindparam("t_sid"),
+        schedule_ticks.c.fire_time == sa.bindparam("t_time"),
+    )
+    .values(
+        state=sa.bindparam("t_state"), reason=sa.bindparam("t_reason"), run_id=sa.bindparam("t_run")
+    )
+)
+_RECENT_FIRED = (
+    sa.select(schedule_ticks.c.run_id)
+    .where(
+        schedule_ticks.c.schedule_id == sa.bindparam("a_sid"),
+        schedule_ticks.c.state == TickState.FIRED.value,
+    )
+    .order_by(schedule_ticks.c.fire_time.desc())
+    .limit(50)
+    .subquery()
+)
+_ACTIVE_RUNS = sa.select(runs.c.id).where(
+    runs.c.id.in_(sa.select(_RECENT_FIRED.c.run_id)),
+    runs.c.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
+)
 _CLAIMS: dict[str, Any] = {}
 
 
@@ -204,15 +239,10 @@ class Ticks:
             buffered += self._fire(tx, sched, tick, "schedule", spec.overlap, buffered, result)
         cursor = due[-1] if due else sched.cursor
         tx.conn.execute(
-            sa.update(schedules)
-            .where(schedules.c.id == sched.id)
-            .values(
-                cursor=cursor,
-                next_due_at=next_due(spec, cursor),
-                buffered=buffered,
-                updated_at=now,
-            )
-        )
+            _MOVE_CURSOR,
+            {"c_sid": sched.id, "c_cursor": cursor, "c_next": next_due(spec, cursor),
+             "c_buffered": buffered, "c_now": now},
+        )  # fmt: skip
 
     def _missed_summary(
         self, tx: Tx, sched: Schedule, after: dt.datetime, until: dt.datetime, now: dt.datetime
@@ -242,7 +272,9 @@ class Ticks:
     ) -> int:
         """Fire, skip or buffer ``tick`` by ``overlap``; returns 1 if buffered."""
         conn, now = tx.conn, tx.now
-        active = self._active_runs(conn, sched.id)
+        # ``allow`` with nothing buffered fires whatever is active: no need to look
+        needs_look = overlap != Overlap.ALLOW or buffered > 0
+        active = self._active_runs(conn, sched.id) if needs_look else []
         decision = decide_overlap(overlap, len(active), buffered)
         if decision.action == "skip":
             why = f"overlap policy {overlap.value!r}: a run of the schedule is active"
@@ -424,30 +456,17 @@ class Ticks:
         run_id: str | None,
     ) -> None:
         conn.execute(
-            sa.update(schedule_ticks)
-            .where(schedule_ticks.c.schedule_id == schedule_id, schedule_ticks.c.fire_time == tick)
-            .values(state=state.value, reason=reason, run_id=run_id)
-        )
+            _SET_TICK,
+            {"t_sid": schedule_id, "t_time": tick, "t_state": state.value, "t_reason": reason,
+             "t_run": run_id},
+        )  # fmt: skip
 
     @staticmethod
     def _active_runs(conn: Connection, schedule_id: str) -> list[str]:
         """Runs of the schedule still queued or running (among its newest
         fired ticks: under every overlap policy but ``allow`` at most one is
         active at a time, so an old active run cannot hide further back)."""
-        recent = (
-            sa.select(schedule_ticks.c.run_id)
-            .where(
-                schedule_ticks.c.schedule_id == schedule_id,
-                schedule_ticks.c.state == TickState.FIRED.value,
-            )
-            .order_by(schedule_ticks.c.fire_time.desc())
-            .limit(50)
-            .subquery()
-        )
-        q = sa.select(runs.c.id).where(
-            runs.c.id.in_(sa.select(recent.c.run_id)), runs.c.state.in_(_ACTIVE)
-        )
-        return [r.id for r in conn.execute(q)]
+        return [r.id for r in conn.execute(_ACTIVE_RUNS, {"a_sid": schedule_id})]
 
     @staticmethod
     def _event(
