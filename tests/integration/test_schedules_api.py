@@ -216,3 +216,35 @@ def test_local_test_run_with_a_params_file(tmp_path: Path) -> None:
     r = ferryman(env, "run", f"{BOT}:bot", "--params-file", str(params))
     assert r.returncode == 2
     assert "'launch_rockets' is not one of" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ferryman_scheduler_runs_alone_and_stops_on_sigterm(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    import sqlalchemy as sa
+    from tests.cli_support import popen
+
+    from ferryman.store.tables import runs
+
+    deploy(store)
+    env = cli_environment(tmp_path / "home", db_url, FERRYMAN_SCHEDULER_POLL_SECONDS="0.5")
+    r = ferryman(env, "schedules", "add", "often", "fan", "--every", "1", "--overlap", "allow")
+    assert r.returncode == 0, r.stderr
+    proc = popen(env, "scheduler")
+    try:
+        deadline = time.monotonic() + 60
+        n = 0
+        while n < 3:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no runs from the scheduler"
+            time.sleep(0.2)
+            with store.read() as conn:
+                n = conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "scheduler started" in out and "scheduler stopped" in out
