@@ -1,5 +1,6 @@
 """``ferryman server``: the REST API plus, in the same process, the loops:
-an embedded worker, the callback sender and the event deliverer.
+an embedded worker, the callback sender, the event deliverer and the
+scheduler (unless ``FERRYMAN_SCHEDULER_ENABLED=false``).
 
 Start-up: refuse production without a strong access-token secret; open the
 database (migrating it); make sure access tokens and webhooks can be signed
@@ -299,6 +300,8 @@ def _serve(
             loops.append(("event deliverer", lambda: _event_deliverer(store, settings)))
             if settings.slack.bot_enabled:
                 loops.append(("slack updater", lambda: _slack_updater(store, settings)))
+            if settings.scheduler.scheduler_enabled:
+                loops.append(("scheduler", lambda: _scheduler(store, settings)))
             if not stop.stopping:
                 _serve_http(
                     settings, store, stop, log_level, access_log, stream, no_worker, db_ready, loops
@@ -355,6 +358,12 @@ def _slack_updater(store: Any, settings: Settings) -> Runnable:
     from ferryman.slack.updater import RunMessageUpdater
 
     return RunMessageUpdater(store, settings)
+
+
+def _scheduler(store: Any, settings: Settings) -> Runnable:
+    from ferryman.engine.scheduler import Scheduler
+
+    return Scheduler(store, settings)
 
 
 def _serve_http(

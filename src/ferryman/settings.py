@@ -322,6 +322,29 @@ class SecuritySettings(_Group):
         return value
 
 
+class SchedulerSettings(_Group):
+    """The scheduler: the loop that fires schedules' ticks (docs/schedules.md)."""
+
+    scheduler_enabled: bool = Field(
+        default=True, description="Run the scheduler inside `ferryman server`"
+    )
+    scheduler_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Longest sleep between looks at the schedules (a change wakes it sooner)",
+    )
+    scheduler_late_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A tick due longer ago than this was missed (the catch-up policy decides); "
+        "younger ones fire whatever the policy",
+    )
+    scheduler_batch: int = Field(
+        default=500, ge=1, le=100_000, description="Schedules handled per turn"
+    )
+
+
 #: The groups of ``Settings``: attribute name -> group class. A new group (the
 #: scheduler's, plugins', retention's, metrics') is one class and one line here.
 GROUPS: dict[str, type[_Group]] = {
@@ -334,6 +357,7 @@ GROUPS: dict[str, type[_Group]] = {
     "delivery": DeliverySettings,
     "slack": SlackSettings,
     "security": SecuritySettings,
+    "scheduler": SchedulerSettings,
 }
 
 
@@ -385,6 +409,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings
     slack: SlackSettings
     security: SecuritySettings
+    scheduler: SchedulerSettings
 
     @model_validator(mode="before")
     @classmethod

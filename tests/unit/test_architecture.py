@@ -240,6 +240,7 @@ CLIENT_MAY_LOAD = {
     "ferryman.api.accounts",
     "ferryman.api.schemas",
     "ferryman.api.subscription_schemas",
+    "ferryman.api.schedule_schemas",
 }
 CLIENT_MAY_LOAD_UNDER = ("ferryman.client", "ferryman.domain")
 CLIENT_MUST_NOT_LOAD = {

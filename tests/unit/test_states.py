@@ -264,9 +264,10 @@ def test_event_names_follow_the_state_names() -> None:
         assert event.value == "Run" + state.value.capitalize()
     for nstate, nevent in NODE_EVENT.items():
         assert nevent.value == "Node" + nstate.value.capitalize()
+    schedule_events = {"ScheduleTickMissed", "ScheduleTickSkipped", "ScheduleTickFailed"}
     assert {e.value for e in EventType} == {e.value for e in RUN_EVENT.values()} | {
         e.value for e in NODE_EVENT.values()
-    }
+    } | schedule_events
 
 
 def test_event_types_include_the_spec_list() -> None:

@@ -344,9 +344,9 @@ class TestErrors:
         )
         assert problems(path) == [
             "params.x.type: unknown type 'strng' (use one of: string, integer, number, "
-            "boolean, array, object, date, any)",
+            "boolean, array, object, date, any, json_config)",
             "params.y.items: unknown type 'thing' (use one of: string, integer, number, "
-            "boolean, array, object, date, any)",
+            "boolean, array, object, date, any, json_config)",
             "params.z: must be a mapping or a type name, not a number",
         ]
 
@@ -443,7 +443,7 @@ class TestErrors:
         )
         assert problems(path) == [
             "params.x.type: unknown type 'nope' (use one of: string, integer, number, "
-            "boolean, array, object, date, any)",
+            "boolean, array, object, date, any, json_config)",
             "steps[1].name: step name 'a' is used twice",
             "steps[1].depends_on[0]: unknown step 'zz' (steps: a, a)",
             "name: invalid pipeline name 'bad name': use letters, digits, '_', '-' or '.', "

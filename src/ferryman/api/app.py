@@ -15,6 +15,7 @@ from ferryman.api.routes import (
     health,
     pipelines,
     runs,
+    schedules,
     subscriptions,
     tokens,
     users,
@@ -46,7 +47,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(InputGuard)
     # Added last, so outermost: no body past the limit is read by anyone.
     app.add_middleware(BodyLimit, limit=settings.api.http_max_body_bytes)
-    for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
+    for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions, schedules):
         app.include_router(module.router)
     if settings.slack.bot_enabled:
         from ferryman.slack.routes import mount  # slack_bolt only when the bot is on

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from ferryman.cli import db, pipelines, preview, run, runs, subscriptions, worker
+from ferryman.cli import export as export_cli
+from ferryman.cli import schedules as schedules_cli
 from ferryman.cli import server as server_cli
 
 app = typer.Typer(
@@ -26,6 +28,9 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(pipelines.app, name="pipelines")
 app.add_typer(db.app, name="db")
 app.add_typer(subscriptions.app, name="subscriptions")
+app.add_typer(schedules_cli.app, name="schedules")
+app.command("scheduler")(schedules_cli.scheduler_command)
+app.add_typer(export_cli.app, name="export")
 
 
 @app.command("login")

@@ -210,8 +210,30 @@ def parse_params(pairs: list[str] | None, params_file: Path | None) -> dict[str,
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             fail(f"parameter {pair!r} must look like name=value")
-        params[key] = RawParam(raw)
+        if raw.startswith("@@"):  # a value that starts with "@"
+            params[key] = RawParam(raw[1:])
+        elif raw.startswith("@"):  # name=@config.json: the file's JSON (or YAML)
+            params[key] = _file_value(key, Path(raw[1:]))
+        else:
+            params[key] = RawParam(raw)
     return params
+
+
+def _file_value(key: str, path: Path) -> Any:
+    """The value of ``-p key=@path``: the file's JSON (YAML for .yaml/.yml)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        fail(f"parameter {key}: cannot read {path}: {exc.strerror or exc}")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except Exception as exc:
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        fail(f"parameter {key}: {path} is not valid {kind}: {exc}")
 
 
 class RawParam(str):

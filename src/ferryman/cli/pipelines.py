@@ -42,6 +42,8 @@ def deploy_command(
         from ferryman.domain.spec import PipelineSpec
         from ferryman.infra.registry import kind_problems
         from ferryman.services.catalog import register
+        from ferryman.services.schedules import reconcile as reconcile_schedules
+        from ferryman.store.engine import SCHEDULE_CHANNEL
 
         specs = specs_in(file)
         if not specs:
@@ -66,6 +68,12 @@ def deploy_command(
                 pv = register(conn, namespace, spec)
                 what = "new version" if pv.created else "unchanged"
                 console.print(f"{namespace}/{pv.name}: version {pv.version} ({what})")
+                done = reconcile_schedules(conn, namespace, spec.name, spec.schedules)
+                for verb, names in done.items():
+                    for name in names:
+                        console.print(f"  schedule {name}: {verb}")
+                if any(done.values()):
+                    store.notify(conn, SCHEDULE_CHANNEL)
                 for warning in pv.warnings:
                     console.print(f"[yellow]warning:[/] {warning}")
 

@@ -30,6 +30,7 @@ from ferryman.client.aio_admin import AsyncAdmin
 from ferryman.client.base import DEFAULT_TIMEOUT, ClientBase
 from ferryman.client.calls import Call, Calls, parse, run_create
 from ferryman.client.errors import error_of, transport_error
+from ferryman.client.schedules import AsyncSchedules
 from ferryman.client.sse import STREAM_READ_TIMEOUT, LogFollow, SseParser
 from ferryman.domain.spec import PipelineSpec
 from ferryman.domain.states import RunState
@@ -37,7 +38,7 @@ from ferryman.domain.states import RunState
 T = TypeVar("T")
 
 
-class AsyncClient(AsyncAdmin, ClientBase):
+class AsyncClient(AsyncAdmin, AsyncSchedules, ClientBase):
     """Asynchronous client: the methods of ``Client`` as coroutines
     (``iter_runs`` and ``follow_logs`` are async generators). Use as an async
     context manager, or call ``aclose()``.

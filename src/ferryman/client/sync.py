@@ -28,6 +28,7 @@ from ferryman.api.schemas import (
 from ferryman.client.base import DEFAULT_TIMEOUT, ClientBase
 from ferryman.client.calls import Call, Calls, parse, run_create
 from ferryman.client.errors import error_of, transport_error
+from ferryman.client.schedules import SyncSchedules
 from ferryman.client.sse import STREAM_READ_TIMEOUT, LogFollow, SseParser
 from ferryman.client.sync_admin import SyncAdmin
 from ferryman.domain.spec import PipelineSpec
@@ -36,7 +37,7 @@ from ferryman.domain.states import RunState
 T = TypeVar("T")
 
 
-class Client(SyncAdmin, ClientBase):
+class Client(SyncAdmin, SyncSchedules, ClientBase):
     """Synchronous client. Use as a context manager, or call ``close()``.
 
     ``token`` is a JWT from ``login`` or a long-lived API token (``fm_…``);

@@ -26,6 +26,10 @@ class EventType(StrEnum):
     NODE_RETRYING = "NodeRetrying"
     NODE_SKIPPED = "NodeSkipped"
     NODE_CANCELLED = "NodeCancelled"
+    # A schedule's tick that started no run (its ``run_id`` is the schedule's id).
+    SCHEDULE_TICK_MISSED = "ScheduleTickMissed"
+    SCHEDULE_TICK_SKIPPED = "ScheduleTickSkipped"
+    SCHEDULE_TICK_FAILED = "ScheduleTickFailed"
 
 
 RUN_EVENT: dict[RunState, EventType] = {

@@ -80,7 +80,9 @@ class Origin(_Stored):
     who asked, when known. A run started by an event trigger also records the
     run whose end fired it (``run_id``, ``namespace``, ``pipeline``, ``state``,
     ``event_id``), its level in the trigger chain (``depth``) and which of the
-    target pipeline's triggers fired (``trigger``, its position).
+    target pipeline's triggers fired (``trigger``, its position). A run
+    started by a schedule (``kind="schedule"``, ``"backfill"`` or ``"manual"``)
+    records the schedule's name (``schedule``) and its tick (``tick``, UTC ISO).
     """
 
     kind: str
@@ -92,6 +94,8 @@ class Origin(_Stored):
     event_id: str | None = None
     depth: int | None = None
     trigger: int | None = None
+    schedule: str | None = None
+    tick: str | None = None
 
     @classmethod
     def from_stored(cls, raw: Mapping[str, Any] | None) -> Origin | None:

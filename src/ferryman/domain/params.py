@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 # ParamError and ParamsInvalid are imported from here too (their home before
 # they got their own module).
+from ferryman.domain.json_config import json_config_checker
 from ferryman.domain.param_errors import ParamError as ParamError
 from ferryman.domain.param_errors import ParamsInvalid as ParamsInvalid
 from ferryman.domain.spec import ParamSpec, PipelineSpec
@@ -29,8 +30,12 @@ _SCALARS: dict[str, Any] = {
 
 
 def _python_type(p: ParamSpec) -> Any:
+    if p.type == "json_config":
+        assert p.json_schema is not None  # ParamSpec checks it
+        t: Any = Annotated[Any, AfterValidator(json_config_checker(p.json_schema))]
+        return t | None if p.nullable else t
     if p.enum:
-        t: Any = Literal[tuple(p.enum)]
+        t = Literal[tuple(p.enum)]
     elif p.type == "array":
         item = _SCALARS.get(p.items or "any", Any)
         t = list[item]  # type: ignore[valid-type]
@@ -110,7 +115,7 @@ def _reason(e: Any, spec: PipelineSpec) -> str:
         and not isinstance(given, bool)
     ):
         return f'{e["msg"]} (got the number {json.dumps(given)}: send it as text, "{given}")'
-    return str(e["msg"])
+    return str(e["msg"]).removeprefix("Value error, ")
 
 
 def validate_params(spec: PipelineSpec, raw: dict[str, Any] | None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from pydantic import (
 # whole spec is imported from, so they are re-exported here.
 from ferryman.domain.names import NAME_RE as NAME_RE
 from ferryman.domain.names import check_name as check_name
+from ferryman.domain.schedules import ScheduleSpec
 from ferryman.domain.steps import STEP_MODELS as STEP_MODELS
 from ferryman.domain.steps import ContainerStep as ContainerStep
 from ferryman.domain.steps import FunctionRef as FunctionRef
@@ -55,7 +56,9 @@ from ferryman.domain.steps import parse_step as parse_step
 
 REF_KEYS = ("$param", "$step", "$value")
 
-ParamType = Literal["string", "integer", "number", "boolean", "array", "object", "date", "any"]
+ParamType = Literal[
+    "string", "integer", "number", "boolean", "array", "object", "date", "any", "json_config"
+]
 
 
 class _Frozen(BaseModel):
@@ -78,6 +81,9 @@ class ParamSpec(_Frozen):
     max_length: int | None = None
     pattern: str | None = None
     nullable: bool = False
+    # The JSON Schema a ``json_config`` value must satisfy (only that type has
+    # one; left out of the JSON when absent, so older versions hash as before).
+    json_schema: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("name")
     @classmethod
@@ -85,6 +91,18 @@ class ParamSpec(_Frozen):
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
             raise ValueError(f"invalid parameter name {v!r}: use a Python identifier")
         return v
+
+    @model_validator(mode="after")
+    def _config_schema(self) -> ParamSpec:
+        if self.type == "json_config":
+            if self.json_schema is None:
+                raise ValueError(f"parameter {self.name!r}: a json_config needs a 'schema'")
+            from ferryman.domain.json_config import check_schema
+
+            check_schema(self.name, self.json_schema)
+        elif self.json_schema is not None:
+            raise ValueError(f"parameter {self.name!r}: only a json_config has a 'schema'")
+        return self
 
 
 class ValidatorSpec(_Frozen):
@@ -243,6 +261,21 @@ class PipelineSpec(_Frozen):
     # Added after versions were first hashed: without triggers a pipeline
     # serialises (and so hashes) exactly as before.
     triggers: list[TriggerSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # Schedules the pipeline declares (reconciled by name on deploy); the same
+    # rule: without them a pipeline hashes as before.
+    schedules: list[ScheduleSpec] = Field(default_factory=list, exclude_if=lambda v: not v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_pipeline(cls, data: Any) -> Any:
+        """A declared schedule runs the pipeline declaring it."""
+        if isinstance(data, dict) and data.get("schedules") and isinstance(data.get("name"), str):
+            data = dict(data)
+            data["schedules"] = [
+                {"pipeline": data["name"], **s} if isinstance(s, dict) else s
+                for s in data["schedules"]
+            ]
+        return data
 
     @field_validator("name")
     @classmethod
@@ -283,6 +316,12 @@ class PipelineSpec(_Frozen):
                 if f not in pnames:
                     errors.append(f"validator {v.kind!r} names unknown parameter {f!r}")
         errors.extend(self._trigger_problems(pnames))
+        declared = [sch.name for sch in self.schedules]
+        for n in sorted({n for n in declared if declared.count(n) > 1}):
+            errors.append(f"schedule name {n!r} is used twice")
+        for sch in self.schedules:
+            if sch.pipeline != self.name:
+                errors.append(f"schedule {sch.name!r} runs {sch.pipeline!r}, not this pipeline")
         if errors:
             raise ValueError("; ".join(errors))
         if len(topological_order(self.steps)) != len(self.steps):

@@ -54,6 +54,8 @@ class Param:
     min_length: int | None = None
     max_length: int | None = None
     pattern: str | None = None
+    #: A JSON Schema: the parameter is a ``json_config`` checked against it.
+    schema: dict[str, Any] | None = None
 
 
 class _Placeholder:
@@ -415,7 +417,7 @@ def _param_spec(
             elif isinstance(m, Param):
                 # Fields set on the Annotated Param fill in what the default's Param left unset.
                 fields = ("description", "minimum", "maximum", "min_length", "max_length",
-                          "pattern")  # fmt: skip
+                          "pattern", "schema")  # fmt: skip
                 merged = {
                     k: getattr(info, k) if getattr(info, k) not in (None, "") else getattr(m, k)
                     for k in fields
@@ -456,6 +458,9 @@ def _param_spec(
             f"{where}: parameter {name!r} has unsupported type {ann!r}; use str, int, "
             "float, bool, date, list[...], dict, Literal[...] or Optional of those"
         )
+    if info.schema is not None:  # a configuration checked against its JSON Schema
+        ptype = "json_config"
+        extra["json_schema"] = info.schema
     has_default = info.default is not _NO_DEFAULT
     default_value = info.default if has_default else None
     if has_default and isinstance(default_value, dt.date):
@@ -563,6 +568,7 @@ class Pipeline:
                 timeout=self.options.get("timeout"),
                 labels=self.options.get("labels") or {},
                 triggers=self._triggers(where),
+                schedules=self._schedules(where),
             )
         except ValidationError as exc:
             problems = "; ".join(
@@ -579,6 +585,14 @@ class Pipeline:
             listed = "".join(f"\n  - {path}: {message}" for path, message in bad)
             raise DSLError(f"{where}: invalid parameter defaults:{listed}")
         return compiled
+
+    def _schedules(self, where: str) -> list[dict[str, Any]]:
+        raw = self.options.get("schedules") or []
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(x, dict) for x in raw):
+            raise DSLError(
+                f"{where}: schedules must be a list of cron(...) or interval(...) declarations"
+            )
+        return [dict(x) for x in raw]
 
     def _triggers(self, where: str) -> list[dict[str, Any]]:
         from ferryman.dsl.triggers import Trigger
@@ -604,6 +618,7 @@ _PIPELINE_OPTIONS = {
     "labels",
     "validators",
     "triggers",
+    "schedules",
 }
 
 
@@ -616,7 +631,8 @@ def pipeline(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     (default for its steps), ``timeout`` (whole run, seconds), ``labels``,
     ``validators`` (e.g. ``[required_together("start", "end")]``), ``triggers``
     (e.g. ``[on_run("extract", params={"day": param("day")})]``, see
-    ``ferryman.dsl.triggers``)."""
+    ``ferryman.dsl.triggers``), ``schedules`` (e.g. ``[cron("0 3 * * *")]``, see
+    ``ferryman.dsl.schedules``)."""
     unknown = set(options) - _PIPELINE_OPTIONS
     if unknown:
         raise DSLError(

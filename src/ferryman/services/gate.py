@@ -259,6 +259,12 @@ class Tx:
             }
         )
 
+    def record_event(self, event: dict[str, Any]) -> None:
+        """Queue an event that is no run's or node's transition (a schedule's
+        missed tick, say; every column of ``events`` but ``seq``): ``flush``
+        writes it with the others and the ``on_events`` hooks see it."""
+        self._events.append(event)
+
     def wake(self, channel: str = WAKE_CHANNEL) -> None:
         """Wake the loops of ``channel`` once this transaction commits."""
         if self.store is None:

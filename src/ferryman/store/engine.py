@@ -38,11 +38,12 @@ if TYPE_CHECKING:
     from ferryman.store.listener import Listener
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0011"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
 CANCEL_CHANNEL = "ferryman_cancel"  # a running step was asked to stop
+SCHEDULE_CHANNEL = "ferryman_schedules"  # a schedule was created, edited or resumed
 _CHANNEL_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 

@@ -507,3 +507,51 @@ slack_messages = sa.Table(
     sa.UniqueConstraint("channel", "ts", name="uq_slack_messages_message"),
     sa.Index("ix_slack_messages_open", "done", "run_id"),
 )
+
+# -- issue 13: schedules and their ticks ---------------------------------------------
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("namespace", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("pipeline", sa.String(128), nullable=False),
+    # The ScheduleSpec as JSON (domain/schedules.py); paused is a column too.
+    sa.Column("spec", JSONType, nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    # "api" (API, CLI, client) or "pipeline" (declared by a pipeline, reconciled on deploy)
+    sa.Column("source", sa.String(16), nullable=False),
+    # Every tick at or before the cursor has been decided (fired, missed, ...).
+    sa.Column("cursor", UTCDateTime, nullable=False),
+    # When the next undecided tick is due (NULL: never again): the scheduler's index.
+    sa.Column("next_due_at", UTCDateTime, nullable=True),
+    sa.Column("buffered", sa.Integer, nullable=False, default=0),
+    sa.Column("created_by", sa.String(128), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("namespace", "name", name="uq_schedules_name"),
+    sa.Index("ix_schedules_due", "paused", "next_due_at"),
+)
+
+schedule_ticks = sa.Table(
+    "schedule_ticks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "schedule_id",
+        sa.String(32),
+        sa.ForeignKey("schedules.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # The tick in UTC: claimed once, in the transaction that creates its run.
+    sa.Column("fire_time", UTCDateTime, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    # "schedule" (the scheduler), "backfill" or "manual" (run now)
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("schedule_id", "fire_time", name="uq_schedule_ticks_time"),
+    sa.Index("ix_schedule_ticks_state", "schedule_id", "state", "fire_time"),
+)

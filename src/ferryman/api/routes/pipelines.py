@@ -22,6 +22,8 @@ from ferryman.domain.spec import NAME_RE, PipelineSpec
 from ferryman.errors import InvalidInput, TooLarge
 from ferryman.services import queries, triggers
 from ferryman.services.catalog import list_pipelines, register
+from ferryman.services.schedules import reconcile as reconcile_schedules
+from ferryman.store.engine import SCHEDULE_CHANNEL
 
 router = APIRouter(tags=["pipelines"])
 
@@ -151,6 +153,9 @@ def register_pipeline(
     _check_step_kinds(spec)
     with store.write() as conn:
         pv = register(conn, ns, spec)
+        # the schedules the pipeline declares, by name (docs/schedules.md)
+        if any(reconcile_schedules(conn, ns, spec.name, spec.schedules).values()):
+            store.notify(conn, SCHEDULE_CHANNEL)
     out = PipelineRegistered(
         namespace=ns,
         name=pv.name,

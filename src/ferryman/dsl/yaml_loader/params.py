@@ -11,7 +11,17 @@ from ferryman.domain.validators import check_validator_spec
 from ferryman.dsl.defaults import default_problems
 from ferryman.dsl.yaml_loader.context import Context, clean_message, describe, join_path, loc_path
 
-PARAM_TYPES = ("string", "integer", "number", "boolean", "array", "object", "date", "any")
+PARAM_TYPES = (
+    "string",
+    "integer",
+    "number",
+    "boolean",
+    "array",
+    "object",
+    "date",
+    "any",
+    "json_config",
+)
 TYPE_ALIASES = {
     "str": "string",
     "int": "integer",
@@ -45,6 +55,8 @@ def compile_params(ctx: Context, raw: Any) -> Any:
         for key in ("type", "items"):
             if key in d:
                 d[key] = _param_type(ctx, d[key], f"{path}.{key}")
+        if "schema" in d:  # a json_config's JSON Schema
+            d["json_schema"] = d.pop("schema")
         if "required" not in d:
             d["required"] = "default" not in d
         if "nullable" not in d and d["required"] is False and d.get("default") is None:
