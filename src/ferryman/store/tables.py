@@ -467,3 +467,16 @@ delivery_attempts = sa.Table(
     sa.Column("response", sa.Text, nullable=True),
     sa.Index("ix_delivery_attempts_delivery", "delivery_id", "id"),
 )
+
+# Values of ferryman's own secret store (``ferryman secrets set``): sealed by
+# the store's SecretBox, never returned by the API or the CLI; resolved for a
+# step that declares the name, at dispatch.
+stored_secrets = sa.Table(
+    "stored_secrets",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("value", Sealed, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=True),
+)

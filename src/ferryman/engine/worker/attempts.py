@@ -22,6 +22,7 @@ from ferryman.domain.steps import StepSpec
 from ferryman.infra.base import Infrastructure, OutputCapture, StepLaunch
 from ferryman.infra.registry import InfraPool, check_step
 from ferryman.infra.step_kinds import step_kind
+from ferryman.secret_resolvers.base import SecretChain, SecretResolver, SecretsError
 from ferryman.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,11 @@ class Attempts:
         concurrency: int,
         grace_seconds: float,
         wake: Callable[[], None],
+        secrets: SecretResolver | None = None,
     ) -> None:
         self.infra = infra
+        #: Resolves the secrets a step declares, when its attempt starts.
+        self.secrets: SecretResolver = secrets or SecretChain([])
         self.concurrency = concurrency
         self.grace_seconds = grace_seconds
         self.inbox = Inbox(wake)
@@ -177,6 +181,7 @@ class Attempts:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._killers.shutdown(wait=False)
         self.infra.close()
+        self.secrets.close()
 
     # -- in an attempt thread -----------------------------------------------------
 
@@ -192,6 +197,16 @@ class Attempts:
         if a.setup_error is not None or a.launch is None:
             return Outcome(a, ok=False, error=a.setup_error or "could not prepare the step")
         launch = a.launch
+        if launch.step.secrets:
+            # Resolved here, in the attempt's thread, outside any transaction:
+            # a resolver may ask a remote source (Kubernetes, the database).
+            try:
+                launch.secrets = self.secrets.resolve(launch.step.secrets)
+            except SecretsError as exc:
+                if not a.reattach:
+                    return Outcome(a, ok=False, error=f"secrets: {exc}")
+                # The step runs already: follow it, masking token shapes only.
+                log.warning("re-attaching %s#%s without its secrets: %s", a.name, a.attempt, exc)
         infra = self.infra.get(a.kind)
         capture = OutputCapture(launch.nonce, lambda s, line: self._log(a, s, line), launch.mask)
         if a.reattach and a.identifier is not None:
