@@ -15,6 +15,7 @@ from ferryman.api.routes import (
     health,
     pipelines,
     runs,
+    secrets,
     subscriptions,
     tokens,
     users,
@@ -48,4 +49,5 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.api.http_max_body_bytes)
     for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions):
         app.include_router(module.router)
+    app.include_router(secrets.router)
     return app

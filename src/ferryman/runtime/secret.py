@@ -61,7 +61,7 @@ class Secret:
     def __hash__(self) -> int:
         return hash((Secret, self._name))
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         # Never written out by pickle (a multiprocessing queue, a cache).
         raise TypeError("a Secret cannot be pickled")
 
