@@ -22,6 +22,7 @@ from ferryman.domain.steps import StepSpec
 from ferryman.infra.base import Infrastructure, OutputCapture, StepLaunch
 from ferryman.infra.registry import InfraPool, check_step
 from ferryman.infra.step_kinds import step_kind
+from ferryman.redaction import SHAPES_ONLY, Masker
 from ferryman.secret_resolvers.base import SecretChain, SecretResolver, SecretsError
 from ferryman.store.tables import utcnow
 
@@ -191,6 +192,8 @@ class Attempts:
         except Exception as exc:  # never lose an attempt to a bug in a backend
             log.exception("attempt %s/%s#%s crashed", a.run_id, a.name, a.attempt)
             outcome = Outcome(a, ok=False, error=f"internal error: {type(exc).__name__}: {exc}")
+            # an exception's text may quote what it was given: the step's secrets too
+            outcome.error = _mask_of(a)(outcome.error)
         self.inbox.done(outcome)
 
     def _run(self, a: Attempt) -> Outcome:
@@ -222,7 +225,9 @@ class Attempts:
                 check_step(type(infra), launch.step)
                 ident = infra.start(launch, capture)
             except Exception as exc:
-                return Outcome(a, ok=False, error=f"could not start on {a.kind}: {exc}")
+                # a backend's error may echo the env it was given: mask it
+                error = launch.mask(f"could not start on {a.kind}: {exc}")
+                return Outcome(a, ok=False, error=error)
             a.identifier = ident
         if infra.records_identifier and not a.reattach:
             self.inbox.started(a)
@@ -257,6 +262,11 @@ class Attempts:
                 "time": utcnow(),
             }
         )
+
+
+def _mask_of(a: Attempt) -> Masker:
+    """The masker of ``a``'s secrets (token shapes only before they are known)."""
+    return a.launch.mask if a.launch is not None else SHAPES_ONLY
 
 
 def _reattach(infra: Infrastructure, a: Attempt, ident: str, capture: OutputCapture) -> bool:
