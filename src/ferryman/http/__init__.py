@@ -8,6 +8,9 @@ Three clients, one set of defaults:
   deliveries (the event deliverer; why aiohttp: decision 0005);
 - ``ferryman.http.slack.slack_client`` (slack_sdk): Slack messages.
 
+And for steps, ``ferryman.http.api_call`` (``api_calls``): one request to an
+API with mandatory timeouts, safe retries and masked logs (httpx, stamina).
+
 Each is in its own submodule, imported on first use, so importing this
 package (or ferryman) never imports httpx, aiohttp or slack_sdk.
 
@@ -23,6 +26,7 @@ or a non-2xx status, into a safe short text and whether retrying can help;
 one parser reads ``Retry-After``.
 """
 
+from ferryman.http.api_calls import ApiCallFailed, ApiResponse, api_call
 from ferryman.http.base import (
     PERMISSIVE,
     USER_AGENT,
@@ -46,10 +50,13 @@ __all__ = [
     "PERMISSIVE",
     "RESPONSE_EXCERPT",
     "USER_AGENT",
+    "ApiCallFailed",
+    "ApiResponse",
     "DestinationPolicy",
     "DestinationRefused",
     "Failure",
     "Timeouts",
+    "api_call",
     "describe",
     "destination_policy",
     "ip_literal",
