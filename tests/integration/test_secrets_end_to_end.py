@@ -12,9 +12,10 @@ import base64
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.k8s_fake import FakeCluster
+from tests.webhook_support import Receiver, always
 
 from ferryman.domain.options import RunOptions
 from ferryman.dsl.loader import load_pipeline
@@ -29,8 +30,6 @@ from ferryman.services.secret_store import set_secret
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 from ferryman.store.tables import metadata
-from tests.k8s_fake import FakeCluster
-from tests.webhook_support import Receiver, always
 
 KEY = "cast-Key-4f9a1c7e2b5d"
 BOT = Path(__file__).parent.parent / "pipelines" / "secret_bot.py"
