@@ -14,8 +14,14 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 MASKED = "********"
+# The secrets of a step running in a thread of the worker (``inline``, the
+# fake infrastructure), where per-step environment variables cannot be set.
+_THREAD = threading.local()
 
 
 class Secret:
@@ -71,14 +77,28 @@ def secret(name: str) -> Secret:
 
     The worker resolved it when the attempt started and gave it to the step's
     process as the variable ``name``; ``LookupError`` when it did not (the step
-    did not declare it, or runs ``inline``, where per-step variables cannot be set).
+    did not declare it). A step running in a thread of the worker (``inline``)
+    gets its secrets here, not in ``os.environ``.
     """
     if name.upper().startswith("FERRYMAN_"):
         raise LookupError(f"{name}: FERRYMAN_* names are ferryman's own, never a step's secret")
-    value = os.environ.get(name)
+    given: Mapping[str, str] | None = getattr(_THREAD, "secrets", None)
+    value = given.get(name) if given is not None else os.environ.get(name)
     if value is None:
         raise LookupError(
             f"secret {name} was not given to this step: declare it with "
             f"@step(secrets=[{name!r}]) (or secrets: [{name}] in YAML)"
         )
     return Secret(name, value)
+
+
+@contextmanager
+def step_secrets(values: Mapping[str, str]) -> Iterator[None]:
+    """``secret()`` answers from ``values`` in this thread, for the block (a
+    step run in a thread of the worker; its environment is the worker's)."""
+    before = getattr(_THREAD, "secrets", None)
+    _THREAD.secrets = dict(values)
+    try:
+        yield
+    finally:
+        _THREAD.secrets = before
