@@ -80,9 +80,12 @@ _PEM_BEGIN_RE = re.compile(_PEM_BEGIN)
 _PEM_END_RE = re.compile(_PEM_END)
 # What every token shape starts with: one cheap search decides whether the
 # shapes need looking for at all (most lines have none).
+# (Each alternative starts with a literal character: a character class or a
+# case-insensitive group at the start made the search of every line 3x slower.
+# "earer " and "asic " stand for Bearer and Basic in their usual spellings.)
 _SHAPE_START = re.compile(
     r"xox|xapp-|gh[pousr]_|github_pat_|AKIA|ASIA|whsec_|fm_|eyJ|-----BEGIN|_live_|AIza"
-    r"|(?i:bearer |authorization: basic )"
+    r"|earer |EARER |asic |ASIC "
 )
 # URL-safe base64 read as standard base64: one alphabet to look for.
 _URLSAFE_AS_STD = str.maketrans("-_", "+/")
