@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -12,7 +13,7 @@ import stamina
 from tests.webhook_support import Receiver, always, receivers, sequence
 
 from ferryman import Secret
-from ferryman.http import ApiCallFailed, Timeouts, api_call
+from ferryman.http import ApiCallFailed, Timeouts, api_call, api_call_async
 
 __all__ = ["receivers"]
 
@@ -145,3 +146,49 @@ def test_metadata_services_are_refused() -> None:
     with pytest.raises(ApiCallFailed, match="metadata") as info:
         api_call("GET", "http://169.254.169.254/latest/meta-data/")
     assert info.value.permanent
+
+
+# -- the asyncio twin: the same rules through aiohttp ---------------------------------
+
+
+def test_async_success_and_masked_logs(receivers: Make, caplog: pytest.LogCaptureFixture) -> None:
+    r = receivers(always(201, b'{"id": 7}'))
+    with caplog.at_level(logging.DEBUG):
+        got = asyncio.run(api_call_async("PATCH", url(r), json={"a": 1}, secret=SECRET))
+    assert got.status == 201 and got.json() == {"id": 7}
+    req = r.requests[0]
+    assert req.method == "PATCH" and req.json() == {"a": 1}
+    assert req.headers["authorization"] == f"Bearer {KEY}"
+    assert KEY not in caplog.text and "-> 201" in caplog.text
+
+
+def test_async_4xx_permanent_and_post_not_retried(receivers: Make) -> None:
+    r = receivers(sequence((403, {}, f"no: {KEY}".encode(), 0.0), (503, {}, b"x", 0.0)))
+    with pytest.raises(ApiCallFailed) as info:
+        asyncio.run(api_call_async("GET", url(r), secret=SECRET))
+    assert info.value.status == 403 and info.value.permanent and KEY not in str(info.value)
+    with pytest.raises(ApiCallFailed) as info:
+        asyncio.run(api_call_async("POST", url(r), json={}))
+    assert info.value.status == 503 and len(r.requests) == 2
+
+
+def test_async_retry_after_and_idempotency_key(receivers: Make) -> None:
+    r = receivers(sequence((429, {"Retry-After": "1"}, b"slow", 0.0)))
+    got = asyncio.run(api_call_async("POST", url(r), json={"n": 1}, idempotency_key="k"))
+    assert got.attempts == 2 and r.requests[1].time - r.requests[0].time >= 0.95
+    assert [q.json() for q in r.requests] == [{"n": 1}, {"n": 1}]
+
+
+def test_async_total_timeout_and_refused_connection(receivers: Make) -> None:
+    r = receivers(always())
+    r.plan = lambda n: (200, {}, b"late", 5.0)
+    started = time.monotonic()
+    with pytest.raises(ApiCallFailed, match="timed out"):
+        asyncio.run(api_call_async("GET", url(r), timeout=Timeouts(1, 0.5, 1.5), attempts=10))
+    assert time.monotonic() - started < 5
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with stamina.set_testing(True, attempts=3), pytest.raises(ApiCallFailed) as info:
+        asyncio.run(api_call_async("POST", f"http://127.0.0.1:{port}/", json={}))
+    assert info.value.attempts == 3

@@ -9,7 +9,8 @@ Three clients, one set of defaults:
 - ``ferryman.http.slack.slack_client`` (slack_sdk): Slack messages.
 
 And for steps, ``ferryman.http.api_call`` (``api_calls``): one request to an
-API with mandatory timeouts, safe retries and masked logs (httpx, stamina).
+API with mandatory timeouts, safe retries and masked logs (httpx, stamina);
+``api_call_async`` is its twin for asyncio (aiohttp; ``api_calls_aio``).
 
 Each is in its own submodule, imported on first use, so importing this
 package (or ferryman) never imports httpx, aiohttp or slack_sdk.
@@ -46,6 +47,14 @@ from ferryman.http.errors import (
     retry_after,
 )
 
+
+async def api_call_async(method: str, url: str, **options: object) -> ApiResponse:
+    """``api_call`` for asyncio (imports aiohttp on first call)."""
+    from ferryman.http.api_calls_aio import api_call_async as call
+
+    return await call(method, url, **options)  # type: ignore[arg-type]
+
+
 __all__ = [
     "PERMISSIVE",
     "RESPONSE_EXCERPT",
@@ -57,6 +66,7 @@ __all__ = [
     "Failure",
     "Timeouts",
     "api_call",
+    "api_call_async",
     "describe",
     "destination_policy",
     "ip_literal",

@@ -102,8 +102,9 @@ class ApiResponse:
         return jsonlib.loads(self.content)
 
 
-class _Retry(Exception):
-    """One attempt failed in a way another may fix (``wait``: Retry-After)."""
+class RetryableFailure(Exception):
+    """One attempt failed in a way another may fix (``wait``: Retry-After);
+    the last one's ``failure`` is what the caller gets."""
 
     def __init__(self, failure: ApiCallFailed, wait: float | None = None) -> None:
         super().__init__(str(failure))
@@ -111,7 +112,49 @@ class _Retry(Exception):
         self.wait = wait
 
 
-def api_call(
+@dataclass
+class Call:
+    """A request prepared once for all its attempts (``prepare``)."""
+
+    method: str
+    url: str
+    body: bytes | None
+    headers: dict[str, str]
+    params: Mapping[str, str | int | float] | None
+    limits: Timeouts
+    attempts: int
+    max_retry_after: float
+    mask: Redactor
+    shown: str
+    retry_all: bool
+    deadline: float = 0.0
+
+    def start(self) -> None:
+        """The total timeout starts now."""
+        assert self.limits.total is not None
+        self.deadline = time.monotonic() + self.limits.total
+
+    def on(self, exc: Exception) -> bool | float:
+        """stamina's hook: whether to retry after ``exc``, or how long to wait."""
+        if not isinstance(exc, RetryableFailure):
+            return False
+        if exc.wait is None:
+            return True
+        if exc.wait > self.max_retry_after or time.monotonic() + exc.wait > self.deadline:
+            return False  # the server asks for longer than we may wait
+        return exc.wait
+
+    def retry_context(self) -> Any:
+        import stamina
+
+        assert self.limits.total is not None
+        return stamina.retry_context(
+            on=self.on, attempts=self.attempts, timeout=self.limits.total,
+            wait_initial=0.2, wait_max=10.0,
+        )  # fmt: skip
+
+
+def prepare(
     method: str,
     url: str,
     *,
@@ -126,116 +169,124 @@ def api_call(
     timeout: Timeouts | float = DEFAULT_TIMEOUTS,
     attempts: int = 4,
     max_retry_after: float = 60.0,
-    policy: DestinationPolicy | None = None,
-    transport: Any = None,
-) -> ApiResponse:
-    """Send one request (retried when that is safe) and return its 2xx/3xx answer;
-    ``ApiCallFailed`` otherwise. See the module's documentation."""
-    import httpx
-    import stamina
-
-    from ferryman.http.sync import sync_client
-
+) -> Call:
+    """The request ``api_call`` (and ``api_call_async``) sends; ``ValueError``
+    for a missing timeout or a bad combination of arguments."""
     method = method.upper()
     limits = _timeouts(timeout)
-    assert limits.total is not None
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     value = secret.reveal() if isinstance(secret, Secret) else secret
     mask = Redactor.of([value] if value else [])
-    body, sent_headers = _request(json, content, headers, idempotency_key)
+    body, sent = _request(json, content, headers, idempotency_key)
     if value:
-        sent_headers[secret_header] = f"{auth_scheme} {value}" if auth_scheme else value
-    retry_all = method in IDEMPOTENT or any(k.lower() == "idempotency-key" for k in sent_headers)
-    shown = _shown(url, mask)
-    deadline = time.monotonic() + limits.total
+        sent[secret_header] = f"{auth_scheme} {value}" if auth_scheme else value
+    retry_all = method in IDEMPOTENT or any(k.lower() == "idempotency-key" for k in sent)
+    return Call(method, url, body, sent, params, limits, attempts, max_retry_after, mask,
+                _shown(url, mask), retry_all)  # fmt: skip
+
+
+def api_call(
+    method: str,
+    url: str,
+    *,
+    policy: DestinationPolicy | None = None,
+    transport: Any = None,
+    **options: Any,
+) -> ApiResponse:
+    """Send one request (retried when that is safe) and return its 2xx/3xx answer;
+    ``ApiCallFailed`` otherwise. ``options``: ``json``, ``content``, ``params``,
+    ``headers``, ``secret``, ``auth_scheme``, ``secret_header``,
+    ``idempotency_key``, ``timeout``, ``attempts``, ``max_retry_after`` (see
+    the module's documentation). ``transport``: an httpx transport (tests)."""
+    import httpx
+
+    from ferryman.http.sync import sync_client
+
+    call = prepare(method, url, **options)
+    call.start()
     count = 0
-
-    def on(exc: Exception) -> bool | float:
-        if not isinstance(exc, _Retry):
-            return False
-        if exc.wait is None:
-            return True
-        if exc.wait > max_retry_after or time.monotonic() + exc.wait > deadline:
-            return False  # the server asks for longer than we may wait
-        return exc.wait
-
     client = sync_client(
-        Timeouts(limits.connect, limits.read), policy=policy or _default_policy(),
+        Timeouts(call.limits.connect, call.limits.read), policy=policy or default_policy(),
         transport=transport,
     )  # fmt: skip
     try:
-        try:
-            for attempt in stamina.retry_context(
-                on=on, attempts=attempts, timeout=limits.total, wait_initial=0.2, wait_max=10.0
-            ):
-                with attempt:
-                    count += 1
-                    return _attempt(
-                        client, method, url, body, sent_headers, params, deadline,
-                        retry_all, mask, shown, count,
-                    )  # fmt: skip
-        except _Retry as exc:
-            exc.failure.attempts = count
-            raise exc.failure from None
+        for attempt in call.retry_context():
+            with attempt:
+                count += 1
+                return _attempt(client, call, count)
+    except RetryableFailure as exc:
+        exc.failure.attempts = count
+        raise exc.failure from None
     except httpx.InvalidURL:
-        raise ApiCallFailed(f"{method} {shown}: invalid URL", permanent=True) from None
+        raise ApiCallFailed(f"{call.method} {call.shown}: invalid URL", permanent=True) from None
     finally:
         client.close()
     raise AssertionError("unreachable")  # pragma: no cover - stamina raises or returns
 
 
-def _attempt(
-    client: Any,
-    method: str,
-    url: str,
-    body: bytes | None,
-    headers: dict[str, str],
-    params: Mapping[str, Any] | None,
-    deadline: float,
-    retry_all: bool,
-    mask: Redactor,
-    shown: str,
-    count: int,
-) -> ApiResponse:
+def _attempt(client: Any, call: Call, count: int) -> ApiResponse:
     import httpx
 
     started = time.monotonic()
     try:
-        with client.stream(method, url, content=body, headers=headers, params=params) as r:
+        with client.stream(
+            call.method, call.url, content=call.body, headers=call.headers, params=call.params
+        ) as r:
             chunks = []
             for chunk in r.iter_bytes():
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
+                if time.monotonic() > call.deadline:
                     raise httpx.ReadTimeout("the total timeout passed while reading the answer")
             data = b"".join(chunks)
     except Exception as exc:
-        ms = (time.monotonic() - started) * 1000
-        failure = describe(exc, secrets=mask.secrets)
-        text = mask(failure.error)
-        log.info("%s %s failed in %.0f ms (attempt %d): %s", method, shown, ms, count, text)
-        error = ApiCallFailed(
-            f"{method} {shown}: {text}", attempts=count, permanent=not failure.retryable
-        )
-        # Nothing was sent when no connection opened: any method may try again.
         not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-        if failure.retryable and (retry_all or not_sent):
-            raise _Retry(error) from None
-        raise error from None
+        raise judge_exception(exc, not_sent, call, count, started) from None
     elapsed = time.monotonic() - started
-    log.info("%s %s -> %d in %.0f ms (attempt %d)", method, shown, r.status_code,
-             elapsed * 1000, count)  # fmt: skip
-    if r.status_code < 400:
-        return ApiResponse(r.status_code, dict(r.headers), data, elapsed, count, str(r.url))
-    excerpt = response_excerpt(mask(data.decode("utf-8", "replace")), 300)
-    permanent = r.status_code < 500 and r.status_code not in RETRY_STATUSES
-    message = f"{method} {shown}: HTTP {r.status_code}" + (f": {excerpt}" if excerpt else "")
+    return judge_answer(call, r.status_code, r.headers, data, elapsed, count, str(r.url))
+
+
+def judge_exception(
+    exc: BaseException, not_sent: bool, call: Call, count: int, started: float
+) -> ApiCallFailed | RetryableFailure:
+    """What a failed attempt means: the error, wrapped in ``RetryableFailure`` when
+    another attempt is safe and may help (``not_sent``: no connection opened)."""
+    ms = (time.monotonic() - started) * 1000
+    failure = describe(exc, secrets=call.mask.secrets)
+    text = call.mask(failure.error)
+    log.info("%s %s failed in %.0f ms (attempt %d): %s", call.method, call.shown, ms, count, text)
     error = ApiCallFailed(
-        message, status=r.status_code, excerpt=excerpt, attempts=count, permanent=permanent
+        f"{call.method} {call.shown}: {text}", attempts=count, permanent=not failure.retryable
     )
-    if not permanent and retry_all:
-        wait = retry_after(r.headers.get("retry-after")) if r.status_code in (429, 503) else None
-        raise _Retry(error, wait)
+    # Nothing was sent when no connection opened: any method may try again.
+    if failure.retryable and (call.retry_all or not_sent):
+        return RetryableFailure(error)
+    return error
+
+
+def judge_answer(
+    call: Call,
+    status: int,
+    headers: Mapping[str, str],
+    data: bytes,
+    elapsed: float,
+    count: int,
+    url: str,
+) -> ApiResponse:
+    """The answer of an attempt, logged; ``ApiCallFailed`` (``RetryableFailure``) on 4xx/5xx."""
+    log.info("%s %s -> %d in %.0f ms (attempt %d)", call.method, call.shown, status,
+             elapsed * 1000, count)  # fmt: skip
+    if status < 400:
+        return ApiResponse(status, dict(headers), data, elapsed, count, url)
+    excerpt = response_excerpt(call.mask(data.decode("utf-8", "replace")), 300)
+    permanent = status < 500 and status not in RETRY_STATUSES
+    message = f"{call.method} {call.shown}: HTTP {status}" + (f": {excerpt}" if excerpt else "")
+    error = ApiCallFailed(
+        message, status=status, excerpt=excerpt, attempts=count, permanent=permanent
+    )
+    if not permanent and call.retry_all:
+        wait = retry_after(headers.get("retry-after")) if status in (429, 503) else None
+        raise RetryableFailure(error, wait)
     raise error
 
 
@@ -280,7 +331,7 @@ def _shown(url: str, mask: Redactor) -> str:
     return mask(f"{parts.scheme}://{host}{port}{parts.path}")
 
 
-def _default_policy() -> DestinationPolicy:
+def default_policy() -> DestinationPolicy:
     # A step is user code: private networks are its business; cloud metadata
     # services (the machine's credentials) are refused all the same.
     from ferryman.http.base import AddressPolicy
