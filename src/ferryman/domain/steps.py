@@ -45,7 +45,6 @@ from pydantic import (
 
 from ferryman.domain.names import check_name
 from ferryman.domain.retry import RetryPolicy
-from ferryman.domain.secret_names import secret_name_problem
 
 #: The kind of a step that does not name one.
 DEFAULT_KIND = "python"
@@ -99,14 +98,6 @@ class StepBase(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name("step", v)
-
-    @field_validator("secrets")
-    @classmethod
-    def _secrets(cls, v: list[str]) -> list[str]:
-        problems = [p for p in map(secret_name_problem, v) if p is not None]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return v
 
     @property
     def retry_policy(self) -> RetryPolicy:
