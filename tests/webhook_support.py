@@ -23,6 +23,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: bytes
+    method: str = "POST"
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -72,7 +73,11 @@ class Receiver:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 req = Request(
-                    time.time(), self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                    time.time(),
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    self.command,
                 )
                 with receiver._lock:
                     n = len(receiver.requests)
@@ -88,6 +93,9 @@ class Receiver:
                 self.wfile.write(out)
                 with receiver._lock:
                     receiver.answered.append((req, status))
+
+            # Every method is answered alike (ferryman.http.api_call's tests).
+            do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -12,12 +12,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Param",
+    "Secret",
     "__version__",
     "container",
     "date_string",
     "language_code",
     "pipeline",
     "required_together",
+    "secret",
     "step",
     "url",
 ]
@@ -31,12 +33,15 @@ _LAZY = {
     "date_string": "ferryman.domain.markers",
     "url": "ferryman.domain.markers",
     "required_together": "ferryman.domain.validators",
+    "Secret": "ferryman.runtime.secret",
+    "secret": "ferryman.runtime.secret",
 }
 
 if TYPE_CHECKING:
     from ferryman.domain.markers import date_string, language_code, url
     from ferryman.domain.validators import required_together
     from ferryman.dsl.decorators import Param, pipeline, step
+    from ferryman.runtime.secret import Secret, secret
 
 
 def __getattr__(name: str) -> object:

@@ -345,6 +345,57 @@ class SchedulerSettings(_Group):
     )
 
 
+#: The secret resolvers ``FERRYMAN_SECRETS_RESOLVERS`` may name.
+SECRET_RESOLVER_KINDS = ("env", "file", "kubernetes", "store")
+
+
+class SecretsSettings(_Group):
+    """Where the secrets steps declare are resolved (``FERRYMAN_SECRETS_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FERRYMAN_SECRETS_")
+
+    resolvers: str = Field(
+        default="env,store",
+        description="Secret resolvers in order, comma-separated (env, file, kubernetes, "
+        "store); a secret's value comes from the first that holds it",
+    )
+    dir: Path | None = Field(
+        default=None, description="The file resolver's directory: one file per secret"
+    )
+    k8s_namespace: str = Field(
+        default="default", description="Namespace of the kubernetes resolver's Secret"
+    )
+    k8s_secret: str = Field(
+        default="ferryman-secrets",
+        description="The Kubernetes Secret whose keys the kubernetes resolver reads",
+    )
+
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, value: str) -> str:
+        kinds = [k.strip() for k in value.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in SECRET_RESOLVER_KINDS]
+        if unknown:
+            raise ValueError(
+                f"unknown secret resolver(s) {', '.join(unknown)} "
+                f"(choose from {', '.join(SECRET_RESOLVER_KINDS)})"
+            )
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("a secret resolver is named twice")
+        return ",".join(kinds)
+
+    @model_validator(mode="after")
+    def _file_needs_dir(self) -> SecretsSettings:
+        if "file" in self.order and self.dir is None:
+            raise ValueError("the file secret resolver needs FERRYMAN_SECRETS_DIR")
+        return self
+
+    @property
+    def order(self) -> list[str]:
+        """The resolvers' kinds, in order."""
+        return [k for k in self.resolvers.split(",") if k]
+
+
 #: The groups of ``Settings``: attribute name -> group class. A new group (the
 #: scheduler's, plugins', retention's, metrics') is one class and one line here.
 GROUPS: dict[str, type[_Group]] = {
@@ -358,6 +409,7 @@ GROUPS: dict[str, type[_Group]] = {
     "slack": SlackSettings,
     "security": SecuritySettings,
     "scheduler": SchedulerSettings,
+    "secrets": SecretsSettings,
 }
 
 
@@ -410,6 +462,7 @@ class Settings(BaseSettings):
     slack: SlackSettings
     security: SecuritySettings
     scheduler: SchedulerSettings
+    secrets: SecretsSettings
 
     @model_validator(mode="before")
     @classmethod

@@ -60,6 +60,7 @@ from ferryman.infra.base import (
 from ferryman.infra.inline import InlineConfig, InlineInfrastructure
 from ferryman.infra.step_kinds import step_kind
 from ferryman.runtime.loader import type_name
+from ferryman.secret_resolvers.base import SecretResolver, SecretSourceFailed
 
 if TYPE_CHECKING:
     from ferryman.domain.spec import PipelineSpec
@@ -73,6 +74,7 @@ __all__ = [
     "FakeInfrastructure",
     "FakeKill",
     "FakeOutcome",
+    "FakeSecretResolver",
     "PipelineResult",
     "run_pipeline",
 ]
@@ -84,6 +86,29 @@ _POLL = 0.05
 #: Lines this much older than ``attach``'s ``since`` are replayed too: the
 #: lost worker stamped a line when it stored it, a little after it was written.
 _REPLAY_MARGIN = dt.timedelta(seconds=1)
+
+
+class FakeSecretResolver(SecretResolver):
+    """A secret resolver holding the values it was given, for tests.
+
+    It records every lookup (``lookups``: the names asked for, in order), and
+    ``fail`` makes every lookup fail as an unreachable source would. It passes
+    the secret resolver contract suite (``tests/contract``). Give it to
+    ``run_pipeline(..., secrets=...)`` or to a ``Worker(..., secrets=...)``.
+    """
+
+    kind = "fake"
+
+    def __init__(self, values: Mapping[str, str] | None = None, *, fail: bool = False) -> None:
+        self.values = dict(values or {})
+        self.fail = fail
+        self.lookups: list[list[str]] = []
+
+    def lookup(self, names: Sequence[str]) -> dict[str, str]:
+        self.lookups.append(list(names))
+        if self.fail:
+            raise SecretSourceFailed("the fake secret source is down")
+        return {n: self.values[n] for n in names if n in self.values}
 
 
 class FakeOutcome(BaseModel):
@@ -452,6 +477,7 @@ def run_pipeline(
     namespace: str = "default",
     labels: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    secrets: SecretResolver | Mapping[str, str] | None = None,
 ) -> PipelineResult:
     """Run ``pipeline`` to its end and return how it ended.
 
@@ -464,13 +490,24 @@ def run_pipeline(
     started and executed by the same services and worker as ``ferryman run``.
     Parameters are validated as there (``ParamsInvalid``); ``TimeoutError``
     when the run has not ended after ``timeout`` seconds. A step's
-    ``secrets`` are read from this process's environment.
+    secrets come from ``secrets``: a resolver, or a mapping of names to
+    values (a ``FakeSecretResolver``); by default from this process's
+    environment.
     """
     infra = infrastructure if infrastructure is not None else FakeInfrastructure()
+    if secrets is None:
+        from ferryman.secret_resolvers.environment import EnvironmentResolver
+
+        resolver: SecretResolver = EnvironmentResolver()
+    elif isinstance(secrets, SecretResolver):
+        resolver = secrets
+    else:
+        resolver = FakeSecretResolver(secrets)
+    args = (pipeline, params, infra, namespace, labels, timeout, resolver)
     if home is not None:
-        return _run_in(Path(home), pipeline, params, infra, namespace, labels, timeout)
+        return _run_in(Path(home), *args)
     with tempfile.TemporaryDirectory(prefix="ferryman-test-", ignore_cleanup_errors=True) as tmp:
-        return _run_in(Path(tmp), pipeline, params, infra, namespace, labels, timeout)
+        return _run_in(Path(tmp), *args)
 
 
 def _run_in(
@@ -481,6 +518,7 @@ def _run_in(
     namespace: str,
     labels: Mapping[str, str] | None,
     timeout: float,
+    secrets: SecretResolver,
 ) -> PipelineResult:
     from ferryman.domain.options import RunOptions
     from ferryman.infra.registry import InfraPool
@@ -504,7 +542,7 @@ def _run_in(
             labels=labels,
         )
         pool = InfraPool(instances={infra.kind: infra})
-        _drain(store, settings, pool, started.id, timeout)
+        _drain(store, settings, pool, started.id, timeout, secrets)
         return _result_of(store, started.id)
     finally:
         store.dispose()
@@ -524,13 +562,20 @@ def _spec_of(pipeline: PipelineSpec | Pipeline | str) -> PipelineSpec:
     raise TypeError(f"not a pipeline: {pipeline!r} (a @pipeline, a PipelineSpec or a reference)")
 
 
-def _drain(store: Store, settings: Settings, pool: InfraPool, run_id: str, timeout: float) -> None:
+def _drain(
+    store: Store,
+    settings: Settings,
+    pool: InfraPool,
+    run_id: str,
+    timeout: float,
+    secrets: SecretResolver,
+) -> None:
     """Execute ``run_id`` to its end on a worker of this process.
 
     The only place this module drives the worker."""
     from ferryman.engine.worker import Worker
 
-    worker = Worker(store, settings, only_runs={run_id}, infra=pool)
+    worker = Worker(store, settings, only_runs={run_id}, infra=pool, secrets=secrets)
     worker.run_until({run_id}, timeout=timeout)
 
 

@@ -122,7 +122,7 @@ def test_redact_text_cuts_every_url_and_masks_secrets() -> None:
     out = redact(text, secrets=["xoxb-123", ""])
     assert out == (
         "POST 'https://a.example/…' failed, then "
-        "URL('http://b.example:81/…') and <http://c.example/…> with ****"
+        "URL('http://b.example:81/…') and <http://c.example/…> with ********"
     )
     for needle in ("t1", "u:p", "/y/z", "k=v", "xoxb"):
         assert needle not in out
@@ -221,7 +221,7 @@ def test_describe_aiohttp_errors() -> None:
     assert f.retryable and f.error.startswith("ServerDisconnectedError")
     leaky = aiohttp.ClientOSError(f"bad answer to xoxb-secret at http://h/{TOKEN}")
     assert describe(leaky, secrets=["xoxb-secret"]).error == (
-        "ClientOSError: bad answer to **** at http://h/…"
+        "ClientOSError: bad answer to ******** at http://h/…"
     )
     long = aiohttp.ClientPayloadError("x" * 1000)
     assert len(describe(long).error) <= 300

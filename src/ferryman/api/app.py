@@ -16,6 +16,7 @@ from ferryman.api.routes import (
     pipelines,
     runs,
     schedules,
+    secrets,
     subscriptions,
     tokens,
     users,
@@ -47,7 +48,18 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.add_middleware(InputGuard)
     # Added last, so outermost: no body past the limit is read by anyone.
     app.add_middleware(BodyLimit, limit=settings.api.http_max_body_bytes)
-    for module in (health, auth, pipelines, runs, compat, users, tokens, subscriptions, schedules):
+    for module in (
+        health,
+        auth,
+        pipelines,
+        runs,
+        compat,
+        users,
+        tokens,
+        subscriptions,
+        schedules,
+        secrets,
+    ):
         app.include_router(module.router)
     if settings.slack.bot_enabled:
         from ferryman.slack.routes import mount  # slack_bolt only when the bot is on

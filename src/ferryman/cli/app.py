@@ -7,6 +7,7 @@ import typer
 from ferryman.cli import db, pipelines, preview, run, runs, subscriptions, worker
 from ferryman.cli import export as export_cli
 from ferryman.cli import schedules as schedules_cli
+from ferryman.cli import secrets as secrets_cli
 from ferryman.cli import server as server_cli
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(subscriptions.app, name="subscriptions")
 app.add_typer(schedules_cli.app, name="schedules")
 app.command("scheduler")(schedules_cli.scheduler_command)
 app.add_typer(export_cli.app, name="export")
+app.add_typer(secrets_cli.app, name="secrets")
 
 
 @app.command("login")

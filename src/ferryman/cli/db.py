@@ -39,3 +39,8 @@ def reseal() -> None:
         with store.write() as conn:
             n = reseal_secrets(conn, store.secret_box)
         console.print(f"{n} subscription(s) sealed with the current key")
+        from ferryman.services.secret_store import reseal_stored_secrets
+
+        with store.write() as conn:
+            m = reseal_stored_secrets(conn, store.secret_box)
+        console.print(f"{m} stored secret(s) sealed with the current key")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from ferryman.domain.secret_names import secret_name_problem
 from ferryman.dsl.errors import DSLError as DSLError
 from ferryman.dsl.errors import code_error, raised_by_ferryman
 
@@ -365,6 +366,14 @@ def _check_step_options(options: dict[str, Any], where: str, kind: str = "python
     unknown = set(options) - known
     if unknown:
         raise DSLError(f"{where}unknown step option(s) {sorted(unknown)}; known: {sorted(known)}")
+    secrets = options.get("secrets")
+    if secrets is not None:
+        # FERRYMAN_* and names that are no variable names: refused when declared.
+        if isinstance(secrets, str) or not isinstance(secrets, list | tuple):
+            raise DSLError(f"{where}secrets must be a list of names, e.g. secrets=['API_KEY']")
+        problems = [p for p in map(secret_name_problem, secrets) if p is not None]
+        if problems:
+            raise DSLError(f"{where}" + "; ".join(problems))
 
 
 @overload

@@ -8,6 +8,10 @@ Three clients, one set of defaults:
   deliveries (the event deliverer; why aiohttp: decision 0005);
 - ``ferryman.http.slack.slack_client`` (slack_sdk): Slack messages.
 
+And for steps, ``ferryman.http.api_call`` (``api_calls``): one request to an
+API with mandatory timeouts, safe retries and masked logs (httpx, stamina);
+``api_call_async`` is its twin for asyncio (aiohttp; ``api_calls_aio``).
+
 Each is in its own submodule, imported on first use, so importing this
 package (or ferryman) never imports httpx, aiohttp or slack_sdk.
 
@@ -24,6 +28,7 @@ one parser reads ``Retry-After``; one rule (``answer_shown``) says when a
 receiver's answer may be kept: a 2xx one, or one from a public address.
 """
 
+from ferryman.http.api_calls import ApiCallFailed, ApiResponse, api_call
 from ferryman.http.base import (
     PERMISSIVE,
     USER_AGENT,
@@ -45,15 +50,27 @@ from ferryman.http.errors import (
     retry_after,
 )
 
+
+async def api_call_async(method: str, url: str, **options: object) -> ApiResponse:
+    """``api_call`` for asyncio (imports aiohttp on first call)."""
+    from ferryman.http.api_calls_aio import api_call_async as call
+
+    return await call(method, url, **options)  # type: ignore[arg-type]
+
+
 __all__ = [
     "PERMISSIVE",
     "RESPONSE_EXCERPT",
     "USER_AGENT",
+    "ApiCallFailed",
+    "ApiResponse",
     "DestinationPolicy",
     "DestinationRefused",
     "Failure",
     "Timeouts",
     "answer_shown",
+    "api_call",
+    "api_call_async",
     "describe",
     "destination_policy",
     "ip_literal",

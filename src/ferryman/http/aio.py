@@ -12,6 +12,7 @@ resolver for every host name resolved; an IP-literal host is never resolved
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 
 import aiohttp
@@ -51,6 +52,21 @@ class AsyncClient:
         """
         self._check(url)
         return self._session.post(url, data=data, headers=headers, allow_redirects=self._follow)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: bytes | None,
+        headers: dict[str, str],
+        params: Mapping[str, str | int | float] | None = None,
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """Any method (``ferryman.http.api_call_async``); the policy is asked first."""
+        self._check(url)
+        return self._session.request(
+            method, url, data=data, headers=headers, params=params, allow_redirects=self._follow
+        )
 
     @property
     def closed(self) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from ferryman.http.base import DestinationRefused, public_peer
+from ferryman.redaction import Redactor
 
 RESPONSE_EXCERPT = 500  # characters of a receiver's answer kept per attempt
 # Statuses whose Retry-After is honoured.
@@ -189,13 +190,12 @@ def _origin(m: re.Match[str]) -> str:
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every URL in it cut to its origin and ``secrets`` masked."""
+    """``text`` with every URL in it cut to its origin, and ``secrets`` and
+    token shapes masked (``ferryman.redaction``)."""
     if "://" in text:
         text = _URL.sub(_origin, text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "****")
-    return text
+    # The one redactor: the secrets in any form, and well-known token shapes.
+    return Redactor.of(secrets).text(text)
 
 
 def answer_shown(status: int, peer: str | None) -> bool:

@@ -11,8 +11,10 @@ limitations compared to ``process``:
   variables from ``os.environ`` once the settings are read
   (``settings.forget_secret_environ``), which stops accidents, not intent:
   use inline only for code you trust as much as the worker itself.
-- **Env and secrets are not applied**: ``os.environ`` is global to the
-  process, so per-step variables cannot be set safely from a thread.
+- **Env is not applied**: ``os.environ`` is global to the process, so
+  per-step variables cannot be set safely from a thread. Declared secrets
+  reach the step through ``ferryman.secret(name)`` (set for the step's
+  thread only), not as variables.
 - **Kill cannot stop the step.** Python threads cannot be killed. ``kill``
   marks the attempt *abandoned*: ``watch`` returns at once with
   ``EXIT_KILLED``, the thread's further output and its late result are
@@ -52,6 +54,7 @@ from ferryman.infra.base import (
     StepLaunch,
 )
 from ferryman.runtime.loader import result_line, run_step
+from ferryman.runtime.secret import step_secrets
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +215,11 @@ class InlineInfrastructure(Infrastructure):
         payload = launch.payload()
         with self._lock:
             self._tasks[identifier] = task
-        task.future = self._pool.submit(self._run, task, payload)
+        task.future = self._pool.submit(self._run, task, payload, dict(launch.secrets))
         return identifier
 
     @staticmethod
-    def _run(task: _Task, payload: dict[str, Any]) -> None:
+    def _run(task: _Task, payload: dict[str, Any], secrets: dict[str, str]) -> None:
         code = EXIT_LOST
         outcome = ""
         _register(task.emit)
@@ -226,13 +229,14 @@ class InlineInfrastructure(Infrastructure):
                 for line in text.rstrip("\n").split("\n"):
                     task.emit("stderr", line)
 
-            outcome, code = run_step(
-                payload["function"],
-                payload["inputs"],
-                payload["sys_path"],
-                write_stderr,
-                max_output_bytes=payload.get("max_output_bytes"),
-            )
+            with step_secrets(secrets):
+                outcome, code = run_step(
+                    payload["function"],
+                    payload["inputs"],
+                    payload["sys_path"],
+                    write_stderr,
+                    max_output_bytes=payload.get("max_output_bytes"),
+                )
         finally:
             _unregister()
             with task.lock:

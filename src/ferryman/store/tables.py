@@ -555,3 +555,16 @@ schedule_ticks = sa.Table(
     sa.UniqueConstraint("schedule_id", "fire_time", name="uq_schedule_ticks_time"),
     sa.Index("ix_schedule_ticks_state", "schedule_id", "state", "fire_time"),
 )
+
+# Values of ferryman's own secret store (``ferryman secrets set``): sealed by
+# the store's SecretBox, never returned by the API or the CLI; resolved for a
+# step that declares the name, at dispatch.
+stored_secrets = sa.Table(
+    "stored_secrets",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("value", Sealed, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=True),
+)

@@ -91,6 +91,7 @@ def _check_validators(spec: PipelineSpec) -> None:
 def _check_reserved_env(spec: PipelineSpec) -> None:
     # FERRYMAN_* is ferryman's: a step never gets such a variable but its own
     # (they would be dropped at launch; refusing them says so up front).
+    from ferryman.domain.secret_names import secret_name_problem
     from ferryman.infra.base import RESERVED_PREFIX
 
     problems = [
@@ -99,6 +100,14 @@ def _check_reserved_env(spec: PipelineSpec) -> None:
         for field, names in (("env", list(s.env)), ("secrets", s.secrets))
         for name in names
         if name.startswith(RESERVED_PREFIX)
+    ]
+    # A secret name must also be a variable name (it is delivered as one).
+    problems += [
+        {"path": f"steps.{i}.secrets", "reason": why}
+        for i, s in enumerate(spec.steps)
+        for name in s.secrets
+        if not name.upper().startswith(RESERVED_PREFIX)
+        and (why := secret_name_problem(name)) is not None
     ]
     if problems:
         raise InvalidInput(f"{len(problems)} reserved variable name(s)", problems)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ferryman.domain.secret_names import secret_name_problem
 from ferryman.domain.spec import REF_KEYS
 from ferryman.dsl.yaml_loader.context import Context, describe
 
@@ -63,6 +64,11 @@ def compile_steps(ctx: Context, raw: Any) -> Any:
                 k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
                 for k, v in d["env"].items()
             }
+        if isinstance(d.get("secrets"), list):
+            for j, secret in enumerate(d["secrets"]):
+                problem = secret_name_problem(secret) if isinstance(secret, str) else None
+                if problem is not None:
+                    ctx.problem(f"{path}.secrets[{j}]", problem)
         if deps:
             d["depends_on"] = deps
         out.append(d)

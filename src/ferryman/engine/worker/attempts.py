@@ -22,6 +22,8 @@ from ferryman.domain.steps import StepSpec
 from ferryman.infra.base import Infrastructure, OutputCapture, StepLaunch
 from ferryman.infra.registry import InfraPool, check_step
 from ferryman.infra.step_kinds import step_kind
+from ferryman.redaction import SHAPES_ONLY, Masker
+from ferryman.secret_resolvers.base import SecretChain, SecretResolver, SecretsError
 from ferryman.store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,11 @@ class Attempts:
         concurrency: int,
         grace_seconds: float,
         wake: Callable[[], None],
+        secrets: SecretResolver | None = None,
     ) -> None:
         self.infra = infra
+        #: Resolves the secrets a step declares, when its attempt starts.
+        self.secrets: SecretResolver = secrets or SecretChain([])
         self.concurrency = concurrency
         self.grace_seconds = grace_seconds
         self.inbox = Inbox(wake)
@@ -179,6 +184,7 @@ class Attempts:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._killers.shutdown(wait=False)
         self.infra.close()
+        self.secrets.close()
 
     # -- in an attempt thread -----------------------------------------------------
 
@@ -188,12 +194,24 @@ class Attempts:
         except Exception as exc:  # never lose an attempt to a bug in a backend
             log.exception("attempt %s/%s#%s crashed", a.run_id, a.name, a.attempt)
             outcome = Outcome(a, ok=False, error=f"internal error: {type(exc).__name__}: {exc}")
+            # an exception's text may quote what it was given: the step's secrets too
+            outcome.error = _mask_of(a)(outcome.error)
         self.inbox.done(outcome)
 
     def _run(self, a: Attempt) -> Outcome:
         if a.setup_error is not None or a.launch is None:
             return Outcome(a, ok=False, error=a.setup_error or "could not prepare the step")
         launch = a.launch
+        if launch.step.secrets:
+            # Resolved here, in the attempt's thread, outside any transaction:
+            # a resolver may ask a remote source (Kubernetes, the database).
+            try:
+                launch.secrets = self.secrets.resolve(launch.step.secrets)
+            except SecretsError as exc:
+                if not a.reattach:
+                    return Outcome(a, ok=False, error=f"secrets: {exc}")
+                # The step runs already: follow it, masking token shapes only.
+                log.warning("re-attaching %s#%s without its secrets: %s", a.name, a.attempt, exc)
         infra = self.infra.get(a.kind)
         capture = OutputCapture(
             launch.nonce,
@@ -214,7 +232,9 @@ class Attempts:
                 check_step(type(infra), launch.step)
                 ident = infra.start(launch, capture)
             except Exception as exc:
-                return Outcome(a, ok=False, error=f"could not start on {a.kind}: {exc}")
+                # a backend's error may echo the env it was given: mask it
+                error = launch.mask(f"could not start on {a.kind}: {exc}")
+                return Outcome(a, ok=False, error=error)
             a.identifier = ident
         if infra.records_identifier and not a.reattach:
             self.inbox.started(a)
@@ -251,6 +271,11 @@ class Attempts:
                 "time": utcnow(),
             }
         )
+
+
+def _mask_of(a: Attempt) -> Masker:
+    """The masker of ``a``'s secrets (token shapes only before they are known)."""
+    return a.launch.mask if a.launch is not None else SHAPES_ONLY
 
 
 def _reattach(infra: Infrastructure, a: Attempt, ident: str, capture: OutputCapture) -> bool:

@@ -3,16 +3,16 @@
 A claim moves up to ``limit`` queued nodes to ``running`` with this worker's
 lease, in the turn's transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
 SQLite has one writer). Preparing an attempt resolves its inputs (the
-outputs of the steps it refers to, in one query per run), its secrets (from
-the worker's environment) and everything its infrastructure is told
-(``StepLaunch``). A reference or secret that cannot be resolved fails the
-attempt, not the turn.
+outputs of the steps it refers to, in one query per run) and everything its
+infrastructure is told (``StepLaunch``). A reference that cannot be resolved
+fails the attempt, not the turn. Secrets are resolved later, when the
+attempt starts, outside the turn's transaction (``Attempts``, through the
+worker's secret resolver chain).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import uuid
 from typing import Any
 
@@ -158,7 +158,6 @@ class Claims:
                 a.kind = info.options.infrastructure or s.infrastructure or info.spec.infrastructure
                 try:
                     inputs = resolve(s.inputs, info.params, outputs)
-                    secrets = secret_values(s.secrets)
                     a.launch = StepLaunch(
                         run_id=run_id,
                         node=r.name,
@@ -170,7 +169,6 @@ class Claims:
                         params=info.params,
                         nonce=(nonces or {}).get(r.id) or uuid.uuid4().hex,
                         env=dict(s.env),
-                        secrets=secrets,
                         labels=info.labels,
                         overrides={
                             **s.infra_overrides,
@@ -178,24 +176,9 @@ class Claims:
                         },
                         max_output_bytes=self.max_output_bytes,
                     )
-                except Exception as exc:  # bad reference or secret: fail the attempt
+                except Exception as exc:  # bad reference: fail the attempt
                     a.setup_error = str(exc)
                 if s.timeout is not None:
                     a.deadline = self.clock.monotonic() + s.timeout
                 out.append(a)
         return out
-
-
-def secret_values(names: list[str]) -> dict[str, str]:
-    """Secret references are resolved from the worker's environment."""
-    out: dict[str, str] = {}
-    missing = []
-    for n in names:
-        v = os.environ.get(n)
-        if v is None:
-            missing.append(n)
-        else:
-            out[n] = v
-    if missing:
-        raise ValueError(f"secret(s) not set in the worker's environment: {', '.join(missing)}")
-    return out

@@ -32,6 +32,8 @@ from ferryman.engine.worker.attempts import Attempt, Attempts, Buffers, Outcome
 from ferryman.engine.worker.claims import Claims
 from ferryman.engine.worker.leases import Leases
 from ferryman.infra.registry import InfraPool
+from ferryman.secret_resolvers.base import SecretResolver
+from ferryman.secret_resolvers.chain import resolver_chain
 from ferryman.services.gate import Tx
 from ferryman.services.runs import RunService
 from ferryman.settings import Settings
@@ -57,6 +59,7 @@ class Worker(Loop):
         concurrency: int | None = None,
         infra: InfraPool | None = None,
         clock: Clock | None = None,
+        secrets: SecretResolver | None = None,
     ) -> None:
         super().__init__(
             store,
@@ -73,7 +76,12 @@ class Worker(Loop):
             infra = InfraPool(settings.worker.infra_config)
             infra.validate()  # a bad configuration stops the worker at start
         self.infra = infra
-        self.attempts = Attempts(infra, self.concurrency, settings.loops.grace_seconds, self.wake)
+        if secrets is None:
+            # FERRYMAN_SECRETS_RESOLVERS; a bad configuration stops the worker at start
+            secrets = resolver_chain(settings, store)
+        self.attempts = Attempts(
+            infra, self.concurrency, settings.loops.grace_seconds, self.wake, secrets
+        )
         self.claims = Claims(
             self.id,
             lease_seconds=settings.worker.lease_seconds,
