@@ -2,7 +2,9 @@
 sweep of attempts whose lease expired, and adopting lost attempts.
 
 Every running node carries the lease of the worker running it. The worker
-renews its leases on each heartbeat (and learns of cancel requests for its
+renews the leases of the attempts it runs itself (never every node under its
+id: a process restarted with the same ``--id`` leaves its dead predecessor's
+leases to expire) on each heartbeat (and learns of cancel requests for its
 attempts on the way); an attempt whose lease it no longer holds (swept by
 another worker, or moved on) is stopped at once, so the same attempt never
 runs on two workers. The sweep, run by every worker every ``sweep_seconds``,
@@ -125,9 +127,16 @@ class Leases:
         if not inflight:
             return
         lease = tx.now + dt.timedelta(seconds=self.settings.worker.lease_seconds)
+        # Only the attempts this process runs: a worker restarted under the
+        # same ``--id`` must not keep its dead predecessor's leases alive
+        # (they expire and are swept like any lost worker's).
         rows = tx.conn.execute(
             sa.update(nodes)
-            .where(nodes.c.worker_id == self.worker_id, nodes.c.state == NodeState.RUNNING.value)
+            .where(
+                nodes.c.id.in_(list(inflight)),
+                nodes.c.worker_id == self.worker_id,
+                nodes.c.state == NodeState.RUNNING.value,
+            )
             .values(lease_expires_at=lease)
             .returning(nodes.c.id, nodes.c.attempt, nodes.c.cancel_requested)
         ).all()
