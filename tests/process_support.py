@@ -35,7 +35,7 @@ def fast_env(db_url: str, home: Path, lease: float = 2.0, **extra: str) -> dict[
 
 def wait_for(
     what: str, predicate: Callable[[], Any], timeout: float, check: Callable[[], None] | None = None
-) -> Any:  # noqa: E501
+) -> Any:
     """Poll ``predicate`` until it is truthy (``check`` fails fast on a dead process)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,7 +60,7 @@ class Procs:
 
     def start(
         self, name: str, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:  # noqa: E501
+    ) -> subprocess.Popen[bytes]:
         """``ferryman ARGS`` as process ``name`` (a name already used is replaced)."""
         with open(self.logdir / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
