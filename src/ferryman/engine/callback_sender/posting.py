@@ -10,6 +10,7 @@ heal (malformed target, Slack ``channel_not_found`` …) are permanent.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Claimed:
     kind: str
     target: dict[str, Any]
     attempts: int  # including this one
+    created_at: dt.datetime | None = None  # queued (the run ended): the age counts from it
 
 
 @dataclass
