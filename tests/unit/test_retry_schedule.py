@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+
 import pytest
 
 from ferryman.domain.retry import RetrySchedule, parse_intervals
