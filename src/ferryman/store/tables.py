@@ -467,3 +467,22 @@ delivery_attempts = sa.Table(
     sa.Column("response", sa.Text, nullable=True),
     sa.Index("ix_delivery_attempts_delivery", "delivery_id", "id"),
 )
+
+# The run lease of a run executed inside a CLI process (``ferryman run``,
+# ``ferryman runs rerun``): renewed with that process's heartbeats; once it
+# has expired, the process is gone and the next ferryman command on the
+# database ends the run (``services/run_leases.py``).
+run_leases = sa.Table(
+    "run_leases",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    # the id of the embedded worker of the process (its nodes' worker_id)
+    sa.Column("holder", sa.String(128), nullable=False),
+    # what ran it, for the run's error: "ferryman run", "ferryman runs rerun"
+    sa.Column("command", sa.String(64), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_run_leases_holder", "holder"),
+    sa.Index("ix_run_leases_expires", "expires_at"),
+)
