@@ -103,7 +103,7 @@ def test_the_run_of_a_live_process_is_left_alone(
     outdir = tmp_path / "out"
     outdir.mkdir()
     (outdir / "slow").touch()
-    procs.start("run", "run", f"{PIPES}:chain", "-p", f"outdir={outdir}", "-p", "seconds=6")
+    procs.start("run", "run", f"{PIPES}:chain", "-p", f"outdir={outdir}", "-p", "seconds=15")
     wait_for("the slow step to start", lambda: attempts(outdir).get("second"), 60,
              procs.check_alive)  # fmt: skip
     time.sleep(LEASE + 1.0)  # longer than a lease: the process renews it
