@@ -113,6 +113,8 @@ class CallbackSender(Loop):
         )
         self._schedule = settings.callbacks.schedule()
         self._retry_after_cap = settings.callbacks.retry_after_cap()
+        # An explicit cap bounds the jittered delay too (jitter stays below it).
+        self._cap = settings.callbacks.max_backoff or float("inf")
         # Connect + write + read + pool timeouts, plus slack: see the module docstring.
         self.lease_seconds = 4 * settings.callbacks.timeout + 5.0
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ferryman-callback")
@@ -343,5 +345,5 @@ class CallbackSender(Loop):
         if retry_after is not None:
             delay = min(max(retry_after, 0.0), self._retry_after_cap)  # the receiver said when
         else:
-            delay = self._schedule.delay_after(attempts)
+            delay = min(self._schedule.delay_after(attempts), self._cap)
         return delay if left is None else min(delay, max(left, 0.0))

@@ -58,6 +58,8 @@ class Results:
         self.settings = settings
         self._schedule = settings.delivery.schedule()
         self._retry_after_cap = settings.delivery.retry_after_cap()
+        # An explicit cap bounds the jittered delay too (jitter stays below it).
+        self._cap = settings.delivery.max_backoff or float("inf")
         self.delivered_total = 0
         self.attempts_total = 0
 
@@ -198,5 +200,5 @@ class Results:
         if retry_after is not None:
             delay = min(max(retry_after, 0.0), self._retry_after_cap)
         else:
-            delay = self._schedule.delay_after(attempts)
+            delay = min(self._schedule.delay_after(attempts), self._cap)
         return delay if left is None else min(delay, max(left, 0.0))
