@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/api_bench.py            # SQLite + PostgreSQL
     .venv/bin/python bench/api_bench.py --no-pg
+    .venv/bin/python bench/api_bench.py --no-pg --launches 0 --runs 0   # creations only
 
 Figures, each against a real ``ferryman server`` process on 127.0.0.1:
 - run creations per second over HTTP from one sequential client and from 16
-  concurrent requests (SQLite and PostgreSQL), counting errors and 5xx;
+  concurrent requests (SQLite and PostgreSQL), counting errors and 5xx, and
+  their latency (p50, p99, max);
 - ``GET /runs?state=succeeded&limit=50`` p50/p95 latency with 100,000 runs
   in the database (PostgreSQL);
 - time from launching ``ferryman server`` to ``/health`` answering 200, and
@@ -140,28 +142,37 @@ def login(base: str) -> dict[str, str]:
 
 def bench_creates(
     base: str, headers: dict[str, str], n: int, concurrency: int
-) -> tuple[float, int, int]:
+) -> tuple[float, int, int, list[float]]:
+    """Creations per second, errors, 5xx and each request's latency (s)."""
     url = f"{base}/namespaces/default/pipelines/api-bench/runs"
     errors = 0
     fives = 0
 
-    def one(client: httpx.Client) -> int:
-        return client.post(url, json={"params": {}}, headers=headers).status_code
+    def one(client: httpx.Client) -> tuple[int, float]:
+        t = time.perf_counter()
+        code = client.post(url, json={"params": {}}, headers=headers).status_code
+        return code, time.perf_counter() - t
 
     with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
         t0 = time.perf_counter()
         if concurrency == 1:
-            codes = [one(client) for _ in range(n)]
+            results = [one(client) for _ in range(n)]
         else:
             with ThreadPoolExecutor(concurrency) as pool:
-                codes = list(pool.map(lambda _: one(client), range(n)))
+                results = list(pool.map(lambda _: one(client), range(n)))
         secs = time.perf_counter() - t0
-    for c in codes:
+    for c, _ in results:
         if c != 201:
             errors += 1
         if c >= 500:
             fives += 1
-    return n / secs, errors, fives
+    return n / secs, errors, fives, [t for _, t in results]
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``xs``, nearest rank."""
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def seed_runs(db_url: str, n: int) -> None:
@@ -233,11 +244,12 @@ def main() -> None:
             if url:
                 reset_pg()
             starts = sorted(startup_times(db, args.launches))
-            rows.append((
-                f"server start → /health 200 ({label}), {len(starts)} launches",
-                f"median {statistics.median(starts) * 1000:.0f} ms "
-                f"(min {starts[0] * 1000:.0f}, max {starts[-1] * 1000:.0f})", "< 1 s",
-            ))  # fmt: skip
+            if starts:
+                rows.append((
+                    f"server start → /health 200 ({label}), {len(starts)} launches",
+                    f"median {statistics.median(starts) * 1000:.0f} ms "
+                    f"(min {starts[0] * 1000:.0f}, max {starts[-1] * 1000:.0f})", "< 1 s",
+                ))  # fmt: skip
             if url:
                 reset_pg()
             with server(db, home) as (base, _startup, proc):
@@ -250,11 +262,19 @@ def main() -> None:
                 rows.append((f"idle RSS of ferryman server ({label})", f"{rss:.0f} MiB",
                              "< 120 MiB"))  # fmt: skip
                 for conc in (1, 16):
-                    rate, errs, fives = bench_creates(base, headers, args.creates, conc)
+                    rate, errs, fives, lat = bench_creates(base, headers, args.creates, conc)
                     rows.append((
                         f"run creations/s, {'sequential' if conc == 1 else '16 concurrent'} "
                         f"({label})", f"{rate:.0f}/s ({errs} errors, {fives} 5xx)",
                         "≥ 120/s, no 5xx",
+                    ))  # fmt: skip
+                    rows.append((
+                        f"creation latency, {'sequential' if conc == 1 else '16 concurrent'} "
+                        f"({label})",
+                        f"p50 {percentile(lat, 0.5) * 1000:.0f} ms, "
+                        f"p99 {percentile(lat, 0.99) * 1000:.0f} ms, "
+                        f"max {max(lat) * 1000:.0f} ms",
+                        "p99 < 100 ms (16 concurrent)",
                     ))  # fmt: skip
             if url and args.runs:
                 seed_runs(db, args.runs)

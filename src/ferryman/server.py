@@ -319,6 +319,12 @@ def _serve(
 def _prepare_db(store: Any, settings: Settings) -> AdminSeed | None:
     if settings.database.auto_migrate:
         store.prepare_schema()
+    # Runs whose ``ferryman run`` process died end now (the worker's sweeps
+    # do it too; this covers ``--no-worker``).
+    from ferryman.services.run_leases import end_orphans
+    from ferryman.services.runs import RunService
+
+    end_orphans(RunService(store))
     return seed_admin(store, settings)  # its hashing goes on in one more thread
 
 

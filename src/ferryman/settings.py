@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ferryman.domain.retry import WEBHOOK_SCHEDULE, RetrySchedule
+
 #: The built-in secret of earlier versions: public, so never a secret again.
 PUBLIC_JWT_SECRET = "ferryman-development-secret-change-me"
 #: What a production JWT secret needs (see ``Settings.check_jwt_secret``).
@@ -206,15 +208,51 @@ class LoginSettings(_Group):
     )
 
 
-class CallbackSettings(_Group):
+class _RetrySchedule:
+    """The retry schedule of a group with ``retry_schedule``, ``backoff`` and
+    ``max_backoff`` (callbacks, deliveries)."""
+
+    retry_schedule: str
+    backoff: float | None
+    max_backoff: float | None
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _check_schedule(cls, v: str) -> str:
+        RetrySchedule.parse(v)  # a clear ValueError: which interval is wrong
+        return v
+
+    def schedule(self) -> RetrySchedule:
+        """The waits between attempts: ``retry_schedule``, or, when ``backoff``
+        is set, ``backoff`` doubling up to ``max_backoff`` (300 s unless set)."""
+        if self.backoff is not None:
+            return RetrySchedule.exponential(self.backoff, self.max_backoff or 300.0)
+        return RetrySchedule.parse(self.retry_schedule)
+
+    def retry_after_cap(self) -> float:
+        """The longest ``Retry-After`` a receiver is obeyed for."""
+        return self.max_backoff or self.schedule().longest
+
+
+class CallbackSettings(_RetrySchedule, _Group):
     """Run-completion callbacks (webhooks, Slack messages)."""
 
     model_config = SettingsConfigDict(env_prefix="FERRYMAN_CALLBACK_")
 
     timeout: float = Field(default=10.0, gt=0, description="Per-request timeout (s)")
-    max_attempts: int = Field(default=12, ge=1, description="Attempts before dead")
-    backoff: float = Field(default=2.0, gt=0, description="First retry delay (s)")
-    max_backoff: float = Field(default=600.0, gt=0, description="Retry delay cap (s)")
+    retry_schedule: str = Field(
+        default=WEBHOOK_SCHEDULE, description="Waits between attempts; the last repeats"
+    )
+    max_age: float = Field(default=86400.0, gt=0, description="Seconds of retrying before dead")
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="Attempts before dead (default: no limit, by age)"
+    )
+    backoff: float | None = Field(
+        default=None, gt=0, description="First delay of an exponential schedule instead"
+    )
+    max_backoff: float | None = Field(
+        default=None, gt=0, description="Cap of the exponential schedule and of Retry-After"
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         validation_alias="FERRYMAN_WEBHOOK_SECRET",
@@ -222,7 +260,7 @@ class CallbackSettings(_Group):
     )
 
 
-class DeliverySettings(_Group):
+class DeliverySettings(_RetrySchedule, _Group):
     """Event deliveries to subscribers."""
 
     model_config = SettingsConfigDict(env_prefix="FERRYMAN_DELIVERY_")
@@ -233,12 +271,21 @@ class DeliverySettings(_Group):
         description="YAML/JSON file of subscriptions, re-read when it changes",
     )
     timeout: float = Field(default=10.0, gt=0, le=300, description="Per-request timeout")
-    max_attempts: int = Field(default=15, ge=1, description="Attempts before dead-letter")
+    retry_schedule: str = Field(
+        default=WEBHOOK_SCHEDULE, description="Waits between attempts; the last repeats"
+    )
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="Attempts before dead-letter (default: no limit, by age)"
+    )
     max_age: float = Field(
         default=86400.0, gt=0, description="Seconds of retrying before dead-letter"
     )
-    backoff: float = Field(default=1.0, gt=0, description="First retry delay (s)")
-    max_backoff: float = Field(default=300.0, gt=0, description="Retry delay cap (s)")
+    backoff: float | None = Field(
+        default=None, gt=0, description="First delay of an exponential schedule instead"
+    )
+    max_backoff: float | None = Field(
+        default=None, gt=0, description="Cap of the exponential schedule and of Retry-After"
+    )
     concurrency: int = Field(
         default=256, ge=1, le=10000, description="Event deliveries in flight per server"
     )

@@ -109,9 +109,33 @@ def settings() -> Settings:
 
 
 def open_store(s: Settings | None = None) -> Any:
+    """The local store; runs left ``running`` by a ``ferryman run`` process
+    that died (its run lease expired) are ended first, and said so."""
     from ferryman.store.engine import Store
 
-    return Store.from_settings(s or settings())
+    store = Store.from_settings(s or settings())
+    end_orphaned_runs(store)
+    return store
+
+
+def end_orphaned_runs(store: Any) -> None:
+    """End the runs whose ``ferryman run`` process died (``services/run_leases.py``)."""
+    import sqlalchemy as sa
+
+    from ferryman.services.run_leases import end_orphans
+    from ferryman.services.runs import RunService
+
+    try:
+        ended = end_orphans(RunService(store))
+    except sa.exc.SQLAlchemyError:  # a side duty: the command itself reports an outage
+        return
+    for run_id in ended:
+        err_console.print(
+            f"[yellow]run {escape(run_id)} was left running by a ferryman process that died; "
+            "it is now failed (continue it with: ferryman runs rerun "
+            f"{escape(run_id)})[/]",
+            soft_wrap=True,
+        )
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

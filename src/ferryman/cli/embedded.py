@@ -24,12 +24,21 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def execute_embedded(store: Any, s: Any, svc: Any, run_id: str, watch: bool) -> int:
+def execute_embedded(
+    store: Any, s: Any, svc: Any, run_id: str, watch: bool, command: str = "ferryman run"
+) -> int:
     """Run ``run_id`` to its end on a worker in this process and return the
-    exit code (Ctrl-C cancels the run; a second Ctrl-C quits at once)."""
+    exit code (Ctrl-C cancels the run; a second Ctrl-C quits at once).
+
+    The run is leased to this process (``services/run_leases.py``): if the
+    process dies, the next ferryman command ends the run instead of leaving
+    it ``running``; ``command`` names the process in that run's error."""
     from ferryman.engine.worker import Worker
+    from ferryman.services import run_leases
 
     worker = Worker(store, s, only_runs={run_id})
+    with store.write() as conn:
+        run_leases.hold(conn, run_id, worker.id, command, s.worker.lease_seconds)
     errors: list[BaseException] = []
 
     def serve() -> None:
@@ -64,6 +73,8 @@ def execute_embedded(store: Any, s: Any, svc: Any, run_id: str, watch: bool) -> 
     thread.join(timeout=30)
     if errors:
         raise errors[0]
+    with store.write() as conn:
+        run_leases.release(conn, run_id)
     return _summary(store, s, run_id, interrupted["n"] > 0)
 
 

@@ -214,7 +214,7 @@ def rerun(
             console.print(f"run {new_id} ({escape(name)}) queued (re-run of {rid})")
             return
         console.print(f"run [bold]{new_id}[/] ({escape(name)}) (re-run of {rid})")
-        code = execute_embedded(store, s, svc, new_id, watch)
+        code = execute_embedded(store, s, svc, new_id, watch, "ferryman runs rerun")
     raise typer.Exit(code)
 
 

@@ -135,3 +135,83 @@ def exit_code_refusal(code: int, retry_on: list[int], no_retry_on: list[int]) ->
     if retry_on and code not in retry_on:
         return f"exit code {code} is not in retry_on_exit_codes; not retried"
     return None
+
+
+#: The default waits between attempts of an event delivery or a run-completion
+#: callback, after failed attempt 1, 2, …; the last one repeats until the
+#: maximum age (24 h by default): like the well-known webhook services, a
+#: receiver that is down for a night still gets everything.
+WEBHOOK_SCHEDULE = "5s,5m,30m,2h,5h,10h"
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_intervals(text: str) -> tuple[float, ...]:
+    """``"5s,5m,30m,2h"`` → seconds; a bare number is seconds. ``ValueError``
+    saying which item is wrong."""
+    out: list[float] = []
+    for raw in text.split(","):
+        item = raw.strip().lower()
+        if not item:
+            raise ValueError(f"empty interval in {text!r} (expected e.g. '5s,5m,30m,2h')")
+        unit = _UNITS.get(item[-1])
+        number = item[:-1] if unit else item
+        try:
+            value = float(number) * (unit or 1.0)
+        except ValueError:
+            raise ValueError(
+                f"{raw.strip()!r} is not an interval (a number with s, m, h or d, e.g. '30m')"
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{raw.strip()!r}: an interval must be a finite number >= 0")
+        out.append(value)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """The waits between attempts: ``intervals[n-1]`` after failed attempt
+    ``n``, the last interval repeating; each multiplied by a random factor in
+    ``[1 - jitter, 1 + jitter]``."""
+
+    intervals: tuple[float, ...]
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not self.intervals:
+            raise ValueError("a retry schedule needs at least one interval")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("retry jitter must be between 0 and 1")
+
+    @classmethod
+    def parse(cls, text: str, jitter: float = 0.2) -> RetrySchedule:
+        """The schedule of ``"5s,5m,30m,2h"``."""
+        return cls(parse_intervals(text), jitter)
+
+    @classmethod
+    def exponential(cls, first: float, cap: float, factor: float = 2.0) -> RetrySchedule:
+        """``first``, doubling (``factor``) up to ``cap``, then ``cap`` on."""
+        out = [min(first, cap)]
+        while out[-1] < cap and factor > 1 and first > 0:
+            out.append(min(out[-1] * factor, cap))
+        return cls(tuple(out))
+
+    @property
+    def longest(self) -> float:
+        """The longest interval."""
+        return max(self.intervals)
+
+    def base_after(self, attempt: int) -> float:
+        """The wait after failed ``attempt`` (1-based), without jitter."""
+        return self.intervals[min(max(attempt, 1), len(self.intervals)) - 1]
+
+    def delay_after(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based), with jitter."""
+        base = self.base_after(attempt)
+        if self.jitter == 0 or base == 0:
+            return base
+        return base * (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
+
+    def elapsed_before(self, attempt: int) -> float:
+        """Seconds from the first attempt to attempt ``attempt``, without jitter."""
+        return sum(self.base_after(n) for n in range(1, attempt))

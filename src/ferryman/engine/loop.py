@@ -70,7 +70,7 @@ class LoopCore:
     min_turn_interval: ClassVar[float] = 0.0
     abort_seconds: ClassVar[float] = 0.0
     retry_first: ClassVar[float] = 0.2
-    retry_max: ClassVar[float] = 5.0
+    retry_max: float = 5.0  # a loop may lower it per instance (the worker: a heartbeat)
     settle_interval: ClassVar[float] = 0.05  # between turns while shutting down
 
     def __init__(

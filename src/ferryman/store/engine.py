@@ -33,12 +33,13 @@ from ferryman.secret_box import NoKey, SecretBox
 from ferryman.settings import Settings
 from ferryman.store.locks import MIGRATION_LOCK_KEY
 from ferryman.store.tables import BOX_ATTRIBUTE
+from ferryman.store.write_lock import FairLock
 
 if TYPE_CHECKING:
     from ferryman.store.listener import Listener
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued
@@ -139,6 +140,9 @@ class Store:
         self._own_backends: set[int] = set()
         self._lock = threading.Lock()
         self.cancel_generation = 0
+        # SQLite: this process's writers wait in line (FIFO), not in SQLite's
+        # polling busy handler (``store/write_lock.py``).
+        self.write_lock: FairLock | None = FairLock() if self.is_sqlite else None
         if self.is_sqlite:
             self._tune_sqlite(synchronous)
         else:
@@ -240,7 +244,24 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction; committed on success, rolled back on error."""
+        """A write transaction; committed on success, rolled back on error.
+
+        On SQLite the process's writers take turns through ``write_lock``
+        (first come, first served) before ``BEGIN IMMEDIATE``."""
+        lock = self.write_lock
+        if lock is None:
+            with self._write() as conn:
+                yield conn
+            return
+        lock.acquire()
+        try:
+            with self._write() as conn:
+                yield conn
+        finally:
+            lock.release()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             conn = conn.execution_options(ferryman_write=True)
             hooks: list[Callable[[], None]] = []

@@ -568,3 +568,22 @@ stored_secrets = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(128), nullable=True),
 )
+
+# The run lease of a run executed inside a CLI process (``ferryman run``,
+# ``ferryman runs rerun``): renewed with that process's heartbeats; once it
+# has expired, the process is gone and the next ferryman command on the
+# database ends the run (``services/run_leases.py``).
+run_leases = sa.Table(
+    "run_leases",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(32), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    # the id of the embedded worker of the process (its nodes' worker_id)
+    sa.Column("holder", sa.String(128), nullable=False),
+    # what ran it, for the run's error: "ferryman run", "ferryman runs rerun"
+    sa.Column("command", sa.String(64), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_run_leases_holder", "holder"),
+    sa.Index("ix_run_leases_expires", "expires_at"),
+)

@@ -18,10 +18,11 @@ covers the request's connect, write, read and pool timeouts; a receiver that
 dribbles its response slower than that may see a duplicate.
 
 Outcomes: a 2xx (Slack: ``ok``) marks the row ``delivered``; anything else
-is retried with exponential backoff and jitter (``callback_backoff`` …
-``callback_max_backoff``), or after the delay a 429/503 asks for in
-``Retry-After`` (capped at ``callback_max_backoff``), until
-``callback_max_attempts`` attempts, then the row is ``dead`` (its
+is retried on the callback retry schedule (``settings.callbacks.schedule()``:
+5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h, with jitter), or after the
+delay a 429/503 asks for in ``Retry-After`` (capped), until
+``callback_max_age`` seconds after the run ended (or
+``callback_max_attempts`` attempts, when set), then the row is ``dead`` (its
 ``last_error`` says why). Errors that cannot heal (unknown run, malformed
 target, Slack ``channel_not_found`` …) go to ``dead`` at once. Every attempt
 records ``attempts``, ``last_status`` and ``last_error``, and is logged
@@ -50,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ferryman.domain.retry import RetryPolicy
 from ferryman.engine.callback_sender.posting import (
     CallbackPoster,
     Claimed,
@@ -114,13 +114,10 @@ class CallbackSender(Loop):
             policy=destination_policy(settings),
             transport=transport,
         )
-        self._policy = RetryPolicy(
-            retries=max(settings.callbacks.max_attempts - 1, 0),
-            delay=settings.callbacks.backoff,
-            backoff=2.0,
-            jitter=0.2,
-            max_delay=settings.callbacks.max_backoff,
-        )
+        self._schedule = settings.callbacks.schedule()
+        self._retry_after_cap = settings.callbacks.retry_after_cap()
+        # An explicit cap bounds the jittered delay too (jitter stays below it).
+        self._cap = settings.callbacks.max_backoff or float("inf")
         # Connect + write + read + pool timeouts, plus slack: see the module docstring.
         self.lease_seconds = 4 * settings.callbacks.timeout + 5.0
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ferryman-callback")
@@ -227,13 +224,15 @@ class CallbackSender(Loop):
                 callbacks.c.kind,
                 callbacks.c.target,
                 callbacks.c.attempts,
+                callbacks.c.created_at,
             )
         )
         with self.store.write() as conn:
             ids = list(conn.execute(due).scalars())
             rows = conn.execute(stmt, {"ids": ids}).all() if ids else []
         return [
-            Claimed(r.id, r.run_id, r.kind, dict(r.target or {}), int(r.attempts)) for r in rows
+            Claimed(r.id, r.run_id, r.kind, dict(r.target or {}), int(r.attempts), r.created_at)
+            for r in rows
         ]
 
     def pending(self) -> bool:
@@ -301,10 +300,14 @@ class CallbackSender(Loop):
             # A failure only counts for the attempt we still hold: after a lost
             # lease a newer attempt owns the row.
             where.append(callbacks.c.attempts == c.attempts)
-            if o.permanent or c.attempts >= self.settings.callbacks.max_attempts:
+            if o.permanent or self._exhausted(c, now):
                 values["state"] = DEAD
             else:
-                delay = self._delay(c.attempts, o.retry_after)
+                left = None
+                if c.created_at is not None:
+                    age = (now - c.created_at).total_seconds()
+                    left = self.settings.callbacks.max_age - age
+                delay = self._delay(c.attempts, o.retry_after, left)
                 values["next_attempt_at"] = now + dt.timedelta(seconds=delay)
         with self.store.write() as conn:
             updated = conn.execute(sa.update(callbacks).where(*where).values(**values)).rowcount
@@ -336,8 +339,20 @@ class CallbackSender(Loop):
                 c.id, target, c.run_id, c.attempts, latency, o.error, delay,
             )  # fmt: skip
 
-    def _delay(self, attempts: int, retry_after: float | None) -> float:
-        cap = self.settings.callbacks.max_backoff
+    def _exhausted(self, c: Claimed, now: dt.datetime) -> bool:
+        """Dead: past the maximum age (or the attempt limit, when set)."""
+        limit = self.settings.callbacks.max_attempts
+        if limit is not None and c.attempts >= limit:
+            return True
+        if c.created_at is None:
+            return False
+        return (now - c.created_at).total_seconds() >= self.settings.callbacks.max_age
+
+    def _delay(self, attempts: int, retry_after: float | None, left: float | None = None) -> float:
+        """The wait before the next attempt; never past the maximum age (``left``
+        seconds away), so the last attempt comes right at it."""
         if retry_after is not None:
-            return min(max(retry_after, 0.0), cap)  # the receiver said when
-        return min(self._policy.delay_after(attempts), cap)
+            delay = min(max(retry_after, 0.0), self._retry_after_cap)  # the receiver said when
+        else:
+            delay = min(self._schedule.delay_after(attempts), self._cap)
+        return delay if left is None else min(delay, max(left, 0.0))

@@ -12,6 +12,7 @@ service's error page); errors that cannot heal (malformed target, Slack
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -48,6 +49,7 @@ class Claimed:
     kind: str
     target: dict[str, Any]
     attempts: int  # including this one
+    created_at: dt.datetime | None = None  # queued (the run ended): the age counts from it
 
 
 @dataclass

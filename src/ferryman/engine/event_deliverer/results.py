@@ -3,9 +3,10 @@ for every attempt that ended since the deliverer's last turn.
 
 Outcomes: 2xx → delivered. 410 Gone → the subscription is disabled (its
 pending deliveries wait, and go out if it is enabled again). Anything else →
-retried with exponential backoff and jitter, or after ``Retry-After`` (429,
-503; capped at ``delivery_max_backoff``), until ``delivery_max_attempts``
-attempts or ``delivery_max_age`` seconds since it was queued; then it is
+retried on the delivery retry schedule (``settings.delivery.schedule()``:
+5 s, 5 min, 30 min, 2 h, 5 h, then every 10 h, with jitter), or after
+``Retry-After`` (429, 503; capped), until ``delivery_max_age`` seconds since
+it was queued (or ``delivery_max_attempts`` attempts, when set); then it is
 ``dead``, listed by the API and CLI, and can be redelivered. Every attempt is
 a ``delivery_attempts`` row: status, latency, error, response excerpt. When
 a delivery ends (delivered or dead), the next one of its (subscription, run)
@@ -21,7 +22,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ferryman.domain.retry import RetryPolicy
 from ferryman.engine.event_deliverer.queue import Claimed, unlease
 from ferryman.services import subscriptions as subs
 from ferryman.services.fanout import DEAD, DELIVERED, PENDING, WAITING
@@ -56,13 +56,10 @@ class Results:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self._policy = RetryPolicy(
-            retries=max(settings.delivery.max_attempts - 1, 0),
-            delay=settings.delivery.backoff,
-            backoff=2.0,
-            jitter=0.2,
-            max_delay=settings.delivery.max_backoff,
-        )
+        self._schedule = settings.delivery.schedule()
+        self._retry_after_cap = settings.delivery.retry_after_cap()
+        # An explicit cap bounds the jittered delay too (jitter stays below it).
+        self._cap = settings.delivery.max_backoff or float("inf")
         self.delivered_total = 0
         self.attempts_total = 0
 
@@ -100,15 +97,12 @@ class Results:
                 values.update(
                     b_state=PENDING, b_next=now, b_error="HTTP 410 Gone: subscription disabled"
                 )
-            elif (
-                r.permanent
-                or c.attempts >= self.settings.delivery.max_attempts
-                or (now - c.queued_at).total_seconds() >= self.settings.delivery.max_age
-            ):
+            elif r.permanent or self._exhausted(c, now):
                 values.update(b_state=DEAD, b_next=now, b_error=r.error)
                 ended.append({"e_id": c.id, "e_sub": c.subscription_id, "e_run": c.run_id})
             else:
-                delay = self._delay(c.attempts, r.retry_after)
+                age = (now - c.queued_at).total_seconds()
+                delay = self._delay(c.attempts, r.retry_after, self.settings.delivery.max_age - age)
                 values.update(
                     b_state=PENDING, b_next=now + dt.timedelta(seconds=delay), b_error=r.error
                 )
@@ -193,8 +187,18 @@ class Results:
             log.info("delivery %d (subscription %s) attempt %d failed in %.1f ms: %s",
                      c.id, c.subscription_id, c.attempts, r.latency_ms, r.error)  # fmt: skip
 
-    def _delay(self, attempts: int, retry_after: float | None) -> float:
-        cap = self.settings.delivery.max_backoff
+    def _exhausted(self, c: Claimed, now: dt.datetime) -> bool:
+        """Dead-letter: past the maximum age (or the attempt limit, when set)."""
+        limit = self.settings.delivery.max_attempts
+        if limit is not None and c.attempts >= limit:
+            return True
+        return (now - c.queued_at).total_seconds() >= self.settings.delivery.max_age
+
+    def _delay(self, attempts: int, retry_after: float | None, left: float | None = None) -> float:
+        """The wait before the next attempt; never past the maximum age (``left``
+        seconds away), so the last attempt comes right at it."""
         if retry_after is not None:
-            return min(max(retry_after, 0.0), cap)
-        return min(self._policy.delay_after(attempts), cap)
+            delay = min(max(retry_after, 0.0), self._retry_after_cap)
+        else:
+            delay = min(self._schedule.delay_after(attempts), self._cap)
+        return delay if left is None else min(delay, max(left, 0.0))

@@ -2,7 +2,9 @@
 sweep of attempts whose lease expired, and adopting lost attempts.
 
 Every running node carries the lease of the worker running it. The worker
-renews its leases on each heartbeat (and learns of cancel requests for its
+renews the leases of the attempts it runs itself (never every node under its
+id: a process restarted with the same ``--id`` leaves its dead predecessor's
+leases to expire) on each heartbeat (and learns of cancel requests for its
 attempts on the way); an attempt whose lease it no longer holds (swept by
 another worker, or moved on) is stopped at once, so the same attempt never
 runs on two workers. The sweep, run by every worker every ``sweep_seconds``,
@@ -11,6 +13,13 @@ policy) or, where the infrastructure can re-attach to a started step (a
 container, a Kubernetes job), *adopts* them: this worker takes the lease
 and watches the same container or job, so nothing runs twice. The sweep also
 cancels runs past their deadline.
+
+A worker that was itself cut off from the database (failed turns, or no
+turn for half a lease) gives the owners of leases that expired during its
+outage one lease period after it reconnects before it sweeps them: in an
+outage of the database every worker was cut off, and an owner that finished
+steps meanwhile must get to write their results (they are buffered) instead
+of having them re-run (``_sweep_bound``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from ferryman.domain.states import NodeState, RunState
 from ferryman.engine.clock import Clock
 from ferryman.engine.worker.attempts import Attempt, Attempts
 from ferryman.engine.worker.claims import Claims
+from ferryman.services import run_leases
 from ferryman.services.gate import Tx
 from ferryman.services.runs import RunService
 from ferryman.services.selectors import sel_expired
@@ -68,10 +78,21 @@ class Leases:
         self._next_heartbeat = 0.0
         self._next_sweep = 0.0
         self._next_cancel_poll = 0.0
+        # The outage grace (see ``_sweep_bound``): when this worker last got
+        # a turn through (database time and monotonic), whether turns failed
+        # since, and until when leases that expired after ``_grace_cutoff``
+        # are left to their owners.
+        self._ok_now: dt.datetime | None = None
+        self._ok_mono: float | None = None
+        self._turn_now: tuple[dt.datetime, float] | None = None
+        self._cut_off = False
+        self._grace_cutoff: dt.datetime | None = None
+        self._grace_until = 0.0
 
     def on_turn(self, tx: Tx, mono: float, *, stopping: bool) -> list[Attempt]:
         """Heartbeat, renew, poll for cancels and sweep, each when due; returns
         the attempts adopted from lost workers."""
+        self._note_reconnect(tx.now, mono)
         beat = mono >= self._next_heartbeat
         if beat or self.cancel_pending.is_set():
             self.renew(tx, beat=beat)
@@ -92,9 +113,50 @@ class Leases:
         """The turn's transaction committed: what it renewed counts."""
         if self._renewing is not None:
             self.last_renewal, self._renewing = self._renewing, None
+        if self._turn_now is not None:
+            (self._ok_now, self._ok_mono), self._turn_now = self._turn_now, None
 
     def rolled_back(self) -> None:
+        """The turn failed (the database, most likely): we may be cut off."""
         self._renewing = None
+        self._turn_now = None
+        self._cut_off = True
+
+    # -- the outage grace -----------------------------------------------------------
+
+    def _note_reconnect(self, now: dt.datetime, mono: float) -> None:
+        """Start the outage grace when this turn follows failed turns (or a
+        long silence): we could not see the database, and neither, perhaps,
+        could the owners of the leases that expired meanwhile."""
+        self._turn_now = (now, mono)
+        lease = self.settings.worker.lease_seconds
+        silent = self._ok_mono is not None and mono - self._ok_mono > lease / 2
+        if (self._cut_off or silent) and self._ok_now is not None:
+            cutoff = self._ok_now
+            if self._grace_cutoff is not None and mono < self._grace_until:
+                cutoff = min(cutoff, self._grace_cutoff)  # still in an earlier grace
+            self._grace_cutoff = cutoff
+            self._grace_until = mono + lease
+            log.info(
+                "back in touch with the database after %.1fs: leases that expired since "
+                "are left to their owners for %gs before they are swept",
+                mono - (self._ok_mono or mono),
+                lease,
+            )
+        self._cut_off = False
+
+    def _sweep_bound(self, now: dt.datetime) -> dt.datetime:
+        """Leases that expired before this are swept.
+
+        Normally ``now``. For one lease after this worker was cut off from
+        the database, only the leases that had expired before it lost touch:
+        the owners of the others were most likely cut off too (the same
+        outage), hold finished results they could not write, and need a
+        turn, after they reconnect, to write them or renew their leases.
+        """
+        if self._grace_cutoff is not None and self.clock.monotonic() < self._grace_until:
+            return min(now, self._grace_cutoff)
+        return now
 
     def next_wait(self, mono: float) -> float:
         """Seconds until a heartbeat, a sweep, a cancel poll or a run deadline is due."""
@@ -117,17 +179,27 @@ class Leases:
         """Renew our leases, pick up cancel requests, stop what we lost (and,
         with ``beat``, record that this worker is alive)."""
         self.cancel_pending.clear()
+        lease = tx.now + dt.timedelta(seconds=self.settings.worker.lease_seconds)
         if beat:
             tx.conn.execute(
                 sa.update(workers).where(workers.c.id == self.worker_id).values(heartbeat_at=tx.now)
             )
+            if self.claims.only_runs is not None:
+                # ``ferryman run``: the run itself is leased to this process.
+                run_leases.renew(tx.conn, self.worker_id, lease)
         inflight = self.attempts.inflight
         if not inflight:
             return
-        lease = tx.now + dt.timedelta(seconds=self.settings.worker.lease_seconds)
+        # Only the attempts this process runs: a worker restarted under the
+        # same ``--id`` must not keep its dead predecessor's leases alive
+        # (they expire and are swept like any lost worker's).
         rows = tx.conn.execute(
             sa.update(nodes)
-            .where(nodes.c.worker_id == self.worker_id, nodes.c.state == NodeState.RUNNING.value)
+            .where(
+                nodes.c.id.in_(list(inflight)),
+                nodes.c.worker_id == self.worker_id,
+                nodes.c.state == NodeState.RUNNING.value,
+            )
             .values(lease_expires_at=lease)
             .returning(nodes.c.id, nodes.c.attempt, nodes.c.cancel_requested)
         ).all()
@@ -161,6 +233,9 @@ class Leases:
     def sweep(self, tx: Tx, *, adopt: bool) -> list[Attempt]:
         """End (or, with ``adopt``, adopt) the attempts whose lease expired, and
         cancel the runs past their deadline; returns the adopted attempts."""
+        # Runs whose ``ferryman run`` process died end first (their steps
+        # with them, saying why), not as a "worker lost" retry.
+        run_leases.end_orphaned_runs(tx, self.service)
         adoptable: list[Any] = []
         q = (
             sa.select(
@@ -175,7 +250,10 @@ class Leases:
                 nodes.c.launch_nonce,
                 nodes.c.started_at,
             )
-            .where(nodes.c.state == NodeState.RUNNING.value, nodes.c.lease_expires_at < tx.now)
+            .where(
+                nodes.c.state == NodeState.RUNNING.value,
+                nodes.c.lease_expires_at < self._sweep_bound(tx.now),
+            )
             .limit(500)
         )
         if self.postgres:

@@ -68,6 +68,10 @@ class Worker(Loop):
             clock=clock,
         )
         self.settings = settings
+        # Cut off from the database, retry at least once a heartbeat: after
+        # an outage an owner must be back well within the one lease that the
+        # other workers' sweepers give it (``leases.py``, the outage grace).
+        self.retry_max = min(type(self).retry_max, settings.worker.heartbeat)
         self.service = RunService(store, trigger_max_depth=settings.worker.trigger_max_depth)
         self.only_runs = only_runs
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"

@@ -1,7 +1,7 @@
 """schedules and schedule ticks
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 
 Issue 13: ``schedules`` (one row per schedule, its cursor and next due time)
 and ``schedule_ticks`` (one row per decided tick, unique per schedule and
@@ -16,7 +16,7 @@ from alembic import op
 from ferryman.store.tables import JSONType, UTCDateTime
 
 revision = "0011"
-down_revision = "0014"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

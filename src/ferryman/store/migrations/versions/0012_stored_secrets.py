@@ -1,7 +1,7 @@
 """stored secrets
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 
 Issue 13, item 7: ferryman's own secret store (``ferryman secrets set|ls|rm``).
 One row per secret name; the value is sealed with the store's SecretBox

@@ -1,6 +1,6 @@
 """the Slack bot: command audit and run messages
 
-Revision ID: 0014
+Revision ID: 0010
 Revises: 0009
 
 Issue 14: ``slack_commands`` records every command the bot received (who,
@@ -16,7 +16,7 @@ from alembic import op
 
 from ferryman.store.tables import UTCDateTime
 
-revision = "0014"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
