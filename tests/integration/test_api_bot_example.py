@@ -10,6 +10,7 @@ ferryman keeps or prints something: it is not there."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -267,10 +268,41 @@ def test_the_declared_schedule_run_now_and_its_cronjob(
     m = yaml.safe_load(out.read_text())
     assert (m["spec"]["schedule"], m["spec"]["timeZone"]) == ("0 8 * * 1-5", "Europe/London")
     job = m["spec"]["jobTemplate"]["spec"]
-    assert job["activeDeadlineSeconds"] == 300
+    assert job["activeDeadlineSeconds"] == 300 and m["spec"]["concurrencyPolicy"] == "Forbid"
     (c,) = job["template"]["spec"]["containers"]
     assert c["command"][:3] == ["ferryman", "run", "/app/bot.py:api_bot"]
     assert {"name": "STATUS_API_KEY", "valueFrom": {"secretKeyRef": {
         "name": "api-bot", "key": "STATUS_API_KEY"}}} in c["env"]  # fmt: skip
     kept = _everything_kept(cli, run_id) + cli.text + w_out + w_err + out.read_text()
     assert KEY not in kept
+
+
+def _readme_commands() -> list[str]:
+    text = (EXAMPLE / "README.md").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.startswith("$ ")]
+
+
+def test_the_readme_shows_what_the_commands_do(env: dict[str, str]) -> None:
+    """The README's bad-config example prints what the README says, and its
+    commands name the example's real files, pipeline and schedule."""
+    lines = (EXAMPLE / "README.md").read_text(encoding="utf-8").splitlines()
+    (i,) = [n for n, line in enumerate(lines) if "post_sumary" in line and line.startswith("$")]
+    r = ferryman(env, *shlex.split(lines[i][2:])[1:])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [lines[i + 1], lines[i + 2]]
+    commands = _readme_commands()
+    needed = [
+        "ferryman secrets set STATUS_API_KEY",
+        "ferryman run examples/api_bot/bot.py:api_bot",
+        "--params-file",
+        "ferryman deploy examples/api_bot/bot.py",
+        "ferryman schedules next api-bot-weekday",
+        "ferryman schedules run api-bot-weekday --now",
+        "ferryman export cronjob api-bot-weekday",
+    ]
+    for need in needed:
+        assert any(need in c for c in commands), need
+    for c in commands:
+        for word in shlex.split(c[2:].split("|")[-1]):
+            if word.startswith(("examples/", "config=@examples/")):
+                assert (ROOT / word.split("@")[-1].split(":")[0]).is_file(), word

@@ -32,6 +32,7 @@ from ferryman.settings import GROUPS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+EXAMPLES = ROOT / "examples"
 GETTING_STARTED = DOCS / "getting-started.md"
 CONFIGURATION = DOCS / "configuration.md"
 CLI_DOC = DOCS / "cli.md"
@@ -46,7 +47,7 @@ def code_blocks(text: str, lang: str) -> list[str]:
 
 
 def markdown_files() -> list[Path]:
-    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md")), *sorted(EXAMPLES.rglob("*.md"))]
 
 
 # --------------------------------------------------------------------------- getting started
