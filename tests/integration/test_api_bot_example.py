@@ -10,6 +10,7 @@ ferryman keeps or prints something: it is not there."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -306,3 +307,30 @@ def test_the_readme_shows_what_the_commands_do(env: dict[str, str]) -> None:
         for word in shlex.split(c[2:].split("|")[-1]):
             if word.startswith(("examples/", "config=@examples/")):
                 assert (ROOT / word.split("@")[-1].split(":")[0]).is_file(), word
+
+
+def test_the_exported_cronjob_command_runs_the_bot(
+    bot: Path, api: FakeStatusApi, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The exported container's command, run as a process with the env the
+    kubelet would give it (the secretKeyRef filled in): it calls the API with
+    the key and exits 0."""
+    assert ferryman(env, "deploy", f"{bot}/bot.py").returncode == 0
+    out = tmp_path / "local.yaml"
+    r = ferryman(env, "export", "cronjob", "api-bot-weekday", "--image", "bots:1",
+                 "--ref", f"{bot}/bot.py:api_bot", "-o", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = yaml.safe_load(out.read_text())
+    (c,) = m["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert c["command"][0] == "ferryman" and KEY not in out.read_text()
+    pod = {k: v for k, v in os.environ.items() if not k.startswith("FERRYMAN_")}
+    for e in c["env"]:
+        if "valueFrom" in e:
+            pod[e["name"]] = KEY
+        else:
+            pod[e["name"]] = e["value"].replace("/tmp", str(tmp_path / "pod-tmp"))
+    p = subprocess.run([sys.executable, "-m", "ferryman", *c["command"][1:]], env=pod,
+                       capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [(c["method"], c["key_ok"]) for c in api.calls] == [("GET", True), ("POST", True)]
+    assert KEY not in p.stdout + p.stderr
