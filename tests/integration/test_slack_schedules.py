@@ -1,0 +1,187 @@
+"""The bot's schedule commands over real HTTP (uvicorn on loopback, a fake
+Slack on loopback, signed requests), on SQLite and PostgreSQL: ``schedule``
+makes a native schedule through the schedules service (what the REST API
+reads back), ``schedules`` lists, ``pause``/``resume``/``unschedule`` change
+it; viewers may only list; bad parameters, cron and time zones create nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from tests.slack_support import Bot, running_bot
+
+from ferryman.domain.schedules import next_ticks
+from ferryman.services import schedules as svc
+from ferryman.settings import Settings
+from ferryman.store.engine import Store
+from ferryman.store.tables import schedules, slack_commands
+
+PARIS_NAME = "napping-0_9_x_x_1-5"
+
+
+@pytest.fixture
+def bot(store: Store, settings: Settings) -> Iterator[Bot]:
+    with running_bot(store, settings) as b:
+        yield b
+
+
+def text_of(call: dict[str, Any]) -> str:
+    return str(call.get("text", ""))
+
+
+def stored(bot: Bot) -> dict[str, svc.Schedule]:
+    with bot.store.read() as conn:
+        return {s.name: s for s in svc.list_schedules(conn, "default")}
+
+
+def test_schedule_creates_a_native_schedule_with_its_next_fire_times(bot: Bot) -> None:
+    answer = text_of(
+        bot.say('schedule Napping "0 9 * * 1-5" Europe/Paris ```{"seconds": 2,}```', user="UOPS")
+    )
+    s = stored(bot)[PARIS_NAME]
+    assert (s.spec.pipeline, s.spec.cron, s.spec.timezone) == (
+        "napping",
+        "0 9 * * 1-5",
+        "Europe/Paris",
+    )
+    assert s.spec.params == {"seconds": 2} and not s.spec.paused
+    assert (s.source, s.created_by) == ("slack", "olga")
+    assert f"`{PARIS_NAME}`" in answer and "created" in answer
+    # the next 3 fire times, in Paris time (09:00) and in UTC (08:00 or 07:00)
+    ticks = next_ticks(s.spec, dt.datetime.now(dt.UTC), 3)
+    assert len(ticks) == 3
+    for t in ticks:
+        local = t.astimezone(s.spec.zone)
+        assert local.hour == 9
+        assert local.strftime("%a %Y-%m-%d 09:00 %Z") in answer
+        assert t.strftime("(%H:%M UTC)") in answer
+    assert answer.count("\n• ") == 3
+    assert bot.runs() == []  # a schedule starts nothing now
+
+
+def test_a_given_name_backticked_cron_and_utc_by_default(bot: Bot) -> None:
+    answer = text_of(
+        bot.say(
+            'schedule export-data `*/15 * * * *` as quarterly ```{"day": "2024-01-01"}```',
+            user="UOPS",
+        )
+    )
+    s = stored(bot)["quarterly"]
+    assert (s.spec.cron, s.spec.timezone, s.spec.params) == (
+        "*/15 * * * *",
+        "UTC",
+        {"day": "2024-01-01"},
+    )
+    assert "`quarterly`" in answer and answer.count(" UTC") >= 3
+
+
+def test_schedules_lists_and_pause_resume_unschedule_change(bot: Bot) -> None:
+    bot.say('schedule napping "0 9 * * 1-5" Europe/Paris', user="UOPS")
+    bot.say('schedule export_data "30 2 * * *" as nightly', user="UOPS")
+    listed = text_of(bot.say("schedules", user="UVIEW"))
+    assert "2 schedule(s)" in listed and PARIS_NAME in listed and "nightly" in listed
+    assert "next " in listed and "Europe/Paris" in listed
+    only = text_of(bot.say("schedules Export-Data", user="UVIEW"))
+    assert "nightly" in only and PARIS_NAME not in only
+
+    assert "paused" in text_of(bot.say("pause nightly", user="UOPS"))
+    nightly = stored(bot)["nightly"]
+    assert nightly.spec.paused and nightly.next_due_at is None
+    assert "already paused" in text_of(bot.say("pause nightly", user="UOPS"))
+    assert "paused" in text_of(bot.say("schedules", user="UVIEW"))
+
+    resumed = text_of(bot.say("resume nightly", user="UOPS"))
+    assert "resumed" in resumed and "02:30 UTC" in resumed
+    nightly = stored(bot)["nightly"]
+    assert not nightly.spec.paused and nightly.next_due_at is not None
+
+    assert "deleted" in text_of(bot.say("unschedule nightly", user="UOPS"))
+    assert set(stored(bot)) == {PARIS_NAME}
+    missing = text_of(bot.say("pause nightlyy", user="UOPS"))
+    assert "no schedule 'nightlyy'" in missing
+    close = text_of(bot.say(f"unschedule {PARIS_NAME}x", user="UOPS"))
+    assert PARIS_NAME in close and set(stored(bot)) == {PARIS_NAME}
+
+
+def test_a_viewer_may_list_but_not_schedule_pause_or_unschedule(bot: Bot) -> None:
+    bot.say('schedule export_data "30 2 * * *" as nightly', user="UOPS")
+    before = stored(bot)
+    attempts = [
+        'schedule napping "* * * * *" ```{"seconds": 1}```',
+        "pause nightly",
+        "resume nightly",
+        "unschedule nightly",
+        # a user id smuggled in the text is only text
+        "unschedule nightly <@UADMIN>",
+    ]
+    for text in attempts:
+        assert "needs the operator role" in text_of(bot.say(text, user="UVIEW")), text
+    # unknown Slack users are nobody
+    assert "know you" in text_of(bot.say("unschedule nightly", user="USTRANGER"))
+    assert stored(bot) == before
+    with bot.store.read() as conn:
+        rows = conn.execute(
+            sa.select(slack_commands.c.command, slack_commands.c.outcome).where(
+                slack_commands.c.slack_user != "UOPS"
+            )
+        ).all()
+    assert sorted(rows) == sorted(
+        [
+            ("schedule", "refused"),
+            ("pause", "refused"),
+            ("resume", "refused"),
+            ("unschedule", "refused"),
+            ("unschedule", "refused"),
+            ("unschedule", "refused"),
+        ]
+    )
+    assert "nightly" in text_of(bot.say("schedules", user="UVIEW"))
+
+
+def test_bad_parameters_cron_and_time_zones_create_nothing(bot: Bot) -> None:
+    bad = text_of(
+        bot.say('schedule napping "0 9 * * *" ```{"seconds": "soon", "extra": 1}```', user="UOPS")
+    )
+    assert "2 parameter error(s)" in bad and "seconds" in bad and "extra" in bad
+    assert "nothing created" in bad
+    cron = text_of(bot.say('schedule napping "0 25 * * *"', user="UOPS"))
+    assert "invalid cron" in cron and "nothing created" in cron
+    fields = text_of(bot.say('schedule napping "0 9 * *"', user="UOPS"))
+    assert "4 fields" in fields
+    zone = text_of(bot.say('schedule napping "0 9 * * *" Paris', user="UOPS"))
+    assert "unknown time zone 'Paris'" in zone and "Europe/Paris" in zone
+    unquoted = text_of(bot.say("schedule napping 0 9 * * *", user="UOPS"))
+    assert "quotes" in unquoted
+    extra = text_of(bot.say('schedule napping "0 9 * * *" UTC tomorrow', user="UOPS"))
+    assert "tomorrow" in extra
+    pipeline = text_of(bot.say('schedule naping "0 9 * * *"', user="UOPS"))
+    assert "napping" in pipeline
+    usage = text_of(bot.say("schedule napping", user="UOPS"))
+    assert "needs a pipeline and a cron" in usage
+    with bot.store.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schedules)).scalar() == 0
+    # a name taken is refused with a way out, the first schedule untouched
+    bot.say('schedule napping "0 9 * * *" ```{"seconds": 1}```', user="UOPS")
+    taken = text_of(bot.say('schedule napping "0 9 * * *" ```{"seconds": 5}```', user="UOPS"))
+    assert "already exists" in taken and "as <name>" in taken
+    assert stored(bot)["napping-0_9_x_x_x"].spec.params == {"seconds": 1}
+
+
+def test_create_recurring_points_to_a_working_schedule_command(bot: Bot) -> None:
+    answer = text_of(bot.say('create_recurring napping ```{"seconds": 2}```', user="UOPS"))
+    native = answer.split("```")[3]
+    assert native.startswith('schedule napping "0 9 * * 1-5" Europe/Paris b64_')
+    made = text_of(bot.say(native, user="UOPS"))
+    assert "created" in made
+    assert stored(bot)[PARIS_NAME].spec.params == {"seconds": 2}
+
+
+def test_help_lists_the_schedule_commands(bot: Bot) -> None:
+    help_ = text_of(bot.say("help", user="UVIEW"))
+    for usage in ("schedule <pipeline>", "schedules [pipeline]", "unschedule <name>"):
+        assert usage in help_
+    assert "pause <name>" in help_ and "resume <name>" in help_
