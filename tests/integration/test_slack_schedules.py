@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from tests.slack_support import Bot, running_bot
 from ferryman.domain.schedules import next_ticks
 from ferryman.services import schedules as svc
 from ferryman.settings import Settings
+from ferryman.slack.grammar import decode_b64
 from ferryman.store.engine import Store
 from ferryman.store.tables import schedules, slack_commands
 
@@ -185,3 +187,24 @@ def test_help_lists_the_schedule_commands(bot: Bot) -> None:
     for usage in ("schedule <pipeline>", "schedules [pipeline]", "unschedule <name>"):
         assert usage in help_
     assert "pause <name>" in help_ and "resume <name>" in help_
+
+
+def test_the_examples_of_the_docs_work(bot: Bot) -> None:
+    """Every ``@ferryman ...`` line of docs/slack.md's Schedules section and
+    of the migration guide's reminders section, sent in order."""
+    root = Path(__file__).resolve().parents[2] / "docs"
+    slack = (root / "slack.md").read_text(encoding="utf-8")
+    section = slack.split("### Schedules", 1)[1].split("\n### ", 1)[0]
+    guide = (root / "migrating-from-kfp-bot.md").read_text(encoding="utf-8")
+    section += guide.split("From reminders to native schedules", 1)[1]
+    lines = [ln.strip() for ln in section.splitlines() if ln.strip().startswith("@ferryman ")]
+    assert len(lines) == 7
+    # the guide's reminder payload is what its pipeline takes
+    (pasted,) = [ln for ln in lines if "b64_" in ln]
+    assert decode_b64(pasted.split("b64_")[1]) == {"day": "today"}
+    answers = [text_of(bot.say(ln.removeprefix("@ferryman "), user="UOPS")) for ln in lines]
+    assert "created" in answers[0] and "created" in answers[1]
+    assert "nightly-export" in answers[2]
+    assert "paused" in answers[3] and "resumed" in answers[4] and "deleted" in answers[5]
+    assert "already exists" in answers[6]  # the guide's schedule is the first example's
+    assert set(stored(bot)) == {"export_data-0_9_x_x_1-5"}
