@@ -7,12 +7,14 @@ it; viewers may only list; bad parameters, cron and time zones create nothing.""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from tests.slack_fake import mention
 from tests.slack_support import Bot, running_bot
 
 from ferryman.domain.schedules import next_ticks
@@ -208,3 +210,25 @@ def test_the_examples_of_the_docs_work(bot: Bot) -> None:
     assert "paused" in answers[3] and "resumed" in answers[4] and "deleted" in answers[5]
     assert "already exists" in answers[6]  # the guide's schedule is the first example's
     assert set(stored(bot)) == {"export_data-0_9_x_x_1-5"}
+
+
+def test_one_schedule_for_an_event_sent_three_times_with_typographic_quotes(bot: Bot) -> None:
+    ev = mention("schedule napping \u201c0 9 * * 1-5\u201d Europe/Paris", user="UOPS")
+    for retry in ("", "1", "2"):
+        headers = {"X-Slack-Retry-Num": retry, "X-Slack-Retry-Reason": "http_timeout"}
+        assert bot.post.event(ev, **(headers if retry else {})).status_code == 200
+    bot.fake.wait_for("chat.postMessage", 1)
+    time.sleep(0.5)
+    assert len(bot.fake.of("chat.postMessage")) == 1  # answered once, no "already exists"
+    assert "created" in bot.fake.of("chat.postMessage")[0].args["text"]
+    assert list(stored(bot)) == [PARIS_NAME]
+
+
+def test_unschedule_of_a_declared_schedule_says_the_deploy_brings_it_back(bot: Bot) -> None:
+    spec = svc.parse_spec({"name": "declared", "pipeline": "napping", "cron": "0 4 * * *"})
+    with bot.store.write() as conn:
+        svc.reconcile(conn, "default", "napping", [spec])
+    assert "declared by the pipeline" in text_of(bot.say("schedules", user="UVIEW"))
+    answer = text_of(bot.say("unschedule default/declared", user="UOPS"))
+    assert "deleted" in answer and "next deploy" in answer
+    assert stored(bot) == {}

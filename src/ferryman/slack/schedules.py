@@ -160,11 +160,12 @@ def cmd_schedule(ctx: Context, cmd: Command) -> Reply:
             outcome="invalid",
             detail=exc.message,
         )
-    shown = render.esc(json.dumps(params, ensure_ascii=False))
+    shown = f"`{render.esc(json.dumps(params, ensure_ascii=False))[:300]}`"
     target = render.esc(_target(ctx, ns, made.name))
     text = (
         f":calendar: Schedule {render.code(made.name)} created: *{render.esc(pipeline)}* "
-        f"{render.esc(made.spec.describe())}, parameters `{shown[:300]}`.\n"
+        f"{render.esc(made.spec.describe())}, "
+        f"{f'parameters {shown}' if params else 'default parameters'}.\n"
         f"{_fires(made.spec)}\n"
         f"`pause {target}` · `resume {target}` · `unschedule {target}` · `schedules`"
     )
