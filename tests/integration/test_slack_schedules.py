@@ -19,6 +19,7 @@ from tests.slack_support import Bot, running_bot
 
 from ferryman.domain.schedules import next_ticks
 from ferryman.services import schedules as svc
+from ferryman.services.ticks import Ticks
 from ferryman.settings import Settings
 from ferryman.slack.grammar import decode_b64
 from ferryman.store.engine import Store
@@ -232,3 +233,16 @@ def test_unschedule_of_a_declared_schedule_says_the_deploy_brings_it_back(bot: B
     answer = text_of(bot.say("unschedule default/declared", user="UOPS"))
     assert "deleted" in answer and "next deploy" in answer
     assert stored(bot) == {}
+
+
+def test_a_schedule_made_in_slack_fires_its_runs(bot: Bot) -> None:
+    bot.say('schedule napping "0 9 * * *" as morning ```{"seconds": 0.1}```', user="UOPS")
+    due = stored(bot)["morning"].next_due_at
+    assert due is not None
+    due = due if due.tzinfo else due.replace(tzinfo=dt.UTC)
+    ticks = Ticks(bot.store, late_after=600)
+    assert ticks.run_due(due - dt.timedelta(seconds=1)).fired == 0
+    assert ticks.run_due(due).fired == 1
+    (run,) = bot.runs()
+    assert run.params == {"seconds": 0.1}
+    assert run.trigger["kind"] == "schedule" and run.trigger["schedule"] == "morning"
