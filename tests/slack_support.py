@@ -17,14 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
+from tests.api_support import live_server
 from tests.cli_support import ROOT, cli_environment, free_port
-from tests.slack_fake import FakeSlack, sign
+from tests.slack_fake import FakeSlack, fake_slack, mention, sign
 
+from ferryman.api.app import create_app
 from ferryman.dsl.loader import load_pipeline
+from ferryman.engine.callback_sender import CallbackSender
+from ferryman.engine.worker import Worker
 from ferryman.services.auth import Role, create_user, update_user
 from ferryman.services.catalog import register
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
+from ferryman.store.tables import runs
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TOKEN = "xoxb-111-222-SeCrEtBoTtOkEn"
@@ -138,3 +144,50 @@ def server_process(
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@dataclass
+class Bot:
+    """A running server with the bot on, its fake Slack and its store."""
+
+    fake: FakeSlack
+    post: Poster
+    store: Store
+    settings: Settings
+
+    def say(self, text: str, **kw: Any) -> dict[str, Any]:
+        """Mention the bot; the answer (the first chat.postMessage in the thread)."""
+        ev = mention(text, **kw)
+        before = len(self.fake.of("chat.postMessage"))
+        r = self.post.event(ev)
+        assert r.status_code == 200, r.text
+        calls = self.fake.wait_for("chat.postMessage", before + 1)
+        answer = calls[before].args
+        assert answer["channel"] == ev["event"]["channel"]
+        assert answer["thread_ts"] == ev["event"].get("thread_ts", ev["event"]["ts"])
+        return answer
+
+    def runs(self) -> list[Any]:
+        with self.store.read() as conn:
+            return list(conn.execute(sa.select(runs).order_by(runs.c.id)))
+
+    def finish(self) -> None:
+        ids = {r.id for r in self.runs() if r.state not in ("succeeded", "failed", "cancelled")}
+        if ids:
+            Worker(self.store, self.settings).run_until(ids, timeout=60)
+        CallbackSender(self.store, self.settings).run_until_idle(20)
+
+
+@contextmanager
+def running_bot(store: Store, settings: Settings) -> Iterator[Bot]:
+    """The app (uvicorn on loopback) with the bot on, pointed at a fake Slack
+    that knows a few users' e-mail addresses; the users and pipelines seeded."""
+    emails = {"UMAIL": "Mail.User@example.com", "UNOBODY": "x@nowhere.org"}
+    emails["UEVIL"] = "BOSS@example.com"  # claims the admin's address in another workspace
+    with fake_slack(emails) as fake:
+        s = bot_settings(settings, fake, callback_backoff=0.1)
+        seed(store)
+        app = create_app(s, store)
+        with live_server(app) as base:
+            yield Bot(fake, Poster(base), store, s)
+        app.state.slack_bot.close()

@@ -9,64 +9,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from tests.api_support import live_server
-from tests.slack_fake import FakeSlack, action_body, fake_slack, mention, sign, slash
-from tests.slack_support import Poster, bot_settings, seed
+from tests.slack_fake import action_body, fake_slack, mention, sign, slash
+from tests.slack_support import Bot, Poster, bot_settings, running_bot, seed
 
 from ferryman.api.app import create_app
-from ferryman.engine.callback_sender import CallbackSender
-from ferryman.engine.worker import Worker
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
 from ferryman.store.tables import runs, slack_commands
 
 
-@dataclass
-class Bot:
-    fake: FakeSlack
-    post: Poster
-    store: Store
-    settings: Settings
-
-    def say(self, text: str, **kw: Any) -> dict[str, Any]:
-        """Mention the bot; the answer (the first chat.postMessage in the thread)."""
-        ev = mention(text, **kw)
-        before = len(self.fake.of("chat.postMessage"))
-        r = self.post.event(ev)
-        assert r.status_code == 200, r.text
-        calls = self.fake.wait_for("chat.postMessage", before + 1)
-        answer = calls[before].args
-        assert answer["channel"] == ev["event"]["channel"]
-        assert answer["thread_ts"] == ev["event"].get("thread_ts", ev["event"]["ts"])
-        return answer
-
-    def runs(self) -> list[Any]:
-        with self.store.read() as conn:
-            return list(conn.execute(sa.select(runs).order_by(runs.c.id)))
-
-    def finish(self) -> None:
-        ids = {r.id for r in self.runs() if r.state not in ("succeeded", "failed", "cancelled")}
-        if ids:
-            Worker(self.store, self.settings).run_until(ids, timeout=60)
-        CallbackSender(self.store, self.settings).run_until_idle(20)
-
-
 @pytest.fixture
 def bot(store: Store, settings: Settings) -> Iterator[Bot]:
-    emails = {"UMAIL": "Mail.User@example.com", "UNOBODY": "x@nowhere.org"}
-    emails["UEVIL"] = "BOSS@example.com"  # claims the admin's address in another workspace
-    with fake_slack(emails) as fake:
-        s = bot_settings(settings, fake, callback_backoff=0.1)
-        seed(store)
-        app = create_app(s, store)
-        with live_server(app) as base:
-            yield Bot(fake, Poster(base), store, s)
-        app.state.slack_bot.close()
+    with running_bot(store, settings) as b:
+        yield b
 
 
 def text_of(call: dict[str, Any]) -> str:

@@ -51,7 +51,9 @@ class SchedulePublic(ScheduleSpec):
 
     id: str
     namespace: str
-    source: str = Field(description="'api' or 'pipeline' (declared by the pipeline)")
+    source: str = Field(
+        description="'api', 'slack' (the bot's `schedule`) or 'pipeline' (declared by the pipeline)"
+    )
     next_fire_at: dt.datetime | None = Field(
         default=None, description="When the next tick is due (UTC; null: paused or ended)"
     )

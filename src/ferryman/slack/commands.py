@@ -2,8 +2,8 @@
 and who asked (``Context``), answering a ``Reply``.
 
 ``COMMANDS`` is the table: verb → (function, role needed, one line of help).
-A new command is a function and a line there (``schedule`` & co. arrive with
-native schedules). Functions call services and render; they never write
+A new command is a function and a line there (the schedule commands are in
+``schedules.py``). Functions call services and render; they never write
 tables themselves.
 """
 
@@ -11,93 +11,33 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ferryman.domain.options import Origin, RunOptions
 from ferryman.domain.params import ParamsInvalid, validate_params
 from ferryman.errors import NotFound
-from ferryman.notify.report import run_links
 from ferryman.services import queries
-from ferryman.services.auth import Principal, Role
-from ferryman.services.catalog import latest, resolve_name
-from ferryman.services.runs import RunService
-from ferryman.settings import Settings
-from ferryman.slack import render
+from ferryman.services.auth import Role
+from ferryman.services.catalog import latest
+from ferryman.slack import render, schedules
+from ferryman.slack.context import (
+    Context,
+    Handler,
+    Refused,
+    Reply,
+    arg,
+    find_pipeline,
+    params_reply,
+)
 from ferryman.slack.grammar import Command, GrammarError, encode_b64
-from ferryman.store.engine import Store
 
 LOG_TAIL = 40  # log lines shown by ``logs``
 LIST_LIMIT = 10  # runs shown by ``list``
 
 
-@dataclass
-class Context:
-    """Who asked, where, and what the command may use."""
-
-    settings: Settings
-    store: Store
-    runs: RunService
-    principal: Principal
-    channel: str
-    thread_ts: str | None  # the thread the answer goes in
-    event_key: str  # the Slack event's id: a started run's idempotency key
-
-    @property
-    def namespace(self) -> str:
-        return self.settings.slack.namespace
-
-    def run_url(self, run_id: str) -> str:
-        return run_links(self.settings, run_id)["ui"]
-
-
-@dataclass
-class Reply:
-    """An answer: text (and blocks); ``run_id`` when it is a run's message
-    (kept current afterwards); the audit's outcome and detail."""
-
-    text: str
-    blocks: list[dict[str, Any]] | None = None
-    run_id: str | None = None
-    outcome: str = "ok"
-    detail: str | None = None
-    shown: str = ""  # a run message: what it shows (``render.shown_key``)
-
-
-class Refused(Exception):
-    """The command is understood but not done (unknown user, role, channel)."""
-
-
-Handler = Callable[[Context, Command], Reply]
-
-
-def _arg(cmd: Command, what: str) -> str:
-    if not cmd.args:
-        raise GrammarError(f"`{cmd.verb}` needs {what}: `{cmd.verb} <{what}>`")
-    return cmd.args[0]
-
-
-def _pipeline(ctx: Context, name: str) -> tuple[str, str]:
-    """(namespace, registered name) of ``[namespace/]name``, normalised like the old API."""
-    ns, _, bare = name.rpartition("/")
-    ns = ns or ctx.namespace
-    with ctx.store.read() as conn:
-        return ns, resolve_name(conn, ns, bare)
-
-
 def _run_id(ctx: Context, given: str) -> str:
     with ctx.store.read() as conn:
         return queries.resolve_run_id(conn, given)
-
-
-def _params_reply(exc: ParamsInvalid, pipeline: str) -> Reply:
-    lines = [
-        f"• {render.code(e.path or '(parameters)')}: {render.esc(e.reason)}" for e in exc.errors
-    ]
-    name = render.esc(pipeline)
-    text = f":warning: {len(lines)} parameter error(s) for *{name}*; nothing started:\n"
-    return Reply(text + "\n".join(lines), outcome="invalid", detail=str(exc))
 
 
 def run_message_reply(ctx: Context, run_id: str, prefix: str = "") -> Reply:
@@ -112,7 +52,7 @@ def run_message_reply(ctx: Context, run_id: str, prefix: str = "") -> Reply:
 
 
 def cmd_run(ctx: Context, cmd: Command) -> Reply:
-    ns, name = _pipeline(ctx, _arg(cmd, "pipeline"))
+    ns, name = find_pipeline(ctx, arg(cmd, "pipeline"))
     try:
         started = ctx.runs.start(
             ns,
@@ -125,14 +65,14 @@ def cmd_run(ctx: Context, cmd: Command) -> Reply:
             idempotency_key=f"slack:{ctx.event_key}",
         )
     except ParamsInvalid as exc:
-        return _params_reply(exc, name)
+        return params_reply(exc, name)
     reply = run_message_reply(ctx, started.id)
     reply.detail = f"run {started.id}"
     return reply
 
 
 def cmd_status(ctx: Context, cmd: Command) -> Reply:
-    run_id = _run_id(ctx, _arg(cmd, "run"))
+    run_id = _run_id(ctx, arg(cmd, "run"))
     with ctx.store.read() as conn:
         run = queries.get_run(conn, run_id)
     text, blocks = render.run_message(run, ctx.run_url(run_id))
@@ -143,19 +83,19 @@ def cmd_status(ctx: Context, cmd: Command) -> Reply:
 
 
 def cmd_cancel(ctx: Context, cmd: Command) -> Reply:
-    run_id = _run_id(ctx, _arg(cmd, "run"))
+    run_id = _run_id(ctx, arg(cmd, "run"))
     ctx.runs.cancel(run_id, f"cancelled from Slack by {ctx.principal.username}")
     return run_message_reply(ctx, run_id, ":no_entry_sign: cancel requested\n")
 
 
 def cmd_rerun(ctx: Context, cmd: Command) -> Reply:
-    run_id = _run_id(ctx, _arg(cmd, "run"))
+    run_id = _run_id(ctx, arg(cmd, "run"))
     new_id = ctx.runs.rerun(run_id)
     return run_message_reply(ctx, new_id, ":repeat: re-run started\n")
 
 
 def cmd_logs(ctx: Context, cmd: Command) -> Reply:
-    run_id = _run_id(ctx, _arg(cmd, "run"))
+    run_id = _run_id(ctx, arg(cmd, "run"))
     step = cmd.args[1] if len(cmd.args) > 1 else None
     with ctx.store.read() as conn:
         run = queries.get_run(conn, run_id, with_nodes=False)
@@ -175,7 +115,7 @@ def cmd_list(ctx: Context, cmd: Command) -> Reply:
     pipeline = None
     ns = ctx.namespace
     if cmd.args:
-        ns, pipeline = _pipeline(ctx, cmd.args[0])
+        ns, pipeline = find_pipeline(ctx, cmd.args[0])
     with ctx.store.read() as conn:
         rows = queries.list_runs(
             conn, namespace=ns, pipeline=pipeline, limit=LIST_LIMIT, with_params=False
@@ -186,30 +126,32 @@ def cmd_list(ctx: Context, cmd: Command) -> Reply:
 
 
 def cmd_describe(ctx: Context, cmd: Command) -> Reply:
-    ns, name = _pipeline(ctx, _arg(cmd, "pipeline"))
+    ns, name = find_pipeline(ctx, arg(cmd, "pipeline"))
     with ctx.store.read() as conn:
         spec = latest(conn, ns, name).spec
     return Reply(render.describe(spec, ns))
 
 
 def cmd_create_recurring(ctx: Context, cmd: Command) -> Reply:
-    ns, name = _pipeline(ctx, _arg(cmd, "pipeline"))
+    ns, name = find_pipeline(ctx, arg(cmd, "pipeline"))
     params = cmd.params or {}
     with ctx.store.read() as conn:
         spec = latest(conn, ns, name).spec
     try:
         validate_params(spec, params)
     except ParamsInvalid as exc:
-        return _params_reply(exc, name)
+        return params_reply(exc, name)
     target = name if ns == ctx.namespace else f"{ns}/{name}"
-    command = f"@ferryman run {target} {encode_b64(params)}"
-    remind = f'/remind <#{ctx.channel}> "{command}" every weekday at 9am'
+    payload = encode_b64(params)
+    remind = f'/remind <#{ctx.channel}> "@ferryman run {target} {payload}" every weekday at 9am'
+    native = f'schedule {target} "0 9 * * 1-5" Europe/Paris {payload}'
     text = (
         "Paste this (change the time as you like) to start the run from a Slack reminder:\n"
         f"```{render.esc(remind)}```\n"
-        ":bulb: Native alternative: a ferryman *schedule* lives in ferryman (visible, "
-        "pausable, with time zones and no missed fires) instead of in one person's "
-        f'reminders: `schedule {render.esc(target)} "0 9 * * 1-5" Europe/Paris ```{{…}}````'
+        ":bulb: Better, a native ferryman *schedule*: it lives in ferryman (visible to "
+        "everyone, pausable, time-zone aware, no missed fires) instead of in one person's "
+        "reminders. Mention me with (change the cron and the time zone as you like):\n"
+        f"```{render.esc(native)}```"
     )
     return Reply(text, detail=json.dumps(params)[:500])
 
@@ -246,6 +188,22 @@ COMMANDS: dict[str, Entry] = {
         Role.OPERATOR,
         "create_recurring <pipeline> ```{json}```",
         "a /remind command that starts the run",
+    ),
+    "schedule": Entry(
+        schedules.cmd_schedule,
+        Role.OPERATOR,
+        schedules.USAGE,
+        "a native schedule of the pipeline (its next fire times in the answer)",
+    ),
+    "schedules": Entry(
+        schedules.cmd_schedules, Role.VIEWER, "schedules [pipeline]", "the schedules"
+    ),
+    "unschedule": Entry(
+        schedules.cmd_unschedule, Role.OPERATOR, "unschedule <name>", "delete a schedule"
+    ),
+    "pause": Entry(schedules.cmd_pause, Role.OPERATOR, "pause <name>", "pause a schedule"),
+    "resume": Entry(
+        schedules.cmd_resume, Role.OPERATOR, "resume <name>", "resume a paused schedule"
     ),
     "help": Entry(cmd_help, Role.VIEWER, "help", "this list"),
 }
