@@ -19,6 +19,7 @@ __all__ = [
     "pipeline",
     "required_together",
     "step",
+    "task",
     "url",
 ]
 
@@ -26,6 +27,7 @@ _LAZY = {
     "pipeline": "ferryman.dsl.decorators",
     "step": "ferryman.dsl.decorators",
     "container": "ferryman.dsl.decorators",
+    "task": "ferryman.dsl.decorators",
     "Param": "ferryman.dsl.decorators",
     "language_code": "ferryman.domain.markers",
     "date_string": "ferryman.domain.markers",
@@ -36,7 +38,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from ferryman.domain.markers import date_string, language_code, url
     from ferryman.domain.validators import required_together
-    from ferryman.dsl.decorators import Param, pipeline, step
+    from ferryman.dsl.decorators import Param, pipeline, step, task
 
 
 def __getattr__(name: str) -> object:

@@ -225,6 +225,11 @@ class Infrastructure(ABC):
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
         """Exactly what would be launched, with secret values masked."""
 
+    def bind(self, context: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Take what the worker shares with its infrastructures (optional):
+        ``InfraPool(context=...)`` passes it to each instance it makes. The
+        ``task`` infrastructure takes its durable state (``"task_state"``)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the infrastructure (optional)."""
 

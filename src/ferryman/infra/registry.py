@@ -19,6 +19,7 @@ BUILTIN = {
     "inline": "ferryman.infra.inline:InlineInfrastructure",
     "docker": "ferryman.infra.docker:DockerInfrastructure",
     "kubernetes": "ferryman.infra.kubernetes:KubernetesInfrastructure",
+    "task": "ferryman.infra.task:TaskInfrastructure",
 }
 
 
@@ -114,9 +115,12 @@ class InfraPool:
         self,
         configs: dict[str, dict[str, Any]] | None = None,
         instances: Mapping[str, Infrastructure] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         self._configs = configs or {}
         self._instances: dict[str, Infrastructure] = dict(instances or {})
+        #: What the worker shares with the infrastructures it makes (``bind``).
+        self.context: Mapping[str, Any] = context or {}
 
     def get(self, kind: str) -> Infrastructure:
         inst = self._instances.get(kind)
@@ -124,6 +128,8 @@ class InfraPool:
             cls = infrastructure_class(kind)
             cfg = cls.config_model.model_validate(self._configs.get(kind, {}))
             inst = cls(cfg)
+            if self.context:
+                inst.bind(self.context)
             self._instances[kind] = inst
         return inst
 
