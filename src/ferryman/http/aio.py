@@ -52,6 +52,15 @@ class AsyncClient:
         self._check(url)
         return self._session.post(url, data=data, headers=headers, allow_redirects=self._follow)
 
+    def request(
+        self, method: str, url: str, *, data: bytes | None = None, headers: dict[str, str]
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """Any method (the web-API plugins: GET, POST, DELETE ...), as ``post``."""
+        self._check(url)
+        return self._session.request(
+            method, url, data=data, headers=headers, allow_redirects=self._follow
+        )
+
     @property
     def closed(self) -> bool:
         return self._session.closed

@@ -54,6 +54,10 @@ STEP_ENV_ALLOW: tuple[str, ...] = (
 #: (comma-separated names or globs; ``Settings.step_env_passthrough``).
 PASSTHROUGH_ENV = "FERRYMAN_STEP_ENV_PASSTHROUGH"
 
+#: The key of ``Infrastructure.bind``'s context holding the durable state of
+#: the ``task`` infrastructure (``ferryman.plugins.state.TaskState``).
+TASK_STATE = "task_state"
+
 # exit codes reported by watch() for things ferryman itself ended
 EXIT_KILLED = -9
 EXIT_LOST = -1

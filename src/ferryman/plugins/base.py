@@ -109,8 +109,22 @@ class TaskContext:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PluginHost:
+    """What ferryman gives a plugin when it makes one: the destination policy
+    every outbound request must pass (``ferryman.http``; ``None``: the
+    development policy, which refuses only cloud metadata services)."""
+
+    http_policy: Any = None
+
+
 class Plugin(ABC):
-    """What every plugin declares. Subclass ``AsyncPlugin`` or ``SyncPlugin``."""
+    """What every plugin declares. Subclass ``AsyncPlugin`` or ``SyncPlugin``.
+
+    Made once per worker, on first use, with a ``PluginHost``."""
+
+    def __init__(self, host: PluginHost | None = None) -> None:
+        self.host = host or PluginHost()
 
     #: The plugin's id: unique among the installed plugins.
     id: ClassVar[str]
@@ -140,16 +154,20 @@ class AsyncPlugin(Plugin):
         """
 
     @abstractmethod
-    async def get(self, meta: Any) -> Any:
-        """Fetch the resource ``meta`` names (read-limited)."""
+    async def get(self, meta: Any, ctx: TaskContext) -> Any:
+        """Fetch the resource ``meta`` names (read-limited). ``ctx`` carries the
+        step's secrets, so credentials never need to be in the stored meta."""
 
     @abstractmethod
     def status(self, ctx: TaskContext, resource: Any) -> Phase:
         """The phase of ``resource``: pure, no network."""
 
     @abstractmethod
-    async def delete(self, meta: Any, reason: str) -> None:
-        """Delete (cancel) the resource; deleting a deleted or unknown one is fine."""
+    async def delete(self, meta: Any, reason: str, ctx: TaskContext) -> None:
+        """Delete (cancel) the resource; deleting a deleted or unknown one is fine.
+
+        May be called by a worker that adopted the step (``ctx`` then has no
+        inputs or params, only the stored context and the secrets)."""
 
 
 class SyncPlugin(Plugin):

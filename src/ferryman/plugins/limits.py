@@ -81,7 +81,7 @@ class SharedRateLimiter:
 
 def backoff(failures: int, limits: PluginLimits, retry_after: float | None = None) -> float:
     """Seconds to wait after ``failures`` consecutive system failures."""
-    delay = min(limits.retry_initial * 2 ** max(failures - 1, 0), limits.retry_max)
+    delay: float = min(limits.retry_initial * 2.0 ** max(failures - 1, 0), limits.retry_max)
     if retry_after is not None:
         delay = max(delay, min(retry_after, limits.retry_max * 4))
     return delay

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ferryman.store.listener import Listener
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0013"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued

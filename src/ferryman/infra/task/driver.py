@@ -210,7 +210,9 @@ class Driver:
                 if await self._cancelled_within(self.rt.limits.resync_interval):
                     continue
                 async with self.rt.resync:
-                    resource = await self.call("get", lambda: plugin.get(meta), write=False)
+                    resource = await self.call(
+                        "get", lambda: plugin.get(meta, self.ctx), write=False
+                    )
             phase: Phase = plugin.status(self.ctx, resource)
             resource = None
             if not phase.terminal:
@@ -227,7 +229,9 @@ class Driver:
         await self._db(state.request_delete, self.key, "cancelled")
         if meta is not None:
             try:
-                await self.call("delete", lambda: plugin.delete(meta, "cancelled"), write=True)
+                await self.call(
+                    "delete", lambda: plugin.delete(meta, "cancelled", self.ctx), write=True
+                )
             except UserFailure as exc:  # stays pending: the reaper tries again
                 self._log(f"delete failed: {exc}")
                 return EXIT_KILLED, "cancelled"

@@ -28,18 +28,27 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from ferryman.domain.steps import TaskStep
-from ferryman.infra.base import EXIT_LOST, InfraConfig, Infrastructure, LogSink, Result, StepLaunch
+from ferryman.infra.base import (
+    EXIT_LOST,
+    TASK_STATE,
+    InfraConfig,
+    Infrastructure,
+    LogSink,
+    Result,
+    StepLaunch,
+)
 from ferryman.infra.container import TemplateError, render
 from ferryman.infra.task.driver import Driver, PluginRuntime
-from ferryman.plugins.base import Plugin, TaskContext
+from ferryman.plugins.base import AsyncPlugin, Plugin, PluginHost, TaskContext
 from ferryman.plugins.limits import PluginLimits
 from ferryman.plugins.registry import PluginError, PluginRegistry
-from ferryman.plugins.state import MemoryTaskState, TaskState
+from ferryman.plugins.state import MemoryTaskState, StoredResource, TaskState
 
 log = logging.getLogger(__name__)
 PREFIX = "task:"
-#: The key ``bind`` takes the shared state from.
-STATE_KEY = "task_state"
+#: The keys ``bind`` takes the shared state and the destination policy from.
+STATE_KEY = TASK_STATE
+POLICY_KEY = "http_policy"
 
 
 class TaskInfraConfig(InfraConfig):
@@ -81,6 +90,7 @@ class TaskInfrastructure(Infrastructure):
         self.cfg: TaskInfraConfig = self.config
         self.registry = registry or PluginRegistry()
         self.state: TaskState = MemoryTaskState()
+        self.host = PluginHost()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -93,6 +103,7 @@ class TaskInfrastructure(Infrastructure):
         state = context.get(STATE_KEY)
         if state is not None:
             self.state = state
+        self.host = PluginHost(http_policy=context.get(POLICY_KEY))
 
     def limits(self, plugin_id: str) -> PluginLimits:
         return self.cfg.plugins.get(plugin_id) or PluginLimits()
@@ -115,7 +126,7 @@ class TaskInfrastructure(Infrastructure):
     async def _runtime(self, cls: type[Plugin]) -> PluginRuntime:
         rt = self._runtimes.get(cls.id)
         if rt is None:
-            rt = PluginRuntime.make(cls(), self.limits(cls.id), self.state)
+            rt = PluginRuntime.make(cls(self.host), self.limits(cls.id), self.state)
             self._runtimes[cls.id] = rt
         return rt
 
@@ -193,21 +204,29 @@ class TaskInfrastructure(Infrastructure):
             pending: Any = entry[0]
             pending.cancel(self._ensure_loop())
 
+    def _stored_context(self, stored: StoredResource) -> tuple[type[Plugin], TaskContext]:
+        """The plugin and context of a stored attempt (``PluginError`` if gone)."""
+        c = stored.context or {}
+        try:
+            cls = self.registry.plugin_class(c["plugin"])
+            config = cls.config_model.model_validate(c["config"])
+        except (ValidationError, KeyError) as exc:
+            raise PluginError(f"stored context of {stored.key}: {exc}") from None
+        # Secrets are never stored: read again from this worker's environment.
+        secrets = {n: os.environ[n] for n in c.get("secrets", []) if n in os.environ}
+        return cls, self._context(c, config, secrets, {}, {})
+
     def attach(self, identifier: str, sink: LogSink, since: Any = None) -> bool:
         key = identifier.removeprefix(PREFIX)
         stored = self.state.resource(key)
         if stored is None or stored.done or stored.context is None:
             return False
-        c = stored.context
         try:
-            cls = self.registry.plugin_class(c["plugin"])
-            config = cls.config_model.model_validate(c["config"])
-        except (PluginError, ValidationError, KeyError) as exc:
+            cls, ctx = self._stored_context(stored)
+        except PluginError as exc:
             log.warning("cannot adopt %s: %s", identifier, exc)
             return False
-        # Secrets are never stored: read again from this worker's environment.
-        secrets = {n: os.environ[n] for n in c.get("secrets", []) if n in os.environ}
-        ctx = self._context(c, config, secrets, {}, {})
+        c = stored.context
         self._begin(key, cls, ctx, sink, str(c.get("nonce", "")), c, adopted=True)
         return True
 
@@ -233,9 +252,17 @@ class TaskInfrastructure(Infrastructure):
         except Exception:  # closing must not raise
             log.debug("task infrastructure: closing plugins failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+        if not loop.is_running():
+            loop.close()
         self._loop = None
 
     async def _shutdown(self) -> None:
+        me = asyncio.current_task()
+        for task in asyncio.all_tasks():
+            if task is not me:
+                task.cancel()  # the reaper, and drivers of attempts nobody waits for
         await self._flush_counters()
         for rt in self._runtimes.values():
             await rt.plugin.close()
@@ -265,14 +292,16 @@ class TaskInfrastructure(Infrastructure):
             if r.key in self._running:
                 continue  # its own driver is deleting it
             try:
-                cls = self.registry.plugin_class(r.plugin)
+                cls, ctx = self._stored_context(r)
                 rt = await self._runtime(cls)
-                plugin: Any = rt.plugin
-                if r.meta is not None and hasattr(plugin, "delete"):
+                plugin = rt.plugin
+                if r.meta is not None and isinstance(plugin, AsyncPlugin):
                     await rt.write.acquire()
                     rt.count("deletes")
-                    await asyncio.wait_for(plugin.delete(r.meta, r.delete_reason or "cancelled"),
-                                           rt.limits.call_timeout)  # fmt: skip
+                    reason = r.delete_reason or "cancelled"
+                    await asyncio.wait_for(
+                        plugin.delete(r.meta, reason, ctx), rt.limits.call_timeout
+                    )
                 await asyncio.to_thread(self.state.finish, r.key)
             except Exception as exc:  # tried again next time
                 log.warning("task %s: delete failed: %s", r.key, exc)
