@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ferryman.cli import db, pipelines, preview, run, runs, subscriptions, worker
+from ferryman.cli import db, pipelines, plugins, preview, run, runs, subscriptions, worker
 from ferryman.cli import server as server_cli
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(pipelines.app, name="pipelines")
 app.add_typer(db.app, name="db")
 app.add_typer(subscriptions.app, name="subscriptions")
+app.add_typer(plugins.app, name="plugins")
 
 
 @app.command("login")

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, ConfigDict, Field
 
 from ferryman.plugins.state import TaskState
+from ferryman.settings import Settings
 
 
 class PluginLimits(BaseModel):
@@ -87,6 +89,45 @@ def backoff(failures: int, limits: PluginLimits, retry_after: float | None = Non
     return delay
 
 
-def limits_for(plugin_id: str, configs: dict[str, Any]) -> PluginLimits:
-    """The limits of ``plugin_id`` from the configured mapping (defaults otherwise)."""
-    return PluginLimits.model_validate(configs.get(plugin_id, {}))
+def configured_limits(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Limits per plugin id from the settings: the file of
+    ``FERRYMAN_PLUGINS_CONFIG``, then ``FERRYMAN_PLUGIN_LIMITS``, then the
+    ``task`` entry of ``FERRYMAN_INFRA_CONFIG`` (each wins over the one
+    before, field by field). ``ValueError`` naming the file or variable and
+    the problem; each plugin's limits are validated here, at start."""
+    merged: dict[str, dict[str, Any]] = {}
+    sources: list[tuple[str, Any]] = []
+    path = settings.plugins.plugins_config
+    if path is not None:
+        import yaml  # a worker's start only
+
+        try:
+            data = yaml.safe_load(Path(path).expanduser().read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"FERRYMAN_PLUGINS_CONFIG ({path}): {exc}") from None
+        sources.append((f"FERRYMAN_PLUGINS_CONFIG ({path})", data or {}))
+    sources.append(("FERRYMAN_PLUGIN_LIMITS", settings.plugins.plugin_limits))
+    task = settings.worker.infra_config.get("task", {})
+    sources.append(("FERRYMAN_INFRA_CONFIG[task][plugins]", task.get("plugins") or {}))
+    for where, data in sources:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: must be a mapping of plugin id to limits")
+        for pid, limits in data.items():
+            if not isinstance(limits, dict):
+                raise ValueError(f"{where}: {pid}: must be a mapping of limits")
+            merged[str(pid)] = {**merged.get(str(pid), {}), **limits}
+    for pid, limits in merged.items():
+        try:
+            PluginLimits.model_validate(limits)
+        except ValueError as exc:
+            raise ValueError(f"limits of plugin {pid!r}: {exc}") from None
+    return merged
+
+
+def infra_configs(settings: Settings) -> dict[str, dict[str, Any]]:
+    """``FERRYMAN_INFRA_CONFIG`` with the plugins' limits put into its ``task`` entry."""
+    configs = dict(settings.worker.infra_config)
+    limits = configured_limits(settings)
+    if limits:
+        configs["task"] = {**configs.get("task", {}), "plugins": limits}
+    return configs

@@ -34,6 +34,7 @@ from ferryman.engine.worker.leases import Leases
 from ferryman.http.base import destination_policy
 from ferryman.infra.base import TASK_STATE
 from ferryman.infra.registry import InfraPool
+from ferryman.plugins.limits import infra_configs
 from ferryman.services.gate import Tx
 from ferryman.services.runs import RunService
 from ferryman.services.task_state import DbTaskState
@@ -73,7 +74,7 @@ class Worker(Loop):
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = concurrency or settings.worker.concurrency
         if infra is None:
-            infra = InfraPool(settings.worker.infra_config)
+            infra = InfraPool(infra_configs(settings))
             infra.validate()  # a bad configuration stops the worker at start
         if TASK_STATE not in infra.context:
             # What infrastructures keep beyond this process (the task
