@@ -58,7 +58,7 @@ def test_two_workers_keep_to_the_read_and_write_limits(
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     try:
