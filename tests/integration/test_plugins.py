@@ -198,3 +198,19 @@ def test_a_lost_workers_task_is_adopted_without_a_second_create(
     assert r["nodes"][0]["worker_id"] == "worker-b"
     assert len(remote.fake.jobs) == 1
     assert len(remote.fake.creates) == 1
+
+
+def test_a_quota_queue_timeout_fails_the_waiting_step(
+    store: Store, settings: Settings, remote: RemoteServer
+) -> None:
+    steps = [job_step(remote, name=f"j{i}", duration=4) for i in range(3)]
+    run_id = start(store, PipelineSpec(name="qt", steps=steps))
+    Worker(
+        store, settings, infra=pool(max_concurrent=1, quota_queue_timeout=1.0), concurrency=3
+    ).run_until({run_id}, timeout=60)
+    r = result(store, run_id)
+    states = sorted(n["state"] for n in r["nodes"])
+    assert states == ["failed", "failed", "succeeded"], r["nodes"]
+    errors = [n["error"] for n in r["nodes"] if n["state"] == "failed"]
+    assert all("for quota http_job:default: gave up" in e for e in errors), errors
+    assert len(remote.fake.creates) == 1

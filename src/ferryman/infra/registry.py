@@ -5,6 +5,7 @@ infrastructure runs a step's kind (``check_step``, the one such check)."""
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -121,8 +122,17 @@ class InfraPool:
         self._instances: dict[str, Infrastructure] = dict(instances or {})
         #: What the worker shares with the infrastructures it makes (``bind``).
         self.context: Mapping[str, Any] = context or {}
+        self._lock = threading.Lock()
 
     def get(self, kind: str) -> Infrastructure:
+        inst = self._instances.get(kind)
+        if inst is not None:
+            return inst
+        # Attempt threads ask at once: one instance per kind, or some are never closed.
+        with self._lock:
+            return self._make(kind)
+
+    def _make(self, kind: str) -> Infrastructure:
         inst = self._instances.get(kind)
         if inst is None:
             cls = infrastructure_class(kind)

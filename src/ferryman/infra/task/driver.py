@@ -54,6 +54,8 @@ class PluginRuntime:
     write: SharedRateLimiter
     resync: asyncio.Semaphore
     counters: dict[str, int] = field(default_factory=dict)
+    #: One waiter per quota key polls the database; the others queue here.
+    quota_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -160,31 +162,66 @@ class Driver:
         return self._result(out)
 
     async def _quota(self) -> None:
-        """Wait for a place in the namespace's quota (shown while waiting)."""
+        """Wait for a place in the namespace's quota (shown while waiting).
+
+        In a worker, one waiter per quota key asks the database (with a
+        backoff up to 1 s); the others wait their turn in line, so a thousand
+        waiting steps cost one query per second, not a thousand."""
         limits, state = self.rt.limits, self.rt.state
         qkey = f"{self.rt.plugin.id}:{self.ctx.namespace}"
-        waited, delay, noted = 0.0, 0.05, False
-        while True:
-            held, in_use = await self._db(
-                state.quota_acquire, qkey, limits.max_concurrent, self.key
-            )
-            if held:
-                if noted:
+        held, in_use = await self._db(state.quota_acquire, qkey, limits.max_concurrent, self.key)
+        if held:
+            return
+        message = f"waiting for quota {qkey} ({in_use} in use of {limits.max_concurrent})"
+        self._log(message)
+        self.rt.count("quota_waits")
+        await self._db(state.note, self.key, message)
+        started = asyncio.get_running_loop().time()
+        lock = self.rt.quota_locks.setdefault(qkey, asyncio.Lock())
+        await self._wait_for_turn(lock, started)
+        try:
+            delay = 0.05
+            while True:
+                held, _ = await self._db(state.quota_acquire, qkey, limits.max_concurrent, self.key)
+                if held:
                     await self._db(state.note, self.key, "")
-                return
-            if not noted:
-                message = f"waiting for quota {qkey} ({in_use} in use of {limits.max_concurrent})"
-                self._log(message)
-                self.rt.count("quota_waits")
-                await self._db(state.note, self.key, message)
-                noted = True
-            timeout = limits.quota_queue_timeout
-            if timeout is not None and waited >= timeout:
-                raise UserFailure(f"waited {waited:.0f}s for quota {qkey}: gave up")
-            if await self._cancelled_within(delay):
+                    return
+                self._check_queue_timeout(started, qkey)
+                if await self._cancelled_within(delay):
+                    raise Cancelled
+                delay = min(delay * 1.5, 1.0)
+        finally:
+            lock.release()
+
+    async def _wait_for_turn(self, lock: asyncio.Lock, started: float) -> None:
+        """Acquire ``lock``, unless the attempt is cancelled or times out first."""
+        take = asyncio.ensure_future(lock.acquire())
+        stop = asyncio.ensure_future(self.cancel.wait())
+        timeout = self.rt.limits.quota_queue_timeout
+        try:
+            done, _ = await asyncio.wait(
+                {take, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+        if take in done:
+            if self.cancel.is_set():
+                lock.release()
                 raise Cancelled
-            waited += delay
-            delay = min(delay * 1.5, 1.0)
+            return
+        take.cancel()
+        if take.done() and not take.cancelled() and lock.locked():
+            lock.release()  # acquired just as we gave up
+        if self.cancel.is_set():
+            raise Cancelled
+        self._check_queue_timeout(started, "", force=True)
+
+    def _check_queue_timeout(self, started: float, qkey: str, *, force: bool = False) -> None:
+        timeout = self.rt.limits.quota_queue_timeout
+        waited = asyncio.get_running_loop().time() - started
+        if timeout is not None and (force or waited >= timeout):
+            key = qkey or f"{self.rt.plugin.id}:{self.ctx.namespace}"
+            raise UserFailure(f"waited {waited:.0f}s for quota {key}: gave up")
 
     async def _async(self, plugin: AsyncPlugin) -> tuple[int, str | None]:
         state = self.rt.state

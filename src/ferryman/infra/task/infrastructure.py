@@ -93,6 +93,7 @@ class TaskInfrastructure(Infrastructure):
         self.host = PluginHost()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._runtimes: dict[str, PluginRuntime] = {}
         self._running: dict[str, tuple[Driver, Future[tuple[int, str | None]]]] = {}
@@ -110,6 +111,8 @@ class TaskInfrastructure(Infrastructure):
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the task infrastructure is closed")
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(
@@ -200,7 +203,7 @@ class TaskInfrastructure(Infrastructure):
         # Stored first: if this worker dies now, a reaper still deletes.
         self.state.request_delete(key, "cancelled")
         entry = self._running.get(key)
-        if entry is not None:
+        if entry is not None and not self._closed:
             pending: Any = entry[0]
             pending.cancel(self._ensure_loop())
 
@@ -244,7 +247,9 @@ class TaskInfrastructure(Infrastructure):
         }
 
     def close(self) -> None:
-        loop = self._loop
+        with self._lock:
+            self._closed = True
+            loop = self._loop
         if loop is None:
             return
         try:
