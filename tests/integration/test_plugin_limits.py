@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.cli_support import ROOT, cli_environment
-from tests.integration.test_plugins import job_step, start
+from tests.integration.test_plugin_tasks import job_step, start
 from tests.remote_fake import RemoteServer
 
 from ferryman.domain.spec import PipelineSpec

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from tests.cli_support import ROOT, cli_environment
-from tests.integration.test_plugins import FAST, job_step, pool, result, start
+from tests.integration.test_plugin_tasks import FAST, job_step, pool, result, start
 from tests.remote_fake import RemoteServer
 
 from ferryman.domain.spec import PipelineSpec
