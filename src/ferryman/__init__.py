@@ -21,6 +21,7 @@ __all__ = [
     "required_together",
     "secret",
     "step",
+    "task",
     "url",
 ]
 
@@ -28,6 +29,7 @@ _LAZY = {
     "pipeline": "ferryman.dsl.decorators",
     "step": "ferryman.dsl.decorators",
     "container": "ferryman.dsl.decorators",
+    "task": "ferryman.dsl.decorators",
     "Param": "ferryman.dsl.decorators",
     "language_code": "ferryman.domain.markers",
     "date_string": "ferryman.domain.markers",
@@ -40,7 +42,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from ferryman.domain.markers import date_string, language_code, url
     from ferryman.domain.validators import required_together
-    from ferryman.dsl.decorators import Param, pipeline, step
+    from ferryman.dsl.decorators import Param, pipeline, step, task
     from ferryman.runtime.secret import Secret, secret
 
 

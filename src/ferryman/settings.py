@@ -443,6 +443,20 @@ class SecretsSettings(_Group):
         return [k for k in self.resolvers.split(",") if k]
 
 
+class PluginSettings(_Group):
+    """Web-API plugins (task steps): their limits, per plugin id (docs/plugins.md)."""
+
+    plugins_config: Path | None = Field(
+        default=None,
+        description="A YAML or JSON file of limits per plugin id ({http_job: {read_qps: 30}})",
+    )
+    plugin_limits: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Limits per plugin id as JSON; wins over the file "
+        '(e.g. {"http_job": {"write_qps": 20, "max_concurrent": 50}})',
+    )
+
+
 #: The groups of ``Settings``: attribute name -> group class. A new group (the
 #: scheduler's, plugins', retention's, metrics') is one class and one line here.
 GROUPS: dict[str, type[_Group]] = {
@@ -457,6 +471,7 @@ GROUPS: dict[str, type[_Group]] = {
     "security": SecuritySettings,
     "scheduler": SchedulerSettings,
     "secrets": SecretsSettings,
+    "plugins": PluginSettings,
 }
 
 
@@ -510,6 +525,7 @@ class Settings(BaseSettings):
     security: SecuritySettings
     scheduler: SchedulerSettings
     secrets: SecretsSettings
+    plugins: PluginSettings
 
     @model_validator(mode="before")
     @classmethod

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep, StepSpec
+from ferryman.domain.spec import ContainerStep, FunctionRef, PythonStep, StepSpec, TaskStep
 from ferryman.infra.base import EXIT_KILLED, Infrastructure, StepLaunch
 from ferryman.testing import FakeInfrastructure, FakeOutcome
 
@@ -166,6 +166,12 @@ class Backend:
             return self.python(f"def step():\n    print({line!r})\n    return {kind!r}\n")
         if kind == "container":
             return self.container("box-ok", f"echo '{line}'")
+        if kind == "task":
+            # Only infrastructures that declare "task" run it (the task
+            # infrastructure has its own suite: tests/contract/test_plugins.py
+            # and tests/integration/test_plugin_tasks.py); the others refuse it.
+            step = TaskStep(name="call", type="http_call", config={"url": "http://127.0.0.1:9/"})
+            return self.launch(step)
         raise AssertionError(
             f"the contract harness cannot build a {kind!r} step: add it to "
             "Backend.step_of_kind and Backend.failing_step in tests/contract/conftest.py"
@@ -177,6 +183,9 @@ class Backend:
             return self.python("def step():\n    raise ValueError('bad input')\n")
         if kind == "container":
             return self.container("box-bad", f"echo failing; exit {FAILING_CODES[kind]}")
+        if kind == "task":  # as above: refused by every backend of this suite
+            step = TaskStep(name="call", type="http_call", config={"url": "http://127.0.0.1:9/"})
+            return self.launch(step)
         raise AssertionError(f"the contract harness cannot build a failing {kind!r} step")
 
 

@@ -235,12 +235,12 @@ def test_every_member_of_the_union_is_a_known_kind_with_a_kind_object() -> None:
 def test_unknown_kind_is_rejected_with_a_clear_message() -> None:
     with pytest.raises(ValidationError) as exc:
         PipelineSpec.model_validate(
-            {"name": "p", "steps": [{"name": "call", "kind": "task", "type": "http_job"}]}
+            {"name": "p", "steps": [{"name": "call", "kind": "lambda", "type": "http_job"}]}
         )
     (err,) = exc.value.errors(include_url=False)
     assert err["loc"] == ("steps", 0)
     assert err["msg"] == (
-        "Value error, step 'call': unknown kind 'task' (known: container, python)"
+        "Value error, step 'call': unknown kind 'lambda' (known: container, python, task)"
     )
     with pytest.raises(ValidationError, match="unknown kind 5"):
         parse_step({"name": "a", "kind": 5})
@@ -255,14 +255,14 @@ def test_unknown_kind_in_a_yaml_file() -> None:
             name: p
             steps:
               - {name: ok, function: m:f}
-              - {name: call, kind: task, type: http_job}
+              - {name: call, kind: lambda, type: http_job}
             """
         )
     )
     with pytest.raises(PipelineFileError) as exc:
         spec_from_mapping(data)
     assert exc.value.problems == [
-        "steps[1]: step 'call': unknown kind 'task' (known: container, python)"
+        "steps[1]: step 'call': unknown kind 'lambda' (known: container, python, task)"
     ]
 
 
@@ -291,8 +291,8 @@ def test_a_missing_function_or_image_is_reported_after_the_other_problems(kind: 
 
 
 def test_unknown_step_kind_object() -> None:
-    with pytest.raises(UnknownStepKind, match=r"unknown step kind 'task' \(known: container"):
-        step_kind("task")
+    with pytest.raises(UnknownStepKind, match=r"unknown step kind 'lambda' \(known: container"):
+        step_kind("lambda")
 
 
 # --------------------------------------------------------------------------- reading results

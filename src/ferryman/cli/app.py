@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ferryman.cli import db, pipelines, preview, run, runs, subscriptions, worker
+from ferryman.cli import db, pipelines, plugins, preview, run, runs, subscriptions, worker
 from ferryman.cli import export as export_cli
 from ferryman.cli import schedules as schedules_cli
 from ferryman.cli import secrets as secrets_cli
@@ -33,6 +33,7 @@ app.add_typer(schedules_cli.app, name="schedules")
 app.command("scheduler")(schedules_cli.scheduler_command)
 app.add_typer(export_cli.app, name="export")
 app.add_typer(secrets_cli.app, name="secrets")
+app.add_typer(plugins.app, name="plugins")
 
 
 @app.command("login")

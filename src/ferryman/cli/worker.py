@@ -21,8 +21,13 @@ def worker_command(
     setup_logging(log_level)
     with clean_errors():
         from ferryman.engine.worker import Worker
+        from ferryman.plugins.limits import configured_limits
+        from ferryman.plugins.registry import PluginRegistry
 
         s = settings()
+        # A duplicate plugin id, two defaults for a type, bad limits: stop now.
+        PluginRegistry().load()
+        configured_limits(s)
         # Read once: the steps and libraries this process runs never find them.
         protect_process_secrets()
         store = open_store(s)

@@ -51,6 +51,7 @@ from ferryman.domain.steps import FunctionRef as FunctionRef
 from ferryman.domain.steps import PythonStep as PythonStep
 from ferryman.domain.steps import StepBase as StepBase
 from ferryman.domain.steps import StepSpec as StepSpec
+from ferryman.domain.steps import TaskStep as TaskStep
 from ferryman.domain.steps import error_loc as error_loc
 from ferryman.domain.steps import parse_step as parse_step
 

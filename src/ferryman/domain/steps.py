@@ -5,7 +5,10 @@
 - ``PythonStep`` (``kind: python``, the default when ``kind`` is left out): a
   function, called by the runtime entry point (``python -m ferryman.runtime``);
 - ``ContainerStep`` (``kind: container``): an image, with an optional command
-  and args, run by a container infrastructure.
+  and args, run by a container infrastructure;
+- ``TaskStep`` (``kind: task``): a task of a ``type`` with a ``config``, done
+  on a remote service by the plugin that handles the type (``ferryman.plugins``),
+  on the ``task`` infrastructure.
 
 Every kind has the fields of ``StepBase`` (name, inputs, dependencies, retry
 policy, timeout, infrastructure, env, secrets, resources). How a kind's result
@@ -204,6 +207,27 @@ class ContainerStep(StepBase):
         return handler(data)
 
 
+#: The infrastructure task steps run on unless they name another.
+TASK_INFRASTRUCTURE = "task"
+
+
+class TaskStep(StepBase):
+    """A step done on a remote service by a plugin (``ferryman.plugins``).
+
+    ``type`` names the task type; the plugin that is the default for it does
+    the task unless ``plugin`` names one. ``config`` is the plugin's task
+    configuration: its strings are templates (``{{ params.X }}``,
+    ``{{ inputs.X }}``, ``${params.X}``, ``${steps.X}``, ``{{ run_id }}``...)
+    rendered per attempt. Validated against the plugin's model when it runs.
+    """
+
+    kind: Literal["task"] = "task"
+    type: str = Field(min_length=1, max_length=100)
+    plugin: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    infrastructure: str | None = TASK_INFRASTRUCTURE
+
+
 def _kind_of(value: Any) -> Any:
     """The discriminator: a mapping's ``kind`` (python when absent), a model's kind."""
     if isinstance(value, dict):
@@ -227,7 +251,9 @@ def _known_kind(value: Any) -> Any:
 
 
 StepSpec = Annotated[
-    Annotated[PythonStep, Tag("python")] | Annotated[ContainerStep, Tag("container")],
+    Annotated[PythonStep, Tag("python")]
+    | Annotated[ContainerStep, Tag("container")]
+    | Annotated[TaskStep, Tag("task")],
     Discriminator(
         _kind_of,
         custom_error_type="step_type",

@@ -332,6 +332,67 @@ def container(
     return NodeRef(builder, node_name)
 
 
+def _task_config(value: Any, inputs: dict[str, Any], deps: list[str], where: str) -> Any:
+    """A task step's config: parameters and step outputs become placeholders
+    (rendered per attempt); other JSON values are kept as they are."""
+    if isinstance(value, ParamRef | NodeRef):
+        return _template(value, inputs, deps, where)
+    if isinstance(value, dict):
+        return {str(k): _task_config(v, inputs, deps, where) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_task_config(v, inputs, deps, where) for v in value]
+    return value
+
+
+def task(
+    name: str,
+    type: str,
+    *,
+    config: dict[str, Any] | None = None,
+    plugin: str | None = None,
+    inputs: dict[str, Any] | None = None,
+    wait_for: Any = None,
+    **options: Any,
+) -> Any:
+    """A ``task`` step, inside a ``@pipeline`` function: the plugin that
+    handles task ``type`` (or ``plugin``) does it on a remote service.
+
+    ``config`` is the plugin's task configuration; its strings may use the
+    placeholders of container steps (``{{ params.X }}``, ``{{ inputs.X }}``,
+    ``{{ run_id }}`` ...), and parameters or step outputs given as values
+    become such placeholders. The step's output is what the plugin returns.
+    Other options as for ``@step`` (``retries``, ``timeout``, ``secrets`` ...).
+    """
+    builder = _BUILDER.get()
+    if builder is None:
+        raise DSLError(f"task step {name!r} must be declared inside a @pipeline function")
+    _check_step_options({**options, "name": name}, f"task step {name!r}: ")
+    node_name = builder.unique(name)
+    where = f"task step {node_name!r}"
+    deps: list[str] = []
+    encoded = {str(k): _encode(v, deps, where) for k, v in (inputs or {}).items()}
+    cfg = _task_config(config or {}, encoded, deps, where)
+    if wait_for is not None:
+        for r in wait_for if isinstance(wait_for, (list, tuple)) else [wait_for]:
+            if not isinstance(r, NodeRef):
+                raise DSLError(f"{where}: wait_for takes step outputs, got {r!r}")
+            if r.name not in deps:
+                deps.append(r.name)
+    node: dict[str, Any] = {
+        "name": node_name,
+        "kind": "task",
+        "type": type,
+        "config": cfg,
+        "inputs": encoded,
+        "depends_on": deps,
+        **options,
+    }
+    if plugin is not None:
+        node["plugin"] = plugin
+    builder.nodes[node_name] = node
+    return NodeRef(builder, node_name)
+
+
 _STEP_OPTIONS = {
     "name",
     "retries",

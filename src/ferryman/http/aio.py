@@ -58,7 +58,7 @@ class AsyncClient:
         method: str,
         url: str,
         *,
-        data: bytes | None,
+        data: bytes | None = None,
         headers: dict[str, str],
         params: Mapping[str, str | int | float] | None = None,
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:

@@ -55,6 +55,10 @@ STEP_ENV_ALLOW: tuple[str, ...] = (
 #: (comma-separated names or globs; ``Settings.step_env_passthrough``).
 PASSTHROUGH_ENV = "FERRYMAN_STEP_ENV_PASSTHROUGH"
 
+#: The key of ``Infrastructure.bind``'s context holding the durable state of
+#: the ``task`` infrastructure (``ferryman.plugins.state.TaskState``).
+TASK_STATE = "task_state"
+
 # exit codes reported by watch() for things ferryman itself ended
 EXIT_KILLED = -9
 EXIT_LOST = -1
@@ -228,6 +232,11 @@ class Infrastructure(ABC):
     @abstractmethod
     def preview(self, launch: StepLaunch) -> dict[str, Any]:
         """Exactly what would be launched, with secret values masked."""
+
+    def bind(self, context: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Take what the worker shares with its infrastructures (optional):
+        ``InfraPool(context=...)`` passes it to each instance it makes. The
+        ``task`` infrastructure takes its durable state (``"task_state"``)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the infrastructure (optional)."""

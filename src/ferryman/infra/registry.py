@@ -5,6 +5,7 @@ infrastructure runs a step's kind (``check_step``, the one such check)."""
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -19,6 +20,7 @@ BUILTIN = {
     "inline": "ferryman.infra.inline:InlineInfrastructure",
     "docker": "ferryman.infra.docker:DockerInfrastructure",
     "kubernetes": "ferryman.infra.kubernetes:KubernetesInfrastructure",
+    "task": "ferryman.infra.task:TaskInfrastructure",
 }
 
 
@@ -114,16 +116,30 @@ class InfraPool:
         self,
         configs: dict[str, dict[str, Any]] | None = None,
         instances: Mapping[str, Infrastructure] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
         self._configs = configs or {}
         self._instances: dict[str, Infrastructure] = dict(instances or {})
+        #: What the worker shares with the infrastructures it makes (``bind``).
+        self.context: Mapping[str, Any] = context or {}
+        self._lock = threading.Lock()
 
     def get(self, kind: str) -> Infrastructure:
+        inst = self._instances.get(kind)
+        if inst is not None:
+            return inst
+        # Attempt threads ask at once: one instance per kind, or some are never closed.
+        with self._lock:
+            return self._make(kind)
+
+    def _make(self, kind: str) -> Infrastructure:
         inst = self._instances.get(kind)
         if inst is None:
             cls = infrastructure_class(kind)
             cfg = cls.config_model.model_validate(self._configs.get(kind, {}))
             inst = cls(cfg)
+            if self.context:
+                inst.bind(self.context)
             self._instances[kind] = inst
         return inst
 

@@ -135,8 +135,31 @@ class ContainerKind(StepKind):
         return StepResult(False, error=reason or f"exit code {exit_code}", no_retry=no_retry)
 
 
+class TaskKind(StepKind):
+    """A task step succeeds when its plugin reported success: the ``task``
+    infrastructure writes a result line holding the outputs (exit code 0);
+    otherwise the reason is the remote's message."""
+
+    name = "task"
+
+    def read_result(
+        self, step: StepSpec, exit_code: int, capture: OutputCapture, reason: str | None
+    ) -> StepResult:
+        if exit_code == 0 and capture.result_json is not None:
+            try:
+                result = json.loads(capture.result_json)
+            except ValueError:
+                return StepResult(False, error="the task's result could not be parsed")
+            return StepResult(
+                True, output=capture.redact_value(result.get("value")), has_output=True
+            )
+        if exit_code == EXIT_KILLED and not reason:
+            reason = "killed"
+        return StepResult(False, error=reason or f"task ended with exit code {exit_code}")
+
+
 #: Kind name → its ``StepKind``: one for every member of ``StepSpec``.
-STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (PythonKind(), ContainerKind())}
+STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (PythonKind(), ContainerKind(), TaskKind())}
 
 
 def step_kind(name: str) -> StepKind:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ferryman.store.listener import Listener
 
 # The newest migration; a unit test checks it against the Alembic scripts.
-HEAD_REVISION = "0013"
+HEAD_REVISION = "0014"
 WAKE_CHANNEL = "ferryman_wake"  # new or ready work for workers
 CALLBACK_CHANNEL = "ferryman_callbacks"  # run-completion callbacks queued
 DELIVERY_CHANNEL = "ferryman_deliveries"  # subscriber deliveries queued

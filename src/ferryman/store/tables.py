@@ -587,3 +587,65 @@ run_leases = sa.Table(
     sa.Index("ix_run_leases_holder", "holder"),
     sa.Index("ix_run_leases_expires", "expires_at"),
 )
+
+# -- web-API plugins (issue 15): what must outlive a worker and be shared by all --
+
+#: One row per task attempt that reached its plugin: the resource meta
+#: ``create`` returned (null until then), what an adopting worker needs
+#: (``context``, no secret values), a pending delete and the state message.
+task_resources = sa.Table(
+    "task_resources",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),  # the idempotency key
+    sa.Column("plugin", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("context", JSONType, nullable=True),
+    sa.Column("meta", JSONType, nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("delete_reason", sa.Text, nullable=True),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_task_resources_pending", "done", "delete_reason"),
+    sa.Index("ix_task_resources_run", "run_id", "node"),
+)
+
+#: Token buckets of the plugins' rate limiters, shared by all workers:
+#: ``tokens`` as of ``updated`` (seconds since the epoch, the database's clock
+#: on PostgreSQL).
+plugin_buckets = sa.Table(
+    "plugin_buckets",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+)
+
+#: Quotas: places in use per quota key (changed by one guarded UPDATE) and who
+#: holds them (so a release is counted once and an adopted attempt keeps its place).
+plugin_quotas = sa.Table(
+    "plugin_quotas",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("in_use", sa.Integer, nullable=False, default=0),
+)
+
+plugin_quota_holders = sa.Table(
+    "plugin_quota_holders",
+    metadata,
+    sa.Column("holder", sa.String(255), primary_key=True),
+    sa.Column("quota_key", sa.String(200), nullable=False),
+    sa.Column("acquired_at", UTCDateTime, nullable=False),
+)
+
+#: Counters per plugin (creates, gets, deletes, throttled waits, system
+#: failures, quota waits), flushed by each worker every few seconds.
+plugin_counters = sa.Table(
+    "plugin_counters",
+    metadata,
+    sa.Column("plugin", sa.String(100), primary_key=True),
+    sa.Column("counter", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False, default=0),
+)

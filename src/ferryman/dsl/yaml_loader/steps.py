@@ -59,6 +59,8 @@ def compile_steps(ctx: Context, raw: Any) -> Any:
                 for j, part in enumerate(d[key]):
                     if isinstance(part, str):
                         _template(ctx, part, f"{path}.{key}[{j}]", name, deps)
+        if d.get("kind") == "task" and isinstance(d.get("config"), dict):
+            _task_config(ctx, d, path, name, deps)
         if isinstance(d.get("env"), dict):
             d["env"] = {
                 k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
@@ -161,6 +163,29 @@ def _template(ctx: Context, text: str, path: str, step: Any, deps: list[str]) ->
         known = ref if ref in ctx.step_names else token
         if ctx.check_step_ref(known, step, path) and ref not in deps:
             deps.append(ref)
+
+
+def _task_config(ctx: Context, d: dict[str, Any], path: str, step: Any, deps: list[str]) -> None:
+    """Check the references of a task step's config templates; a step output
+    referred to (``${steps.NAME}``) becomes an input of the same name, which is
+    where the template takes it from when the step runs."""
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str):
+            before = list(deps)
+            _template(ctx, value, where, step, deps)
+            for ref in deps[len(before) :]:
+                inputs = d.setdefault("inputs", {})
+                if isinstance(inputs, dict):
+                    inputs.setdefault(ref, {"$step": ref})
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    walk(d["config"], f"{path}.config")
 
 
 def _check_cycle(ctx: Context, steps: list[dict[str, Any]]) -> None:

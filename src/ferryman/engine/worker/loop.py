@@ -31,11 +31,15 @@ from ferryman.engine.loop import Loop
 from ferryman.engine.worker.attempts import Attempt, Attempts, Buffers, Outcome
 from ferryman.engine.worker.claims import Claims
 from ferryman.engine.worker.leases import Leases
+from ferryman.http.base import destination_policy
+from ferryman.infra.base import TASK_STATE
 from ferryman.infra.registry import InfraPool
+from ferryman.plugins.limits import infra_configs
 from ferryman.secret_resolvers.base import SecretResolver
 from ferryman.secret_resolvers.chain import resolver_chain
 from ferryman.services.gate import Tx
 from ferryman.services.runs import RunService
+from ferryman.services.task_state import DbTaskState
 from ferryman.settings import Settings
 from ferryman.store.engine import CANCEL_CHANNEL, WAKE_CHANNEL, Store
 from ferryman.store.tables import logs, nodes, runs, workers
@@ -77,8 +81,16 @@ class Worker(Loop):
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.concurrency = concurrency or settings.worker.concurrency
         if infra is None:
-            infra = InfraPool(settings.worker.infra_config)
+            infra = InfraPool(infra_configs(settings))
             infra.validate()  # a bad configuration stops the worker at start
+        if TASK_STATE not in infra.context:
+            # What infrastructures keep beyond this process (the task
+            # infrastructure's resource meta, limiters, quotas): in the database.
+            infra.context = {
+                **infra.context,
+                TASK_STATE: DbTaskState(store),
+                "http_policy": destination_policy(settings),
+            }
         self.infra = infra
         if secrets is None:
             # FERRYMAN_SECRETS_RESOLVERS; a bad configuration stops the worker at start
