@@ -45,13 +45,36 @@ def popen(env: dict[str, str], *args: str, cwd: Path = ROOT) -> subprocess.Popen
     )  # fmt: skip
 
 
+_next_port: list[int] = []
+
+
 def free_port() -> int:
-    """A TCP port free on loopback now."""
+    """A TCP port free on loopback now, for a server a test starts.
+
+    Not from the kernel's ephemeral range (``bind(("", 0))``): there the port
+    can be handed to another test process's server, or to any outgoing
+    connection, before our server binds it, and a test then talks to somebody
+    else's server. Each pytest-xdist worker takes ports from its own block
+    below that range, in turn, skipping ports in use.
+    """
+    import os
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = int(worker) if worker.isdigit() else 0
+    first = 20_000 + (block % 12) * 1_000
+    if not _next_port:
+        _next_port.append(first + (os.getpid() % 10) * 100)
+    for _ in range(1_000):
+        port = _next_port[0]
+        _next_port[0] = first + (port + 1 - first) % 1_000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in this test process's block")
 
 
 @contextmanager

@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -40,6 +39,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from standardwebhooks.webhooks import Webhook
+from tests.cli_support import free_port
 
 from ferryman.store.engine import Store
 from ferryman.store.tables import callbacks, metadata
@@ -87,12 +87,6 @@ def server_cmd() -> list[str]:
     if "server" in {c.name for c in app.registered_commands}:
         return [sys.executable, "-c", "from ferryman.cli.app import main; main()", "server"]
     return [sys.executable, "-c", "from ferryman.cli.server import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
