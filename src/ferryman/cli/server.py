@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from ferryman.cli.common import clean_errors, fail, settings, setup_logging
-from ferryman.settings import protect_process_secrets
+from ferryman.process_secrets import protect_process_secrets
 
 
 def server_command(

@@ -9,7 +9,7 @@ from types import FrameType
 import typer
 
 from ferryman.cli.common import clean_errors, console, open_store, settings, setup_logging
-from ferryman.settings import protect_process_secrets
+from ferryman.process_secrets import protect_process_secrets
 
 
 def worker_command(

@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from ferryman.domain.secret_names import secret_name_problem
 from ferryman.dsl.errors import DSLError as DSLError
 from ferryman.dsl.errors import code_error, raised_by_ferryman
+from ferryman.dsl.step_options import USER_MODULE_PREFIX as USER_MODULE_PREFIX
+from ferryman.dsl.step_options import check_step_options, exception_names
 
 if TYPE_CHECKING:
     from ferryman.domain.spec import ParamSpec as ParamSpecModel
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-USER_MODULE_PREFIX = "ferryman_user_"
+
 _NO_DEFAULT: Any = inspect.Parameter.empty
 
 
@@ -175,35 +176,6 @@ def _function_ref(fn: Callable[..., Any]) -> dict[str, Any]:
     return {"module": module, "qualname": qual}
 
 
-def exception_names(value: Any, where: str) -> Any:
-    """``retry_on``/``no_retry_on`` given as exception classes and/or dotted
-    names, as names: ``module.qualname`` (the runtime reports an exception's
-    classes so), built-ins bare (``TimeoutError``), and a class of a file
-    imported by path (the pipeline file, ``__main__``) as
-    ``<file stem>.qualname``, which does not depend on the module name the
-    file gets in each process."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    out: list[Any] = []
-    for item in items:
-        if isinstance(item, type):
-            if not issubclass(item, BaseException):
-                raise DSLError(f"{where}: {item.__qualname__} is not an exception class")
-            qual = item.__qualname__
-            if "<locals>" in qual:
-                raise DSLError(
-                    f"{where}: exception class {item.__name__!r} must be defined at module "
-                    "level, not inside a function"
-                )
-            module = item.__module__
-            if module == "__main__" or module.startswith(USER_MODULE_PREFIX):
-                file = getattr(__import__("sys").modules.get(module), "__file__", None)
-                if file:
-                    module = os.path.splitext(os.path.basename(file))[0]
-            item = qual if module == "builtins" else f"{module}.{qual}"
-        out.append(item)
-    return out
-
-
 def _installed(file: str) -> bool:
     """Whether ``file`` belongs to an installed package (site-packages or the stdlib)."""
     import sysconfig
@@ -227,7 +199,7 @@ class Step(Generic[P, R]):
 
     def with_options(self, **options: Any) -> Step[P, R]:
         """A copy of this step with some options replaced (e.g. ``name``, ``retries``)."""
-        _check_step_options(options, f"step {self.step_name!r}: with_options: ")
+        check_step_options(options, f"step {self.step_name!r}: with_options: ")
         merged = {**self.options, "name": self.step_name, **options}
         return Step(self.fn, merged)
 
@@ -306,7 +278,7 @@ def container(
     builder = _BUILDER.get()
     if builder is None:
         raise DSLError(f"container step {name!r} must be declared inside a @pipeline function")
-    _check_step_options({**options, "name": name}, f"container step {name!r}: ", "container")
+    check_step_options({**options, "name": name}, f"container step {name!r}: ", "container")
     node_name = builder.unique(name)
     where = f"container step {node_name!r}"
     deps: list[str] = []
@@ -366,7 +338,7 @@ def task(
     builder = _BUILDER.get()
     if builder is None:
         raise DSLError(f"task step {name!r} must be declared inside a @pipeline function")
-    _check_step_options({**options, "name": name}, f"task step {name!r}: ")
+    check_step_options({**options, "name": name}, f"task step {name!r}: ")
     node_name = builder.unique(name)
     where = f"task step {node_name!r}"
     deps: list[str] = []
@@ -393,50 +365,6 @@ def task(
     return NodeRef(builder, node_name)
 
 
-_STEP_OPTIONS = {
-    "name",
-    "retries",
-    "retry_delay",
-    "retry_backoff",
-    "retry_jitter",
-    "retry_max_delay",
-    "timeout",
-    "infrastructure",
-    "infra_overrides",
-    "env",
-    "secrets",
-    "resources",
-}
-# Options of one kind only, and the option the other kind has instead.
-_KIND_OPTIONS = {
-    "python": {"retry_on": "retry_on_exit_codes", "no_retry_on": "no_retry_on_exit_codes"},
-    "container": {"retry_on_exit_codes": "retry_on", "no_retry_on_exit_codes": "no_retry_on"},
-}
-
-
-def _check_step_options(options: dict[str, Any], where: str, kind: str = "python") -> None:
-    known = _STEP_OPTIONS | set(_KIND_OPTIONS[kind])
-    for other_kind, other in _KIND_OPTIONS.items():
-        wrong = sorted(set(options) & set(other)) if other_kind != kind else []
-        if wrong:
-            instead = ", ".join(other[w] for w in wrong)
-            raise DSLError(
-                f"{where}{', '.join(wrong)} is an option of {other_kind} steps; a {kind} "
-                f"step has {instead}"
-            )
-    unknown = set(options) - known
-    if unknown:
-        raise DSLError(f"{where}unknown step option(s) {sorted(unknown)}; known: {sorted(known)}")
-    secrets = options.get("secrets")
-    if secrets is not None:
-        # FERRYMAN_* and names that are no variable names: refused when declared.
-        if isinstance(secrets, str) or not isinstance(secrets, list | tuple):
-            raise DSLError(f"{where}secrets must be a list of names, e.g. secrets=['API_KEY']")
-        problems = [p for p in map(secret_name_problem, secrets) if p is not None]
-        if problems:
-            raise DSLError(f"{where}" + "; ".join(problems))
-
-
 @overload
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
@@ -448,7 +376,7 @@ def step(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     are retried / those are not), ``timeout``, ``infrastructure``,
     ``infra_overrides``, ``env``, ``secrets``, ``resources``.
     """
-    _check_step_options(options, "")
+    check_step_options(options, "")
 
     def wrap(f: Callable[P, R]) -> Step[P, R]:
         return Step(f, dict(options))

@@ -9,7 +9,7 @@ limitations compared to ``process``:
   settings and database connections in memory, its files and environment.
   ``ferryman server`` and ``ferryman worker`` remove ferryman's secret
   variables from ``os.environ`` once the settings are read
-  (``settings.forget_secret_environ``), which stops accidents, not intent:
+  (``process_secrets.forget_secret_environ``), which stops accidents, not intent:
   use inline only for code you trust as much as the worker itself.
 - **Env is not applied**: ``os.environ`` is global to the process, so
   per-step variables cannot be set safely from a thread. Declared secrets
