@@ -25,7 +25,7 @@ from ferryman.services.runs import RunService
 from ferryman.services.task_state import DbTaskState
 from ferryman.settings import Settings
 from ferryman.store.engine import Store
-from ferryman.store.tables import nodes, utcnow
+from ferryman.store.tables import events, nodes, utcnow
 
 FAST = {"resync_interval": 0.1, "retry_initial": 0.05, "retry_max": 0.2}
 
@@ -214,3 +214,59 @@ def test_a_quota_queue_timeout_fails_the_waiting_step(
     errors = [n["error"] for n in r["nodes"] if n["state"] == "failed"]
     assert all("for quota http_job:default: gave up" in e for e in errors), errors
     assert len(remote.fake.creates) == 1
+
+
+def test_a_failure_after_the_create_deletes_the_remote_job(
+    store: Store, settings: Settings, remote: RemoteServer
+) -> None:
+    spec = PipelineSpec(name="lost", steps=[job_step(remote, duration=60)])
+    run_id = start(store, spec)
+    w = Worker(store, settings, infra=pool(max_system_failures=3))
+    t = threading.Thread(target=w.run_until, args=({run_id},), kwargs={"timeout": 60})
+    t.start()
+    deadline = time.monotonic() + 30
+    while not remote.fake.jobs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert remote.fake.jobs, "the job was never created"
+    remote.fake.fail_next = 3  # the next three reads fail: the attempt fails
+    t.join(60)
+    r = result(store, run_id)
+    assert r["state"] == "failed", r
+    assert "3 consecutive system failures" in r["nodes"][0]["error"]
+    (job_id,) = remote.fake.jobs
+    assert remote.fake.deletes == [job_id]  # nothing is left running remotely
+    assert remote.fake.jobs[job_id].cancelled
+    assert DbTaskState(store).pending_deletes(10) == []
+
+
+def test_a_quota_wait_shows_in_the_steps_view_and_one_event(
+    store: Store, settings: Settings, remote: RemoteServer
+) -> None:
+    steps = [job_step(remote, name=f"j{i}", duration=1.5) for i in range(2)]
+    run_id = start(store, PipelineSpec(name="wait", steps=steps))
+    w = Worker(store, settings, infra=pool(max_concurrent=1), concurrency=2)
+    t = threading.Thread(target=w.run_until, args=({run_id},), kwargs={"timeout": 60})
+    t.start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        with store.read() as conn:
+            seen = [n["message"] for n in get_run(conn, run_id)["nodes"] if n["message"]]
+        time.sleep(0.05)
+    t.join(60)
+    assert seen == ["waiting for quota http_job:default (1 in use of 1)"]
+    with store.read() as conn:
+        r = get_run(conn, run_id)
+        waits = conn.execute(
+            sa.select(events.c.node, events.c.message, events.c.data).where(
+                events.c.run_id == run_id, events.c.type == "NodeWaiting"
+            )
+        ).all()
+    assert r["state"] == "succeeded", r
+    assert all(n["message"] is None for n in r["nodes"])  # cleared once it ran
+    # once per wait, not once per poll of the quota (it waited ~1.5 s)
+    assert len(waits) == 1, waits
+    node, message, data = waits[0]
+    assert node in {"j0", "j1"}
+    assert message == seen[0]
+    assert data == {"reason": "quota", "key": "http_job:default", "in_use": 1, "limit": 1}

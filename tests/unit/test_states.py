@@ -267,7 +267,7 @@ def test_event_names_follow_the_state_names() -> None:
     schedule_events = {"ScheduleTickMissed", "ScheduleTickSkipped", "ScheduleTickFailed"}
     assert {e.value for e in EventType} == {e.value for e in RUN_EVENT.values()} | {
         e.value for e in NODE_EVENT.values()
-    } | schedule_events
+    } | schedule_events | {"NodeWaiting"}
 
 
 def test_event_types_include_the_spec_list() -> None:

@@ -212,6 +212,9 @@ class NodePublic(_Out):
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
     duration: float | None = None
+    message: str | None = Field(
+        default=None, description="What the running step waits for (a plugin's quota)"
+    )
 
 
 class TriggerFiringPublic(_Out):

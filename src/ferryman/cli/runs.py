@@ -128,6 +128,9 @@ def show_run(r: RunDetail) -> None:
             escape(first_line(n.error)),
         )
     console.print(t)
+    for n in r.nodes:
+        if n.message:  # a running step waiting (for a plugin's quota)
+            console.print(f"[yellow]{escape(n.name)}:[/] {escape(n.message)}")
 
 
 def print_triggers(r: RunDetail) -> None:

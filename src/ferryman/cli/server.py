@@ -41,6 +41,14 @@ def server_command(
             s.check_secret_key()
         except ValueError as exc:
             fail(f"refusing to start: {exc}")
+        if not no_worker:
+            from ferryman.plugins.limits import configured_limits
+            from ferryman.plugins.registry import PluginRegistry
+
+            # As `ferryman worker`: a duplicate plugin id, two defaults for a
+            # type or bad plugin limits stop the embedded worker's server now.
+            PluginRegistry().load()
+            configured_limits(s)
         # Read once: the steps and libraries this process runs never find them.
         protect_process_secrets()
         serve(s, no_worker=no_worker, log_level=uvicorn_level, access_log=access_log)

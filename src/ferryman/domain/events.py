@@ -26,6 +26,9 @@ class EventType(StrEnum):
     NODE_RETRYING = "NodeRetrying"
     NODE_SKIPPED = "NodeSkipped"
     NODE_CANCELLED = "NodeCancelled"
+    # A running step waits for something outside ferryman (a plugin's quota);
+    # no state change: written once when the wait starts.
+    NODE_WAITING = "NodeWaiting"
     # A schedule's tick that started no run (its ``run_id`` is the schedule's id).
     SCHEDULE_TICK_MISSED = "ScheduleTickMissed"
     SCHEDULE_TICK_SKIPPED = "ScheduleTickSkipped"

@@ -44,7 +44,6 @@ class PluginLimits(BaseModel):
     max_system_failures: int = Field(
         default=10, ge=1, description="consecutive system failures that fail the attempt"
     )
-    cache_size: int = Field(default=10_000, ge=0, description="last resources kept per worker")
     call_timeout: float = Field(default=30.0, gt=0, description="seconds per remote call")
     retry_initial: float = Field(default=0.5, gt=0, description="first backoff after a failure")
     retry_max: float = Field(default=30.0, gt=0, description="longest backoff")

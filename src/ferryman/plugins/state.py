@@ -66,6 +66,12 @@ class TaskState(Protocol):
     def note(self, key: str, message: str) -> None:
         """The attempt's state message (``waiting for quota ...``); empty clears it."""
 
+    def waiting(
+        self, key: str, run_id: str, node: str, attempt: int, message: str, data: dict[str, Any]
+    ) -> None:
+        """The attempt starts waiting (for quota): its state message becomes
+        ``message`` and a ``NodeWaiting`` event with ``data`` is recorded."""
+
     def count(self, plugin: str, counter: str, n: int = 1) -> None:
         """Add ``n`` to one of the plugin's counters (creates, gets, ...)."""
 
@@ -79,6 +85,8 @@ class MemoryTaskState:
         self._holders: dict[str, str] = {}  # holder -> quota key
         self._resources: dict[str, StoredResource] = {}
         self.messages: dict[str, str] = {}
+        #: The waits recorded (no event log in memory): (run, node, attempt, message, data).
+        self.waits: list[tuple[str, str, int, str, dict[str, Any]]] = []
         self.counters: dict[tuple[str, str], int] = {}
 
     def take_token(self, bucket: str, qps: float, burst: float) -> float:
@@ -142,6 +150,13 @@ class MemoryTaskState:
     def note(self, key: str, message: str) -> None:
         with self._lock:
             self.messages[key] = message
+
+    def waiting(
+        self, key: str, run_id: str, node: str, attempt: int, message: str, data: dict[str, Any]
+    ) -> None:
+        with self._lock:
+            self.messages[key] = message
+            self.waits.append((run_id, node, attempt, message, data))
 
     def count(self, plugin: str, counter: str, n: int = 1) -> None:
         with self._lock:

@@ -259,6 +259,12 @@ class Tx:
             }
         )
 
+    def node_event(
+        self, run_id: str, etype: str, node: str, attempt: int, message: str, data: dict[str, Any]
+    ) -> None:
+        """Queue a node's event that is no transition (``NodeWaiting``)."""
+        self._event(run_id, etype, node, attempt, message, data)
+
     def record_event(self, event: dict[str, Any]) -> None:
         """Queue an event that is no run's or node's transition (a schedule's
         missed tick, say; every column of ``events`` but ``seq``): ``flush``

@@ -17,7 +17,15 @@ from sqlalchemy.engine import Connection
 from ferryman.domain.run_names import MAX_RUN_NAME
 from ferryman.errors import Ambiguous, InvalidInput, NotFound
 from ferryman.services.catalog import PipelineVersion, latest, spec_of_version
-from ferryman.store.tables import events, logs, nodes, pipeline_versions, pipelines, runs
+from ferryman.store.tables import (
+    events,
+    logs,
+    nodes,
+    pipeline_versions,
+    pipelines,
+    runs,
+    task_resources,
+)
 
 RUN_FIELDS = (
     "id",
@@ -89,16 +97,30 @@ def get_run(conn: Connection, run_id: str, *, with_nodes: bool = True) -> dict[s
         raise NotFound(f"no run {run_id!r}")
     d = run_dict(row)
     if with_nodes:
+        waits = _state_messages(conn, run_id)
         d["nodes"] = [
             {
                 **{k: getattr(n, k) for k in NODE_FIELDS},
                 "duration": _duration(n.started_at, n.ended_at) if n.started_at else None,
+                "message": waits.get(n.name) if n.state == "running" else None,
             }
             for n in conn.execute(
                 sa.select(nodes).where(nodes.c.run_id == run_id).order_by(nodes.c.id)
             )
         ]
     return d
+
+
+def _state_messages(conn: Connection, run_id: str) -> dict[str, str]:
+    """What the run's running task steps wait for (``waiting for quota ...``),
+    by step: the newest attempt's message that is not cleared."""
+    t = task_resources.c
+    rows = conn.execute(
+        sa.select(t.node, t.message)
+        .where(t.run_id == run_id, t.done.is_(False), t.message.is_not(None))
+        .order_by(t.attempt)
+    )
+    return {node: message for node, message in rows}
 
 
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}$")

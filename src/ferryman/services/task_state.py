@@ -18,7 +18,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ferryman.domain.events import EventType
 from ferryman.plugins.state import StoredResource
+from ferryman.services.cache import RunCache
+from ferryman.services.gate import NO_HOOKS, GateHooks, Tx
 from ferryman.store.engine import Store
 from ferryman.store.tables import (
     plugin_counters,
@@ -57,8 +60,12 @@ _COUNT = (
 class DbTaskState:
     """``TaskState`` on a ``Store`` (module docstring)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, hooks: GateHooks = NO_HOOKS) -> None:
+        """``hooks``: the gate's hooks (``RunService.hooks``), so the events
+        written here reach the subscribers like every other event."""
         self.store = store
+        self.hooks = hooks
+        self._cache = RunCache()
         pg = store.is_postgres
         fmt = {"least": "LEAST" if pg else "MIN", "now": _PG_NOW if pg else ":now"}
         self._take = sa.text(_TAKE.format(**fmt))
@@ -190,6 +197,19 @@ class DbTaskState:
 
     def note(self, key: str, message: str) -> None:
         self._set(key, message=message or None)
+
+    def waiting(
+        self, key: str, run_id: str, node: str, attempt: int, message: str, data: dict[str, Any]
+    ) -> None:
+        with self.store.write() as conn:
+            conn.execute(
+                sa.update(task_resources)
+                .where(task_resources.c.key == key)
+                .values(message=message, updated_at=utcnow())
+            )
+            tx = Tx(conn, self._cache, self.store, hooks=self.hooks)
+            tx.node_event(run_id, EventType.NODE_WAITING.value, node, attempt, message, data)
+            tx.flush()
 
     def count(self, plugin: str, counter: str, n: int = 1) -> None:
         with self.store.write() as conn:

@@ -88,7 +88,7 @@ class Worker(Loop):
             # infrastructure's resource meta, limiters, quotas): in the database.
             infra.context = {
                 **infra.context,
-                TASK_STATE: DbTaskState(store),
+                TASK_STATE: DbTaskState(store, self.service.hooks),
                 "http_policy": destination_policy(settings),
             }
         self.infra = infra

@@ -157,8 +157,11 @@ class Driver:
             await self._db(self.rt.state.quota_release, self.key)
 
     async def _sync(self, plugin: SyncPlugin) -> tuple[int, str | None]:
-        await self._quota()
-        out = await self.call("do", lambda: plugin.do(self.ctx), write=True)
+        try:
+            await self._quota()
+            out = await self.call("do", lambda: plugin.do(self.ctx), write=True)
+        finally:  # the row a quota wait made (if any) needs nothing more
+            await self._db(self.rt.state.finish, self.key)
         return self._result(out)
 
     async def _quota(self) -> None:
@@ -175,7 +178,14 @@ class Driver:
         message = f"waiting for quota {qkey} ({in_use} in use of {limits.max_concurrent})"
         self._log(message)
         self.rt.count("quota_waits")
-        await self._db(state.note, self.key, message)
+        ctx = self.ctx
+        # the attempt's row holds the message the run's view shows (kept if there)
+        await self._db(
+            state.begin_resource, self.key, self.rt.plugin.id, ctx.run_id, ctx.step,
+            ctx.attempt, self.context,
+        )  # fmt: skip
+        data = {"reason": "quota", "key": qkey, "in_use": in_use, "limit": limits.max_concurrent}
+        await self._db(state.waiting, self.key, ctx.run_id, ctx.step, ctx.attempt, message, data)
         started = asyncio.get_running_loop().time()
         lock = self.rt.quota_locks.setdefault(qkey, asyncio.Lock())
         await self._wait_for_turn(lock, started)
@@ -227,6 +237,10 @@ class Driver:
         state = self.rt.state
         stored = await self._db(state.resource, self.key)
         meta = stored.meta if stored is not None else None
+        if stored is not None and stored.delete_reason == "failed":
+            # the lost worker failed the attempt and was deleting the job: finish that
+            await self._delete(plugin, meta, "failed")
+            return EXIT_FAILED, "the remote job could not be followed; it was deleted"
         if stored is not None and stored.delete_reason:
             self.cancel.set()
         resource: Any = None
@@ -246,10 +260,7 @@ class Driver:
             if resource is None:
                 if await self._cancelled_within(self.rt.limits.resync_interval):
                     continue
-                async with self.rt.resync:
-                    resource = await self.call(
-                        "get", lambda: plugin.get(meta, self.ctx), write=False
-                    )
+                resource = await self._get(plugin, meta)
             phase: Phase = plugin.status(self.ctx, resource)
             resource = None
             if not phase.terminal:
@@ -260,15 +271,27 @@ class Driver:
             prefix = "retryable failure: " if phase.state == PhaseState.RETRYABLE_FAILURE else ""
             return EXIT_FAILED, prefix + (phase.message or f"the remote task {phase.state}")
 
-    async def _delete(self, plugin: AsyncPlugin, meta: Any) -> tuple[int, str | None]:
+    async def _get(self, plugin: AsyncPlugin, meta: Any) -> Any:
+        """Read the resource; if that fails for good (too many system
+        failures, a refusal) the attempt fails, and the remote job, which
+        may still be running, is deleted first (durably, as on cancel)."""
+        try:
+            async with self.rt.resync:
+                return await self.call("get", lambda: plugin.get(meta, self.ctx), write=False)
+        except UserFailure:
+            self.failures = 0  # the delete gets its own count
+            await self._delete(plugin, meta, "failed")
+            raise
+
+    async def _delete(
+        self, plugin: AsyncPlugin, meta: Any, reason: str = "cancelled"
+    ) -> tuple[int, str | None]:
         """Delete the resource (the request is stored: a restart still deletes)."""
         state = self.rt.state
-        await self._db(state.request_delete, self.key, "cancelled")
+        await self._db(state.request_delete, self.key, reason)
         if meta is not None:
             try:
-                await self.call(
-                    "delete", lambda: plugin.delete(meta, "cancelled", self.ctx), write=True
-                )
+                await self.call("delete", lambda: plugin.delete(meta, reason, self.ctx), write=True)
             except UserFailure as exc:  # stays pending: the reaper tries again
                 self._log(f"delete failed: {exc}")
                 return EXIT_KILLED, "cancelled"

@@ -16,6 +16,7 @@ _ICON = {
     "NodeRetrying": ":repeat:",
     "RunRunning": ":arrow_forward:",
     "NodeRunning": ":arrow_forward:",
+    "NodeWaiting": ":hourglass_flowing_sand:",
 }
 
 
